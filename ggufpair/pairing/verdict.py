@@ -1,0 +1,361 @@
+"""The pair verdict: will llama.cpp speculate with this draft, and if not, which key is at fault.
+
+The blocking checks are `common_speculative_are_compatible` (common/speculative.cpp), in its order, on the
+effective values computed by `ggufpair.format.vocab`. llama.cpp stops at the first failure and logs one
+generic line (two of its five checks only at debug level); ggufpair runs every check, marks the one
+llama.cpp would report, and says which fixes exist for each.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ggufpair.format.model_info import ModelInfo, read_model_info
+from ggufpair.format.vocab import ADD_BOS_KEY, ADD_EOS_KEY, BOS_KEY, EOS_KEY, VocabInfo, read_vocab
+
+VOCAB_MAX_SIZE_DIFFERENCE = 128  # SPEC_VOCAB_MAX_SIZE_DIFFERENCE
+VOCAB_CHECK_START_TOKEN_ID = 5  # SPEC_VOCAB_CHECK_START_TOKEN_ID
+TOKENS_KEY = "tokenizer.ggml.tokens"
+MODEL_KEY = "tokenizer.ggml.model"
+TEXT_PATCH_MAX_FRACTION = 0.01
+"""Token texts are patchable when at most this fraction of the compared ids differ; more is another tokenizer."""
+DRAFT_SIZE_WARN_RATIO = 0.3
+
+
+class Severity(str, enum.Enum):
+    BLOCKER = "blocker"  # llama.cpp will not speculate (or not load) with this pair
+    WARNING = "warning"  # speculation works, but expect less from it
+    INFO = "info"  # worth knowing, harmless
+
+
+class Route(str, enum.Enum):
+    OVERRIDE_KV = "override-kv"  # no copy: --override-kv on the llama-server command line
+    PATCH = "patch"  # rewrite the draft's metadata (`ggufpair fix`)
+
+
+@dataclass(frozen=True)
+class Fix:
+    route: Route
+    key: str
+    value: Any  # the value the key should take
+    argument: str | None = None  # the --override-kv argument, for that route
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    severity: Severity
+    message: str
+    keys: tuple[str, ...] = ()
+    target_value: Any = None
+    draft_value: Any = None
+    speculation_off: bool = False  # llama-server starts, but silently serves without speculation
+    fixes: tuple[Fix, ...] = ()
+    llama_reports: bool = False  # the first failing check: the one llama.cpp itself trips on
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: ModelInfo
+    draft: ModelInfo
+    findings: tuple[Finding, ...]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def blockers(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == Severity.BLOCKER)
+
+    @property
+    def compatible(self) -> bool:
+        """True when llama.cpp would run speculative decoding with this pair."""
+        return not self.blockers
+
+    @property
+    def llama_check(self) -> str | None:
+        """The check llama.cpp fails on (None when compatible)."""
+        return next((f.check for f in self.blockers if f.llama_reports), None)
+
+    @property
+    def summary(self) -> str:
+        if self.compatible:
+            return "compatible: llama.cpp will speculate with this draft"
+        first = next(f for f in self.blockers if f.llama_reports)
+        fixable = all(f.fixes for f in self.blockers)
+        tail = "fixable with `ggufpair fix`" if fixable else "not fixable by metadata"
+        return f"incompatible ({first.check}): {first.message}; {tail}"
+
+
+def override_argument(key: str, value: Any) -> str:
+    """`KEY=TYPE:VALUE` as llama.cpp's --override-kv parses it."""
+    if isinstance(value, bool):
+        return f"{key}=bool:{'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"{key}=int:{value}"
+    if isinstance(value, float):
+        return f"{key}=float:{value!r}"
+    return f"{key}=str:{value}"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `KEY=TYPE:VALUE` (llama.cpp's --override-kv syntax; several may be joined by commas there)."""
+    from ggufpair.errors import UsageError
+
+    key, eq, typed = text.partition("=")
+    kind, colon, raw = typed.partition(":")
+    parsers = {"bool": _parse_bool, "int": int, "float": float, "str": str}
+    if not eq or not colon or not key or kind not in parsers:
+        raise UsageError(f"bad override {text!r}", hint="use KEY=TYPE:VALUE with TYPE one of int, float, bool, str")
+    try:
+        return key, parsers[kind](raw)
+    except ValueError:
+        raise UsageError(f"bad override {text!r}: {raw!r} is not a valid {kind}") from None
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw not in ("true", "false"):
+        raise ValueError(raw)
+    return raw == "true"
+
+
+def check_pair(target: ModelInfo, draft: ModelInfo, overrides: Mapping[str, Any] | None = None) -> Verdict:
+    """The verdict for `draft` drafting for `target`, with `--override-kv` values applied to both."""
+    overrides = dict(overrides or {})
+    tv = read_vocab(target.header, overrides) if overrides else target.vocab
+    dv = read_vocab(draft.header, overrides) if overrides else draft.vocab
+    findings = _load_findings(tv, dv, target, draft)
+    if not findings:
+        findings = _compatibility_findings(tv, dv, target, draft, overrides)
+    findings += _special_draft_findings(target, draft)
+    findings += _advisory_findings(target, draft)
+    return Verdict(target, draft, tuple(findings), overrides)
+
+
+def inspect_pair(target_path, draft_path, overrides: Mapping[str, Any] | None = None) -> Verdict:
+    return check_pair(read_model_info(target_path), read_model_info(draft_path), overrides)
+
+
+def _load_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: ModelInfo) -> list[Finding]:
+    out = []
+    for role, vocab, info in (("target", tv, target), ("draft", dv, draft)):
+        if vocab.load_error:
+            out.append(Finding(
+                check=f"{role}_vocab_load", severity=Severity.BLOCKER, llama_reports=True,
+                message=f"llama.cpp cannot load the {role}'s vocabulary: {vocab.load_error}",
+                keys=_keys_in(vocab.load_error),
+            ))
+    return out
+
+
+def _keys_in(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(re.findall(r"tokenizer\.[a-z_.]+[a-z]", text)))
+
+
+def _compatibility_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: ModelInfo,
+                            overrides: Mapping[str, Any]) -> list[Finding]:
+    out: list[Finding] = []
+
+    def add(**kw) -> None:
+        kw.setdefault("severity", Severity.BLOCKER)
+        kw.setdefault("speculation_off", True)
+        kw["llama_reports"] = not any(f.severity == Severity.BLOCKER for f in out)
+        out.append(Finding(**kw))
+
+    if tv.vocab_type != dv.vocab_type:
+        add(check="vocab_type", keys=(MODEL_KEY,), target_value=tv.vocab_type_name, draft_value=dv.vocab_type_name,
+            message=f"tokenizer types differ: target {tv.tokenizer_model!r} ({tv.vocab_type_name}), "
+                    f"draft {dv.tokenizer_model!r} ({dv.vocab_type_name}); these are different tokenizers, "
+                    "pick a draft from the target's family")
+        # llama.cpp stops here; the other checks would compare unrelated vocabularies.
+        return out
+
+    if tv.add_bos != dv.add_bos:
+        add(check="add_bos", keys=(ADD_BOS_KEY,), target_value=tv.add_bos, draft_value=dv.add_bos,
+            message=f"{ADD_BOS_KEY} differs: target {_b(tv.add_bos)}, draft {_b(dv.add_bos)}"
+                    f"{_stored_note(dv.add_bos_stored)}",
+            fixes=_flag_fixes(ADD_BOS_KEY, tv.add_bos, target, draft, overrides))
+    elif tv.add_bos and tv.bos_id != dv.bos_id:
+        add(check="bos_id", keys=(BOS_KEY,), target_value=tv.bos_id, draft_value=dv.bos_id,
+            message=f"BOS ids differ: target {tv.bos_id}, draft {dv.bos_id}{_stored_note(dv.bos_id_stored)}",
+            fixes=_id_fixes(BOS_KEY, tv.bos_id, target, draft, overrides))
+
+    if tv.add_eos != dv.add_eos:
+        add(check="add_eos", keys=(ADD_EOS_KEY,), target_value=tv.add_eos, draft_value=dv.add_eos,
+            message=f"{ADD_EOS_KEY} differs: target {_b(tv.add_eos)}, draft {_b(dv.add_eos)}"
+                    f"{_stored_note(dv.add_eos_stored)}",
+            fixes=_flag_fixes(ADD_EOS_KEY, tv.add_eos, target, draft, overrides))
+    elif tv.add_eos and tv.eos_id != dv.eos_id:
+        add(check="eos_id", keys=(EOS_KEY,), target_value=tv.eos_id, draft_value=dv.eos_id,
+            message=f"EOS ids differ: target {tv.eos_id}, draft {dv.eos_id}{_stored_note(dv.eos_id_stored)}",
+            fixes=_id_fixes(EOS_KEY, tv.eos_id, target, draft, overrides))
+
+    diff = abs(tv.n_tokens - dv.n_tokens)
+    if diff > VOCAB_MAX_SIZE_DIFFERENCE:
+        add(check="vocab_size", keys=(TOKENS_KEY,), target_value=tv.n_tokens, draft_value=dv.n_tokens,
+            message=f"vocabulary sizes differ by {diff} (target {tv.n_tokens}, draft {dv.n_tokens}); llama.cpp "
+                    f"allows at most {VOCAB_MAX_SIZE_DIFFERENCE} (it says so only at debug log level). "
+                    "Metadata cannot fix this: the draft's embedding and output layers have their own size")
+        return out
+
+    out.extend(_text_findings(tv, dv, already_failed=any(f.severity == Severity.BLOCKER for f in out)))
+    return out
+
+
+def _b(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def _stored_note(stored: Any) -> str:
+    return " (key missing from the draft: llama.cpp's default)" if stored is None else ""
+
+
+def _text_findings(tv: VocabInfo, dv: VocabInfo, already_failed: bool) -> list[Finding]:
+    if tv.tokens is None or dv.tokens is None:
+        return []
+    if tv.tokens.raw_bytes() == dv.tokens.raw_bytes():
+        return _duplicate_findings(tv, dv)
+    t_texts, d_texts = tv.tokens.load(), dv.tokens.load()
+    n = min(len(t_texts), len(d_texts))
+    diffs = [i for i in range(VOCAB_CHECK_START_TOKEN_ID, n) if t_texts[i] != d_texts[i]]
+    out = _duplicate_findings(tv, dv, t_texts, d_texts)
+    if not diffs:
+        return out
+    first = diffs[0]
+    compared = max(n - VOCAB_CHECK_START_TOKEN_ID, 1)
+    patchable = len(t_texts) == len(d_texts) and len(diffs) <= max(16, TEXT_PATCH_MAX_FRACTION * compared)
+    fixes = (Fix(Route.PATCH, TOKENS_KEY, None,
+                 note=f"copy the target's texts (and token types) for the {len(diffs)} differing ids into the draft"),) if patchable else ()
+    sample = ", ".join(f"{i}: {t_texts[i][:24]!r} vs {d_texts[i][:24]!r}" for i in diffs[:3])
+    why = "" if patchable else (" The vocabularies have different sizes or differ in too many ids to be one tokenizer;"
+                                 " metadata cannot fix this.")
+    out.insert(0, Finding(
+        check="token_text", severity=Severity.BLOCKER, speculation_off=True, llama_reports=not already_failed,
+        keys=(TOKENS_KEY,), target_value=t_texts[first].decode("utf-8", "replace"),
+        draft_value=d_texts[first].decode("utf-8", "replace"),
+        message=f"token texts differ at {len(diffs)} of {compared} ids from id {VOCAB_CHECK_START_TOKEN_ID} "
+                f"(first at id {first}; {sample}); llama.cpp says so only at debug log level.{why}",
+        fixes=fixes,
+    ))
+    return out
+
+
+def _duplicate_findings(tv: VocabInfo, dv: VocabInfo, t_texts=None, d_texts=None) -> list[Finding]:
+    """llama.cpp's loader asserts that token texts are unique (GGML_ASSERT: the process aborts)."""
+    out = []
+    for role, vocab, texts in (("target", tv, t_texts), ("draft", dv, d_texts)):
+        texts = texts if texts is not None else vocab.tokens.load()
+        dup = _first_duplicate(texts)
+        if dup:
+            out.append(Finding(
+                check=f"{role}_duplicate_tokens", severity=Severity.BLOCKER, keys=(TOKENS_KEY,),
+                message=f"the {role} has duplicate token texts (ids {dup[0]} and {dup[1]}: {texts[dup[1]][:32]!r}); "
+                        "llama.cpp's loader aborts on this (GGML_ASSERT in llama_vocab::load)",
+            ))
+        if t_texts is None and d_texts is None:
+            break  # identical vocabularies: one check covers both
+    return out
+
+
+def _first_duplicate(texts: tuple[bytes, ...]) -> tuple[int, int] | None:
+    if len(set(texts)) == len(texts):
+        return None
+    seen: dict[bytes, int] = {}
+    for i, t in enumerate(texts):
+        if t in seen:
+            return seen[t], i
+        seen[t] = i
+    return None
+
+
+def _with_override(info: ModelInfo, overrides: Mapping[str, Any], key: str, value: Any) -> VocabInfo:
+    return read_vocab(info.header, {**overrides, key: value})
+
+
+def _override_fix(key: str, value: Any, target: ModelInfo, draft: ModelInfo, overrides: Mapping[str, Any],
+                  attr: str) -> Fix | None:
+    """The --override-kv fix, only if it gives the target and the draft the right value alike
+    (llama-server applies one override list to both models)."""
+    tv = _with_override(target, overrides, key, value)
+    dv = _with_override(draft, overrides, key, value)
+    if getattr(tv, attr) != getattr(target.vocab if not overrides else read_vocab(target.header, overrides), attr):
+        return None  # it would change the target's behaviour
+    if getattr(dv, attr) != getattr(tv, attr) or tv.load_error or dv.load_error:
+        return None
+    return Fix(Route.OVERRIDE_KV, key, value, override_argument(key, value),
+               note="applies to the target and the draft alike; right for both")
+
+
+def _flag_fixes(key: str, value: bool, target: ModelInfo, draft: ModelInfo, overrides) -> tuple[Fix, ...]:
+    attr = "add_bos" if key == ADD_BOS_KEY else "add_eos"
+    fixes = [f for f in (_override_fix(key, value, target, draft, overrides, attr),) if f]
+    fixes.append(Fix(Route.PATCH, key, value, note=f"set {key} = {_b(value)} in the draft"))
+    return tuple(fixes)
+
+
+def _id_fixes(key: str, value: int, target: ModelInfo, draft: ModelInfo, overrides) -> tuple[Fix, ...]:
+    if value < 0 or value >= draft.vocab.n_tokens:
+        return ()
+    attr = "bos_id" if key == BOS_KEY else "eos_id"
+    fixes = [f for f in (_override_fix(key, value, target, draft, overrides, attr),) if f]
+    fixes.append(Fix(Route.PATCH, key, value, note=f"set {key} = {value} in the draft"))
+    return tuple(fixes)
+
+
+def _special_draft_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
+    if draft.draft_kind == "eagle3":
+        hidden = draft.header.get("eagle3.target_hidden_size")
+        msg = ("the draft is an EAGLE-3 head: it needs `--spec-type draft-eagle3`, reads the target's hidden "
+               "states, and llama.cpp does not run the vocabulary checks for it")
+        if isinstance(hidden, int) and target.n_embd and hidden != target.n_embd:
+            return [Finding("eagle3_target", Severity.BLOCKER, msg + f"; but it was trained for a hidden size of "
+                            f"{hidden}, and the target's is {target.n_embd}", ("eagle3.target_hidden_size",),
+                            target.n_embd, hidden)]
+        return [Finding("eagle3", Severity.INFO, msg)]
+    if draft.draft_kind == "mtp":
+        return [Finding("mtp", Severity.INFO, "the draft has NextN (MTP) layers: llama.cpp switches to draft-mtp "
+                        "when no --spec-type is given; ggufpair passes --spec-type explicitly")]
+    return []
+
+
+def _family(arch: str | None) -> str:
+    return re.sub(r"[\d.]+[a-z]?$", "", arch or "").rstrip("-_") or (arch or "?")
+
+
+def _advisory_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
+    out = []
+    if target.weight_bytes and draft.weight_bytes / target.weight_bytes > DRAFT_SIZE_WARN_RATIO:
+        out.append(Finding(
+            "draft_size", Severity.WARNING, keys=(),
+            target_value=target.weight_bytes, draft_value=draft.weight_bytes,
+            message=f"the draft's weights are {draft.weight_bytes / target.weight_bytes:.0%} of the target's; a draft "
+                    "pays off when each of its steps costs much less than the target's (usually under 10-20%)"))
+    if target.architecture != draft.architecture:
+        same_family = _family(target.architecture) == _family(draft.architecture)
+        out.append(Finding(
+            "architecture", Severity.INFO if same_family else Severity.WARNING, keys=("general.architecture",),
+            target_value=target.architecture, draft_value=draft.architecture,
+            message=f"architectures differ ({target.architecture} vs {draft.architecture})"
+                    + ("" if same_family else ": different model families usually agree less often, so acceptance is lower")))
+    if target.context_length and draft.context_length and draft.context_length < target.context_length:
+        out.append(Finding(
+            "context_length", Severity.WARNING, keys=(f"{draft.architecture}.context_length",),
+            target_value=target.context_length, draft_value=draft.context_length,
+            message=f"the draft was trained for {draft.context_length} tokens of context, the target for "
+                    f"{target.context_length}; llama.cpp runs the draft at the target's context, so expect lower "
+                    "acceptance past the draft's length"))
+    if target.chat_template_sha256 != draft.chat_template_sha256:
+        out.append(Finding(
+            "chat_template", Severity.INFO, keys=("tokenizer.chat_template",),
+            target_value=target.chat_template_sha256, draft_value=draft.chat_template_sha256,
+            message="chat templates differ: harmless for drafting, since the draft is fed the target's tokens and "
+                    "never applies its own template"))
+    if draft.vocab.n_tokens < target.vocab.n_tokens and draft.vocab.vocab_type == target.vocab.vocab_type:
+        out.append(Finding(
+            "vocab_tail", Severity.INFO, keys=(TOKENS_KEY,), target_value=target.vocab.n_tokens,
+            draft_value=draft.vocab.n_tokens,
+            message=f"the draft lacks the target's last {target.vocab.n_tokens - draft.vocab.n_tokens} token ids; "
+                    "it can never propose them"))
+    return out

@@ -1,0 +1,88 @@
+"""Plain-data forms of core results, for `--json` and saved files (no UI library here)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from ggufpair.format.model_info import ModelInfo
+from ggufpair.pairing.verdict import Verdict
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses, enums, paths and bytes as JSON-ready values."""
+    if isinstance(value, enum.Enum):
+        return value.value if not isinstance(value, int) else value.name
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if is_dataclass(value):
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def model_dict(info: ModelInfo) -> dict[str, Any]:
+    v = info.vocab
+    return {
+        "path": str(info.path),
+        "shards": [str(p) for p in info.shards],
+        "file_size": info.file_size,
+        "gguf_version": info.gguf_version,
+        "architecture": info.architecture,
+        "name": info.name,
+        "basename": info.basename,
+        "size_label": info.size_label,
+        "finetune": info.finetune,
+        "quant": info.quant,
+        "file_type": info.file_type,
+        "parameter_count": info.parameter_count,
+        "weight_bytes": info.weight_bytes,
+        "n_layers": info.n_layers,
+        "n_embd": info.n_embd,
+        "n_head": list(info.n_head),
+        "n_head_kv": list(info.n_head_kv),
+        "head_dim_k": info.head_dim_k,
+        "head_dim_v": info.head_dim_v,
+        "head_dim_k_swa": info.head_dim_k_swa,
+        "head_dim_v_swa": info.head_dim_v_swa,
+        "sliding_window": info.sliding_window,
+        "swa_layers": list(info.swa_layers),
+        "shared_kv_layers": info.shared_kv_layers,
+        "context_length": info.context_length,
+        "chat_template_sha256": info.chat_template_sha256,
+        "draft_kind": info.draft_kind,
+        "vocab": {
+            "tokenizer_model": v.tokenizer_model,
+            "vocab_type": v.vocab_type_name,
+            "pre": v.pre,
+            "n_tokens": v.n_tokens,
+            "bos_id": v.bos_id,
+            "eos_id": v.eos_id,
+            "add_bos": v.add_bos,
+            "add_eos": v.add_eos,
+            "stored": {"bos_id": v.bos_id_stored, "eos_id": v.eos_id_stored,
+                       "add_bos": v.add_bos_stored, "add_eos": v.add_eos_stored},
+            "load_error": v.load_error,
+            "overridden": list(v.overridden),
+            "notes": list(v.notes),
+        },
+    }
+
+
+def verdict_dict(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "compatible": verdict.compatible,
+        "summary": verdict.summary,
+        "llama_check": verdict.llama_check,
+        "overrides": dict(verdict.overrides),
+        "findings": [plain(f) for f in verdict.findings],
+        "target": model_dict(verdict.target),
+        "draft": model_dict(verdict.draft),
+    }
