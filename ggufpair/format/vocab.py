@@ -9,6 +9,8 @@ llama.cpp, and names the stored key behind every value.
 from __future__ import annotations
 
 import enum
+import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -82,10 +84,28 @@ class TokenTexts:
         return self.array.count
 
     def load(self) -> tuple[bytes, ...]:
-        return tuple(_as_llama_text(t, i) for i, t in enumerate(self.array.items()))
+        st = os.stat(self.array.path)
+        return _load_texts(self.array, st.st_size, st.st_mtime_ns)
 
     def raw_bytes(self) -> bytes:
         return self.array.raw()
+
+
+@functools.lru_cache(maxsize=4)
+def _load_texts(array: ArrayValue, _size: int, _mtime_ns: int) -> tuple[bytes, ...]:
+    return tuple(t if t and b"\0" not in t else _as_llama_text(t, i) for i, t in enumerate(array.items()))
+
+
+def first_duplicate(texts: tuple[bytes, ...]) -> tuple[int, int] | None:
+    """The first pair of ids with the same text: llama.cpp's loader aborts on it (GGML_ASSERT)."""
+    if len(set(texts)) == len(texts):
+        return None
+    seen: dict[bytes, int] = {}
+    for i, t in enumerate(texts):
+        if t in seen:
+            return seen[t], i
+        seen[t] = i
+    return None
 
 
 def _as_llama_text(raw: bytes, index: int) -> bytes:
@@ -154,10 +174,6 @@ def _override_kind(value: Any) -> str:
     if isinstance(value, float):
         return "float"
     return "str"
-
-
-_INT_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
-              GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64}
 
 
 def read_vocab(header: GGUFHeader, overrides: Mapping[str, Any] | None = None) -> VocabInfo:

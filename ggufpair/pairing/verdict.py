@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ggufpair.format.model_info import ModelInfo, read_model_info
-from ggufpair.format.vocab import ADD_BOS_KEY, ADD_EOS_KEY, BOS_KEY, EOS_KEY, VocabInfo, read_vocab
+from ggufpair.format.vocab import ADD_BOS_KEY, ADD_EOS_KEY, BOS_KEY, EOS_KEY, VocabInfo, first_duplicate, read_vocab
 
 VOCAB_MAX_SIZE_DIFFERENCE = 128  # SPEC_VOCAB_MAX_SIZE_DIFFERENCE
 VOCAB_CHECK_START_TOKEN_ID = 5  # SPEC_VOCAB_CHECK_START_TOKEN_ID
@@ -139,14 +139,25 @@ def inspect_pair(target_path, draft_path, overrides: Mapping[str, Any] | None = 
 
 
 def _load_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: ModelInfo) -> list[Finding]:
+    """What makes llama.cpp fail to load either model, before any compatibility check runs."""
     out = []
-    for role, vocab, info in (("target", tv, target), ("draft", dv, draft)):
+    same_tokens = tv.tokens is not None and dv.tokens is not None and tv.tokens.raw_bytes() == dv.tokens.raw_bytes()
+    for role, vocab in (("target", tv), ("draft", dv)):
         if vocab.load_error:
             out.append(Finding(
-                check=f"{role}_vocab_load", severity=Severity.BLOCKER, llama_reports=True,
+                check=f"{role}_vocab_load", severity=Severity.BLOCKER, llama_reports=not out,
                 message=f"llama.cpp cannot load the {role}'s vocabulary: {vocab.load_error}",
                 keys=_keys_in(vocab.load_error),
             ))
+        elif vocab.tokens is not None and not (role == "draft" and same_tokens):
+            texts = vocab.tokens.load()
+            dup = first_duplicate(texts)
+            if dup:
+                out.append(Finding(
+                    check=f"{role}_duplicate_tokens", severity=Severity.BLOCKER, keys=(TOKENS_KEY,), llama_reports=not out,
+                    message=f"the {role} has duplicate token texts (ids {dup[0]} and {dup[1]}: {texts[dup[1]][:32]!r}); "
+                            "llama.cpp's loader aborts on this (GGML_ASSERT in llama_vocab::load)",
+                ))
     return out
 
 
@@ -216,13 +227,12 @@ def _text_findings(tv: VocabInfo, dv: VocabInfo, already_failed: bool) -> list[F
     if tv.tokens is None or dv.tokens is None:
         return []
     if tv.tokens.raw_bytes() == dv.tokens.raw_bytes():
-        return _duplicate_findings(tv, dv)
+        return []
     t_texts, d_texts = tv.tokens.load(), dv.tokens.load()
     n = min(len(t_texts), len(d_texts))
     diffs = [i for i in range(VOCAB_CHECK_START_TOKEN_ID, n) if t_texts[i] != d_texts[i]]
-    out = _duplicate_findings(tv, dv, t_texts, d_texts)
     if not diffs:
-        return out
+        return []
     first = diffs[0]
     compared = max(n - VOCAB_CHECK_START_TOKEN_ID, 1)
     patchable = len(t_texts) == len(d_texts) and len(diffs) <= max(16, TEXT_PATCH_MAX_FRACTION * compared)
@@ -231,43 +241,14 @@ def _text_findings(tv: VocabInfo, dv: VocabInfo, already_failed: bool) -> list[F
     sample = ", ".join(f"{i}: {t_texts[i][:24]!r} vs {d_texts[i][:24]!r}" for i in diffs[:3])
     why = "" if patchable else (" The vocabularies have different sizes or differ in too many ids to be one tokenizer;"
                                  " metadata cannot fix this.")
-    out.insert(0, Finding(
+    return [Finding(
         check="token_text", severity=Severity.BLOCKER, speculation_off=True, llama_reports=not already_failed,
         keys=(TOKENS_KEY,), target_value=t_texts[first].decode("utf-8", "replace"),
         draft_value=d_texts[first].decode("utf-8", "replace"),
         message=f"token texts differ at {len(diffs)} of {compared} ids from id {VOCAB_CHECK_START_TOKEN_ID} "
                 f"(first at id {first}; {sample}); llama.cpp says so only at debug log level.{why}",
         fixes=fixes,
-    ))
-    return out
-
-
-def _duplicate_findings(tv: VocabInfo, dv: VocabInfo, t_texts=None, d_texts=None) -> list[Finding]:
-    """llama.cpp's loader asserts that token texts are unique (GGML_ASSERT: the process aborts)."""
-    out = []
-    for role, vocab, texts in (("target", tv, t_texts), ("draft", dv, d_texts)):
-        texts = texts if texts is not None else vocab.tokens.load()
-        dup = _first_duplicate(texts)
-        if dup:
-            out.append(Finding(
-                check=f"{role}_duplicate_tokens", severity=Severity.BLOCKER, keys=(TOKENS_KEY,),
-                message=f"the {role} has duplicate token texts (ids {dup[0]} and {dup[1]}: {texts[dup[1]][:32]!r}); "
-                        "llama.cpp's loader aborts on this (GGML_ASSERT in llama_vocab::load)",
-            ))
-        if t_texts is None and d_texts is None:
-            break  # identical vocabularies: one check covers both
-    return out
-
-
-def _first_duplicate(texts: tuple[bytes, ...]) -> tuple[int, int] | None:
-    if len(set(texts)) == len(texts):
-        return None
-    seen: dict[bytes, int] = {}
-    for i, t in enumerate(texts):
-        if t in seen:
-            return seen[t], i
-        seen[t] = i
-    return None
+    )]
 
 
 def _with_override(info: ModelInfo, overrides: Mapping[str, Any], key: str, value: Any) -> VocabInfo:

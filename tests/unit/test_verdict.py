@@ -1,0 +1,120 @@
+"""ggufpair's pair verdict on generated pairs: each llama.cpp rule failing alone, edges, defaults, fixes."""
+
+from __future__ import annotations
+
+import pytest
+from gguf import GGUFValueType as T
+
+from ggufpair.pairing.verdict import Route, Severity, check_pair, inspect_pair, override_argument, parse_override
+from ggufpair.errors import UsageError
+from ggufpair.format.model_info import read_model_info
+from tests.ggufmake import tiny_model
+from tests.pair_cases import ADD_BOS, BOS, CASES, build
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_verdict_names_the_check_llama_cpp_fails_on(case, tmp_path):
+    target, draft = build(case, tmp_path)
+    verdict = inspect_pair(target, draft, case.overrides)
+    assert verdict.llama_check == case.expected
+    assert verdict.compatible == (case.expected is None)
+
+
+def _pair(tmp_path, draft_changes=None, target_changes=None, **kw):
+    t = tiny_model(tmp_path / "t.gguf", changes=target_changes)
+    d = tiny_model(tmp_path / "d.gguf", changes=draft_changes, **kw)
+    return check_pair(read_model_info(t), read_model_info(d))
+
+
+def test_add_bos_finding_names_key_values_and_both_fixes(tmp_path):
+    verdict = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    (f,) = verdict.blockers
+    assert (f.check, f.keys, f.target_value, f.draft_value) == ("add_bos", (ADD_BOS,), True, False)
+    assert f.speculation_off and f.llama_reports
+    routes = {fix.route: fix for fix in f.fixes}
+    assert routes[Route.OVERRIDE_KV].argument == "tokenizer.ggml.add_bos_token=bool:true"
+    assert routes[Route.PATCH].value is True
+    assert "fixable" in verdict.summary
+
+
+def test_override_fix_is_verified_against_both_models(tmp_path):
+    """The override must leave the target as it is and make the draft agree; the fixed pair is compatible."""
+    verdict = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    fix = next(x for x in verdict.blockers[0].fixes if x.route == Route.OVERRIDE_KV)
+    key, value = parse_override(fix.argument)
+    fixed = check_pair(verdict.target, verdict.draft, {key: value})
+    assert fixed.compatible
+    assert fixed.draft.vocab.add_bos is False  # the stored file is untouched
+
+
+def test_bos_id_outside_draft_vocab_has_no_fix(tmp_path):
+    t = tiny_model(tmp_path / "t.gguf", n_tokens=420, changes={BOS: (T.UINT32, 400)})
+    d = tiny_model(tmp_path / "d.gguf", n_tokens=300)
+    verdict = check_pair(read_model_info(t), read_model_info(d))
+    (f,) = verdict.blockers
+    assert f.check == "bos_id" and f.target_value == 400 and f.draft_value == 1
+    assert f.fixes == ()
+    assert "not fixable" in verdict.summary
+
+
+def test_every_failing_rule_is_reported_not_only_the_first(tmp_path):
+    verdict = _pair(tmp_path, {ADD_BOS: (T.BOOL, False), "tokenizer.ggml.add_eos_token": (T.BOOL, True)})
+    assert [f.check for f in verdict.blockers] == ["add_bos", "add_eos"]
+    assert [f.llama_reports for f in verdict.blockers] == [True, False]
+
+
+def test_vocab_type_mismatch_is_not_fixable_and_stops_the_checks(tmp_path):
+    t = tiny_model(tmp_path / "t.gguf")
+    d = tiny_model(tmp_path / "d.gguf", tokenizer="gpt2")
+    verdict = check_pair(read_model_info(t), read_model_info(d))
+    assert [f.check for f in verdict.blockers] == ["vocab_type"]
+    assert verdict.blockers[0].fixes == ()
+
+
+def test_few_text_differences_are_patchable_many_are_not(tmp_path):
+    from tests.ggufmake import spm_tokens
+
+    few = spm_tokens(300)
+    few[100] = "<renamed>"
+    many = spm_tokens(300)
+    for i in range(5, 300):
+        many[i] = f"x{i}"
+    t = read_model_info(tiny_model(tmp_path / "t.gguf"))
+    d_few = read_model_info(tiny_model(tmp_path / "few.gguf", tokens=few))
+    d_many = read_model_info(tiny_model(tmp_path / "many.gguf", tokens=many))
+    f_few = check_pair(t, d_few).blockers[0]
+    f_many = check_pair(t, d_many).blockers[0]
+    assert f_few.check == f_many.check == "token_text"
+    assert [x.route for x in f_few.fixes] == [Route.PATCH]
+    assert "id 100" in f_few.message and f_few.draft_value == "<renamed>"
+    assert f_many.fixes == ()
+
+
+def test_advisories_size_architecture_context_template(tmp_path):
+    from tests.ggufmake import model_kv, vocab_kv, write_gguf
+
+    t_kv = {**model_kv(ctx=8192, arch="llama"), **vocab_kv(),
+            "tokenizer.chat_template": (T.STRING, "{{ messages }}")}
+    d_kv = {**model_kv(ctx=2048, arch="qwen3"), **vocab_kv()}
+    t = write_gguf(tmp_path / "t.gguf", t_kv, [("token_embd.weight", (64, 64))])
+    d = write_gguf(tmp_path / "d.gguf", d_kv, [("token_embd.weight", (64, 32))])
+    verdict = inspect_pair(t, d)
+    assert verdict.compatible
+    by_check = {f.check: f for f in verdict.findings}
+    assert by_check["draft_size"].severity == Severity.WARNING  # 50% of the target
+    assert by_check["architecture"].severity == Severity.WARNING
+    assert (by_check["context_length"].target_value, by_check["context_length"].draft_value) == (8192, 2048)
+    assert by_check["chat_template"].severity == Severity.INFO and "harmless" in by_check["chat_template"].message
+
+
+@pytest.mark.parametrize("value,text", [(True, "k=bool:true"), (False, "k=bool:false"), (7, "k=int:7"),
+                                        (0.5, "k=float:0.5"), ("x y", "k=str:x y")])
+def test_override_arguments_round_trip(value, text):
+    assert override_argument("k", value) == text
+    assert parse_override(text) == ("k", value)
+
+
+@pytest.mark.parametrize("bad", ["k", "k=bool", "k=bool:yes", "=int:1", "k=list:1", "k=int:x"])
+def test_bad_override_is_a_usage_error(bad):
+    with pytest.raises(UsageError):
+        parse_override(bad)
