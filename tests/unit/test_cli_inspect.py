@@ -1,0 +1,72 @@
+"""`ggufpair inspect`: verdict first for people, JSON for machines, errors through one place with exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from gguf import GGUFValueType as T
+
+from ggufpair.cli.main import main
+from ggufpair.errors import EXIT_CODES
+from tests.ggufmake import tiny_model
+from tests.pair_cases import ADD_BOS
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "ggufpair.cli.main", *args], capture_output=True, text=True, env=env)
+
+
+def test_incompatible_pair_verdict_first_with_fix(tmp_path):
+    t = tiny_model(tmp_path / "t.gguf")
+    d = tiny_model(tmp_path / "d.gguf", changes={ADD_BOS: (T.BOOL, False)})
+    out = _run("inspect", str(t), str(d))
+    assert out.returncode == EXIT_CODES["incompatible pair (inspect)"]
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("Verdict: incompatible (add_bos)")
+    assert "WITHOUT speculation" in out.stdout
+    assert "tokenizer.ggml.add_bos_token=bool:true" in out.stdout
+
+
+def test_json_output(tmp_path):
+    t = tiny_model(tmp_path / "t.gguf")
+    d = tiny_model(tmp_path / "d.gguf", changes={ADD_BOS: (T.BOOL, False)})
+    out = _run("inspect", "--json", str(t), str(d))
+    data = json.loads(out.stdout)
+    assert data["compatible"] is False and data["llama_check"] == "add_bos"
+    blocker = next(f for f in data["findings"] if f["severity"] == "blocker")
+    assert blocker["keys"] == [ADD_BOS] and blocker["fixes"][0]["route"] == "override-kv"
+    assert data["draft"]["vocab"]["stored"]["add_bos"] is False
+
+
+def test_override_kv_makes_the_pair_compatible(tmp_path):
+    t = tiny_model(tmp_path / "t.gguf")
+    d = tiny_model(tmp_path / "d.gguf", changes={ADD_BOS: (T.BOOL, False)})
+    out = _run("inspect", "--json", "--override-kv", f"{ADD_BOS}=bool:true", str(t), str(d))
+    assert out.returncode == 0 and json.loads(out.stdout)["compatible"] is True
+
+
+def test_single_model_json(tmp_path):
+    out = _run("inspect", "--json", str(tiny_model(tmp_path / "m.gguf")))
+    data = json.loads(out.stdout)
+    assert out.returncode == 0 and data["vocab"]["n_tokens"] == 300 and data["architecture"] == "llama"
+
+
+def test_bad_file_is_a_clear_error_with_its_exit_code(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + (7).to_bytes(4, "little") + b"\0" * 16)
+    out = _run("inspect", str(bad))
+    assert out.returncode == EXIT_CODES["GGUF format"]
+    assert str(bad) in out.stderr and "unsupported GGUF version 7" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_file_and_bad_override(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope.gguf")]) == EXIT_CODES["model file"]
+    assert "no such file" in capsys.readouterr().err
+    m = str(tiny_model(tmp_path / "m.gguf"))
+    assert main(["inspect", m, m, "--override-kv", "k=bool:maybe"]) == EXIT_CODES["usage"]
+    assert "is not a valid bool" in capsys.readouterr().err

@@ -1,0 +1,53 @@
+"""ModelInfo fields from metadata: Gemma 4 style attention layout, special drafts, quant names."""
+
+from __future__ import annotations
+
+from gguf import GGUFValueType as T
+
+from ggufpair.format.model_info import read_model_info
+from tests.ggufmake import model_kv, vocab_kv, write_gguf
+
+
+def test_gemma4_layout_swa_pattern_array_head_dims_and_shared_kv(tmp_path):
+    arch = "gemma4"
+    kv = {**model_kv(n_layers=6, arch=arch), **vocab_kv(),
+          f"{arch}.attention.sliding_window": (T.UINT32, 512),
+          f"{arch}.attention.sliding_window_pattern": (T.ARRAY, [True, True, False, True, True, False], T.BOOL),
+          f"{arch}.attention.key_length": (T.UINT32, 512),
+          f"{arch}.attention.value_length": (T.UINT32, 512),
+          f"{arch}.attention.key_length_swa": (T.UINT32, 256),
+          f"{arch}.attention.value_length_swa": (T.UINT32, 256),
+          f"{arch}.attention.shared_kv_layers": (T.UINT32, 2),
+          f"{arch}.attention.head_count_kv": (T.ARRAY, [2, 2, 1, 2, 2, 1], T.INT32)}
+    info = read_model_info(write_gguf(tmp_path / "g4.gguf", kv))
+    assert info.swa_layers == (0, 1, 3, 4)
+    assert (info.head_dim_k, info.head_dim_v, info.head_dim_k_swa, info.head_dim_v_swa) == (512, 512, 256, 256)
+    assert info.shared_kv_layers == 2 and info.kv_layers == (0, 1, 2, 3)
+    assert info.n_head_kv == (2, 2, 1, 2, 2, 1)
+
+
+def test_head_dim_defaults_to_embd_over_heads(tmp_path):
+    info = read_model_info(write_gguf(tmp_path / "m.gguf", {**model_kv(n_embd=64, n_head=4), **vocab_kv()}))
+    assert (info.head_dim_k, info.head_dim_v, info.swa_layers) == (16, 16, ())
+
+
+def test_special_drafts_are_recognised(tmp_path):
+    eagle = read_model_info(write_gguf(tmp_path / "e.gguf", {**model_kv(arch="eagle3"), **vocab_kv()}))
+    assert eagle.draft_kind == "eagle3"
+    mtp = read_model_info(write_gguf(tmp_path / "m.gguf", {**model_kv(n_layers=2), **vocab_kv()},
+                                     [("token_embd.weight", (8, 4)), ("blk.1.nextn.eh_proj.weight", (8, 8))]))
+    assert mtp.draft_kind == "mtp"
+
+
+def test_quant_falls_back_to_dominant_tensor_type(tmp_path):
+    kv = {**model_kv(), **vocab_kv()}
+    del kv["general.file_type"]
+    info = read_model_info(write_gguf(tmp_path / "m.gguf", kv))
+    assert info.quant == "F32"
+    assert info.parameter_count == 8 * 4 + 8 and info.weight_bytes == 4 * (8 * 4 + 8)
+
+
+def test_chat_template_hash(tmp_path):
+    kv = {**model_kv(), **vocab_kv(), "tokenizer.chat_template": (T.STRING, "{{ x }}")}
+    info = read_model_info(write_gguf(tmp_path / "m.gguf", kv))
+    assert info.has_chat_template and len(info.chat_template_sha256) == 64
