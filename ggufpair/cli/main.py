@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 from ggufpair import __version__
-from ggufpair.errors import EXIT_CODES, GgufpairError
+from ggufpair.errors import EXIT_CODES, GgufpairError, UsageError
 
 INCOMPATIBLE_EXIT = EXIT_CODES["incompatible pair (inspect)"]
 
@@ -30,6 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llama", action="store_true",
                    help="also ask llama.cpp's own loader (llama-cpp-python) for its verdict and compare")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("fix", help="repair a draft's metadata so llama.cpp speculates with it (or one file's own faults)")
+    p.add_argument("model", help="the GGUF file to fix (the draft, with --reference)")
+    p.add_argument("--reference", "-r", metavar="TARGET", help="the target the draft must agree with")
+    p.add_argument("--route", choices=["auto", "override", "patch"], default="auto",
+                   help="override: no copy, --override-kv in the launch command; patch: change the file (default: auto)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--output", "-o", metavar="PATH", help="write the fixed model here and leave the original alone")
+    p.add_argument("--backup", action="store_true", help="keep the original as MODEL.bak (a hard link: no copy)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_fix)
     return parser
 
 
@@ -69,6 +80,41 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                           f"{'agrees' if agree else 'DISAGREES'} with ggufpair",
                           style="green" if agree else "bold red")
     return 0 if verdict.compatible else INCOMPATIBLE_EXIT
+
+
+def cmd_fix(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ggufpair.cli import render
+    from ggufpair.fix.apply import apply_plan, recover_interrupted
+    from ggufpair.fix.plan import RouteChoice, plan_pair_fix, plan_self_fix, verdict_after
+    from ggufpair.format.shards import shard_paths
+    from ggufpair.report import plain
+
+    console = Console(stderr=args.json)
+    recovered = recover_interrupted(shard_paths(args.model)[0])
+    for line in recovered:
+        console.print(line, style="yellow")
+    if args.reference:
+        plan = plan_pair_fix(args.model, args.reference, RouteChoice(args.route))
+    else:
+        if args.route == "override":
+            raise UsageError("--route override needs --reference: overrides are judged against the target")
+        plan = plan_self_fix(args.model)
+    render.print_plan(console, plan)
+    data = {"plan": plain(plan), "applied": None}
+    data["plan"].pop("array_edits", None)
+    if plan.empty or args.dry_run:
+        if args.json:
+            print(json.dumps(data, indent=2))
+        return 0 if not plan.unfixable else INCOMPATIBLE_EXIT
+    result = apply_plan(plan, output=args.output, backup=args.backup)
+    data["applied"] = plain(result)
+    after = verdict_after(plan) if result.mode == "override" else None
+    render.print_fix_result(console, result, after)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    return 0 if not plan.unfixable else INCOMPATIBLE_EXIT
 
 
 def report_error(err: GgufpairError) -> None:

@@ -138,3 +138,39 @@ def print_model(console: Console, info: ModelInfo) -> None:
         console.print(Text("Loadable by llama.cpp", style="bold green"))
     console.print()
     console.print(models_table(("model", info)))
+
+
+def print_plan(console: Console, plan) -> None:
+    from ggufpair.pairing.verdict import Route
+
+    if plan.empty:
+        style = "bold red" if plan.unfixable else "bold green"
+        console.print(Text(plan.why[:1].upper() + plan.why[1:], style=style))
+    else:
+        route = {Route.OVERRIDE_KV: "no copy (--override-kv)", Route.PATCH: "patch the file"}[plan.route]
+        console.print(Text("Plan: ", style="bold") + Text(route, style="bold cyan") + Text(f" ({plan.why})"))
+        if plan.route == Route.OVERRIDE_KV:
+            for arg in plan.override_args:
+                console.print(f"  --override-kv {arg}")
+            console.print("  (equivalent file change, not made:)", style="dim")
+        for line in plan.diff():
+            style = "red" if line.startswith("-") else "green" if line.startswith("+") else "dim"
+            console.print(Text(line, style=style))
+    for problem in plan.unfixable:
+        console.print(Text("cannot fix: ", style="bold red") + Text(problem))
+
+
+def print_fix_result(console: Console, result, after=None) -> None:
+    if result.mode == "override":
+        console.print(Text("Saved the --override-kv fix for launch scripts and profiles; no file was changed.",
+                           style="bold green"))
+        if after is not None:
+            console.print(f"With it: {after.summary}")
+        return
+    what = {"in-place": "patched in place", "rewrite": "rewritten"}[result.mode]
+    console.print(Text(f"Fixed: {result.path} {what} in {result.seconds:.2f} s", style="bold green"))
+    if result.data_crc32 is not None:
+        console.print(f"  tensor data verified identical to the source ({human_bytes(result.bytes_copied)}, "
+                      f"CRC-32 {result.data_crc32:08x})")
+    if result.backup:
+        console.print(f"  original kept as {result.backup}")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gguf import GGMLQuantizationType as Q, GGUFReader, GGUFValueType as T
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFReader, GGUFValueType as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ggufmake.py
 
@@ -201,6 +201,7 @@ def test_invalid_utf8_in_string_value(write):
 
 
 def test_invalid_utf8_in_string_array_item(write):
+    # The offset is where the array's items start; the problem names the bad item.
     key = encode_string("general.tags")
     data = gguf_bytes([key + u32(T.ARRAY) + u32(T.STRING) + u64(2) + encode_string("ok") + encode_string(b"\xff")])
     expect_error(write(data), HEAD + len(key) + 4 + 4 + 8, "item 1 of array 'general.tags' is not valid UTF-8")
@@ -465,7 +466,6 @@ def test_agrees_with_gguf_reader_on_quantized_tensors(tmp_path):
     # Quantized types and 3-4 dimensions, which tiny_model's F32 tensors do not cover.
     specs = [("a", (32, 3), Q.Q4_0), ("b", (256, 2, 1), Q.Q4_K), ("c", (64, 2, 2, 2), Q.Q8_0), ("d", (5,), Q.F16)]
     infos, offset, sizes = [], 0, []
-    from gguf import GGML_QUANT_SIZES
     for name, shape, qtype in specs:
         block, type_size = GGML_QUANT_SIZES[qtype]
         n = 1

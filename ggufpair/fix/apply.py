@@ -1,0 +1,397 @@
+"""Carrying out a `FixPlan` without ever risking the model file.
+
+- No copy: the `--override-kv` arguments are recorded for the profile and launch script; no file changes.
+- In place, when every new value occupies exactly the bytes of the old one: the original bytes go to a
+  journal first (fsync'd), then the patch is written and fsync'd, then the journal is deleted. A fix that
+  dies in between is rolled back by the next run (`recover_interrupted`).
+- Otherwise a rewrite: a temporary file in the same folder receives the new header, then the tensor data
+  copied by the kernel (`os.copy_file_range`, which reflinks where the filesystem can; `sendfile` or plain
+  reads as fallbacks); it is fsync'd, verified, and renamed over the original (or to `--output`). The
+  original is untouched until that atomic rename; stale temporary files of a killed run are removed by the
+  next one.
+
+After any write the result is re-read and checked: tensor names, types, shapes, offsets and data bytes
+identical to the source, the planned keys at their new values, every other key unchanged, and the pair
+verdict compatible. If a check fails the original stays as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ggufpair.errors import GgufpairError
+from ggufpair.fix.plan import Action, FixPlan, KeyChange
+from ggufpair.format.reader import GGUFHeader, _open_map, _pad, read_header
+from ggufpair.format.writer import encode_header, encode_kv, encode_value
+from ggufpair.pairing.verdict import Route
+from ggufpair.state import fsync_dir, state_dir, write_json_atomic
+
+TMP_MARK = ".ggufpair-"
+CHUNK = 8 << 20
+
+
+class FixError(GgufpairError):
+    """A fix could not be applied; the original file is as it was."""
+
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class FixResult:
+    path: Path  # the file that now holds the fixed model (the original path, or --output)
+    route: Route
+    mode: str  # "override", "in-place" or "rewrite"
+    backup: Path | None
+    data_crc32: int | None  # of the tensor data, verified identical to the source (rewrite)
+    bytes_copied: int
+    seconds: float
+    override_args: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def temp_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def remove_stale_temps(dest: Path) -> list[Path]:
+    """Remove temporary files left by a killed rewrite of `dest` (the caller holds the file's lock)."""
+    removed = []
+    prefix = f".{dest.name}{TMP_MARK}"
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if p.name.startswith(prefix) and p.name.endswith(".tmp"):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def _journal_path(path: Path) -> Path:
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    return state_dir("journals") / f"{digest}.json"
+
+
+def recover_interrupted(path: str | Path) -> list[str]:
+    """Undo an in-place patch that was interrupted, and remove stale temporary files. Returns what was done."""
+    path = Path(path)
+    done = []
+    journal = _journal_path(path)
+    if journal.exists():
+        data = json.loads(journal.read_text())
+        with open(path, "r+b") as f:
+            for offset, old_hex, _new in data["patches"]:
+                f.seek(offset)
+                f.write(bytes.fromhex(old_hex))
+            f.flush()
+            os.fsync(f.fileno())
+        journal.unlink()
+        done.append(f"rolled back an interrupted in-place fix of {path}")
+    for p in remove_stale_temps(path):
+        done.append(f"removed stale temporary file {p}")
+    return done
+
+
+class _Lock:
+    """An exclusive flock on the model file: one fix at a time per file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> "_Lock":
+        self.fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise FixError(f"{self.path}: another ggufpair fix is working on this file") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _os_error(e: OSError, where: Path, what: str) -> FixError:
+    if e.errno == errno.ENOSPC:
+        return FixError(f"{where}: the disk is full while {what}; the original is untouched",
+                        hint="free some space, or write the fixed copy elsewhere with --output PATH")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return FixError(f"{where}: not writable ({e.strerror}) while {what}; the original is untouched",
+                        hint="use the no-copy route (--route override) or --output PATH in a writable folder")
+    return FixError(f"{where}: {e.strerror or e} while {what}; the original is untouched")
+
+
+# ----------------------------------------------------------------------------------------------- apply
+
+
+def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = False) -> FixResult:
+    start = time.perf_counter()
+    if plan.route is None or plan.empty:
+        raise FixError(f"{plan.path}: nothing to apply ({plan.why})")
+    if plan.route == Route.OVERRIDE_KV:
+        from ggufpair.fix.plan import verdict_after
+
+        after = verdict_after(plan)
+        if after is not None and not after.compatible:
+            raise FixError(f"{plan.path}: the --override-kv arguments do not make the pair compatible ({after.summary})")
+        _record_overrides(plan)
+        return FixResult(plan.path, plan.route, "override", None, None, 0, time.perf_counter() - start,
+                         plan.override_args)
+    src = plan.path
+    dest = Path(output) if output else src
+    if output and dest.resolve() == src.resolve():
+        dest, output = src, None
+    with _Lock(src):
+        recover_interrupted(src)
+        if output:
+            remove_stale_temps(dest)
+        st = os.stat(src)
+        if (st.st_size, st.st_mtime_ns) != (plan.size, plan.mtime_ns):
+            raise FixError(f"{src}: the file changed since the fix was planned (size or modification time); "
+                           "nothing was written", hint="run the fix again to plan it on the current file")
+        header = read_header(src)
+        # A backup is a hard link to the original inode, so it needs a rewrite (a new inode) to stay intact.
+        patches = None if output or backup else _same_size_patches(header, plan.changes)
+        if patches is not None:
+            _patch_in_place(src, header, patches, plan)
+            result = FixResult(src, plan.route, "in-place", None, None, sum(len(n) for _, _, n in patches),
+                               time.perf_counter() - start)
+        else:
+            crc, copied, backup_path = _rewrite(src, dest, header, plan, backup)
+            result = FixResult(dest, plan.route, "rewrite", backup_path, crc, copied, time.perf_counter() - start)
+    return result
+
+
+def _record_overrides(plan: FixPlan) -> None:
+    """Keep the no-copy fix where profiles and launch scripts will find it."""
+    key = hashlib.sha256(f"{plan.reference}|{plan.path}".encode()).hexdigest()[:24]
+    write_json_atomic(state_dir("fixes") / f"{key}.json", {
+        "target": str(plan.reference), "draft": str(plan.path), "draft_size": plan.size,
+        "override_kv": list(plan.override_args), "why": plan.why,
+    })
+
+
+def _encoded_change(change: KeyChange) -> bytes:
+    return encode_value(change.type, change.new, change.item_type)
+
+
+def _same_size_patches(header: GGUFHeader, changes) -> list[tuple[int, bytes, bytes]] | None:
+    """(offset, old bytes, new bytes) for each change, if every one fits exactly in place; else None."""
+    out = []
+    with _open_map(header.path) as buf:
+        for change in changes:
+            entry = header.kv.get(change.key)
+            if change.action != Action.SET or entry is None:
+                return None
+            new = _encoded_change(change)
+            if len(new) != entry.end - entry.value_offset:
+                return None
+            old = bytes(buf[entry.value_offset:entry.end])
+            if old != new:
+                out.append((entry.value_offset, old, new))
+    return out
+
+
+def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> None:
+    old_head = header_snapshot(header)
+    journal = _journal_path(path)
+    write_json_atomic(journal, {"path": str(path), "patches": [(o, old.hex(), new.hex()) for o, old, new in patches]})
+    try:
+        with open(path, "r+b") as f:
+            for offset, _old, new in patches:
+                f.seek(offset)
+                f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        recover_interrupted(path)
+        raise _os_error(e, path, "patching in place") from None
+    try:
+        _verify(header, old_head, read_header(path), plan, data_checked=False)
+    except BaseException:
+        recover_interrupted(path)
+        raise
+    journal.unlink()
+
+
+def new_header_bytes(header: GGUFHeader, changes) -> bytes:
+    """The header with `changes` applied: untouched entries and tensor infos copied byte for byte."""
+    by_key = {c.key: c for c in changes}
+    blobs = []
+    with _open_map(header.path) as buf:
+        for entry in header.kv.values():
+            change = by_key.get(entry.key)
+            if change is None:
+                blobs.append(bytes(buf[entry.key_offset:entry.end]))
+            elif change.action == Action.SET:
+                blobs.append(encode_kv(entry.key, change.type, change.new, change.item_type))
+        for change in changes:
+            if change.action == Action.ADD or (change.action == Action.SET and change.key not in header.kv):
+                blobs.append(encode_kv(change.key, change.type, change.new, change.item_type))
+        tensor_infos = bytes(buf[header.tensor_info_start:header.header_end])
+    head = encode_header(blobs, [], len(blobs), header.version)
+    # encode_header wrote a tensor count of 0: put back the real one, then the raw tensor infos.
+    head = head[:8] + len(header.tensors).to_bytes(8, "little") + head[16:] + tensor_infos
+    if header.tensors:
+        head += b"\0" * (_pad(len(head), header.alignment) - len(head))
+    return head
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+    """Copy `length` bytes from `offset` in src to the current end of dst, in the kernel where possible."""
+    copied = 0
+    method = "copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"
+    while copied < length:
+        n = 0
+        try:
+            if method == "copy_file_range":
+                n = os.copy_file_range(src_fd, dst_fd, min(length - copied, 1 << 30), offset + copied)
+            elif method == "sendfile":
+                n = os.sendfile(dst_fd, src_fd, offset + copied, min(length - copied, 1 << 30))
+            else:
+                data = os.pread(src_fd, min(length - copied, CHUNK), offset + copied)
+                n = os.write(dst_fd, data)
+        except OSError as e:
+            if e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) and method != "read":
+                method = "sendfile" if method == "copy_file_range" else "read"
+                continue
+            raise
+        if n == 0:
+            raise OSError(errno.EIO, f"source ended {length - copied} bytes early")
+        copied += n
+
+
+def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: bool) -> tuple[int, int, Path | None]:
+    head = new_header_bytes(header, plan.changes)
+    old_head = header_snapshot(header)
+    data_len = header.file_size - header.data_offset
+    tmp = temp_name(dest)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, os.stat(src).st_mode & 0o777)
+    except OSError as e:
+        raise _os_error(e, dest.parent, "creating a temporary file") from None
+    try:
+        try:
+            with open(src, "rb") as sf:
+                view = memoryview(head)
+                while view:
+                    view = view[os.write(fd, view):]
+                _copy_range(sf.fileno(), fd, header.data_offset, data_len)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        new = read_header(tmp)
+        crc = _verify(header, old_head, new, plan, data_checked=True)
+        backup_path = _make_backup(src) if backup and dest == src else None
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+        return crc, data_len, backup_path
+    except OSError as e:
+        _unlink(tmp)
+        raise _os_error(e, tmp, "writing the fixed copy") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _make_backup(src: Path) -> Path:
+    backup = src.with_name(src.name + ".bak")
+    n = 1
+    while backup.exists():
+        backup = src.with_name(f"{src.name}.bak{n}")
+        n += 1
+    try:
+        os.link(src, backup)  # instant: the original inode lives on under the backup name
+    except OSError:
+        shutil.copy2(src, backup)
+    return backup
+
+
+# ----------------------------------------------------------------------------------------------- verify
+
+
+def _value_bytes(header: GGUFHeader, key: str, buf) -> bytes:
+    entry = header.kv[key]
+    return bytes(buf[entry.value_offset:entry.end])
+
+
+def header_snapshot(header: GGUFHeader) -> bytes:
+    """The source's header bytes, kept before writing so the result can be compared with them."""
+    with _open_map(header.path) as buf:
+        return bytes(buf[:header.header_end])
+
+
+def _verify(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixPlan, data_checked: bool) -> int | None:
+    """Check the written file against the source and the plan; raise FixError on any difference."""
+    problems = []
+    if [(t.name, t.shape, t.type, t.offset) for t in old.tensors] != [(t.name, t.shape, t.type, t.offset) for t in new.tensors]:
+        problems.append("tensor infos differ from the source")
+    if new.alignment != old.alignment or new.data_offset % new.alignment:
+        problems.append("tensor data is not aligned as in the source")
+    by_key = {c.key: c for c in plan.changes}
+    with _open_map(old.path) as ob, _open_map(new.path) as nb:
+        for key in set(old.kv) | set(new.kv):
+            change = by_key.get(key)
+            if change is None:
+                if key not in new.kv or key not in old.kv or _value_bytes(old, key, old_head) != _value_bytes(new, key, nb):
+                    problems.append(f"key {key} changed but was not planned to")
+            elif change.action == Action.REMOVE:
+                if key in new.kv:
+                    problems.append(f"key {key} is still present")
+            elif key not in new.kv or _value_bytes(new, key, nb) != _encoded_change(change):
+                problems.append(f"key {key} does not hold its planned value")
+        crc = None
+        if data_checked and not problems:
+            crc = _compare_data(ob, old.data_offset, nb, new.data_offset, old.file_size - old.data_offset)
+            if crc is None or new.file_size - new.data_offset != old.file_size - old.data_offset:
+                problems.append("tensor data bytes differ from the source")
+    if problems:
+        raise FixError(f"{plan.path}: verification of the fixed file failed ({'; '.join(problems)}); "
+                       "the original is left as it was")
+    if plan.reference is not None:
+        from ggufpair.format.model_info import read_model_info
+        from ggufpair.pairing.verdict import check_pair
+
+        verdict = check_pair(read_model_info(plan.reference), read_model_info(new.path))
+        if not verdict.compatible:
+            raise FixError(f"{plan.path}: after the fix the pair is still incompatible ({verdict.summary}); "
+                           "the original is left as it was")
+    return crc
+
+
+def _compare_data(a, a_off: int, b, b_off: int, length: int) -> int | None:
+    """Compare two byte ranges chunk by chunk (memcmp speed); their CRC-32 if equal, else None."""
+    crc = 0
+    for pos in range(0, length, CHUNK):
+        n = min(CHUNK, length - pos)
+        x = a[a_off + pos:a_off + pos + n]
+        if x != b[b_off + pos:b_off + pos + n]:
+            return None
+        crc = zlib.crc32(x, crc)
+    return crc
