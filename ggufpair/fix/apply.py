@@ -131,8 +131,8 @@ class _Lock:
 
 
 def _os_error(e: OSError, where: Path, what: str) -> FixError:
-    if e.errno == errno.ENOSPC:
-        return FixError(f"{where}: the disk is full while {what}; the original is untouched",
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return FixError(f"{where}: no space left ({e.strerror}) while {what}; the original is untouched",
                         hint="free some space, or write the fixed copy elsewhere with --output PATH")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return FixError(f"{where}: not writable ({e.strerror}) while {what}; the original is untouched",
@@ -213,18 +213,23 @@ def _same_size_patches(header: GGUFHeader, changes) -> list[tuple[int, bytes, by
 
 def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> None:
     old_head = header_snapshot(header)
-    journal = _journal_path(path)
-    write_json_atomic(journal, {"path": str(path), "patches": [(o, old.hex(), new.hex()) for o, old, new in patches]})
     try:
-        with open(path, "r+b") as f:
+        f = open(path, "r+b")  # fails here, before anything is written, on a read-only file or folder
+    except OSError as e:
+        raise _os_error(e, path, "opening the file to patch it in place") from None
+    journal = _journal_path(path)
+    with f:
+        write_json_atomic(journal, {"path": str(path), "patches": [(o, old.hex(), new.hex()) for o, old, new in patches]})
+        try:
             for offset, _old, new in patches:
                 f.seek(offset)
                 f.write(new)
             f.flush()
             os.fsync(f.fileno())
-    except OSError as e:
-        recover_interrupted(path)
-        raise _os_error(e, path, "patching in place") from None
+        except OSError as e:
+            f.close()
+            recover_interrupted(path)
+            raise _os_error(e, path, "patching in place") from None
     try:
         _verify(header, old_head, read_header(path), plan, data_checked=False)
     except BaseException:

@@ -1,0 +1,237 @@
+"""`ggufpair fix`: plans, both routes, in-place vs rewrite, verification, and refusing to risk the file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import gguf
+import pytest
+from gguf import GGUFValueType as T
+
+from ggufpair.errors import UsageError
+from ggufpair.fix.apply import FixError, _journal_path, apply_plan, recover_interrupted, temp_name
+from ggufpair.fix.plan import Action, RouteChoice, plan_pair_fix, plan_self_fix
+from ggufpair.format.model_info import read_model_info
+from ggufpair.format.reader import read_header
+from ggufpair.pairing.verdict import Route, inspect_pair
+from ggufpair.state import state_dir
+from tests.ggufmake import DROP, model_kv, spm_tokens, tiny_model, vocab_kv, write_gguf
+from tests.pair_cases import ADD_BOS, ADD_EOS, BOS
+
+BIG_TENSORS = [("token_embd.weight", (256, 300)), ("blk.0.attn_q.weight", (256, 256)), ("output_norm.weight", (256,))]
+
+
+def _tensor_bytes(path):
+    """Each tensor's data bytes, read through the reference library."""
+    return {t.name: (tuple(int(x) for x in t.shape), int(t.tensor_type), bytes(t.data.tobytes()))
+            for t in gguf.GGUFReader(path).tensors}
+
+
+def _fields(path):
+    out = {}
+    for name, field in gguf.GGUFReader(path).fields.items():
+        value = field.contents()
+        out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _pair(tmp_path, draft_changes=None, tokens=None, tensors=None, tokenizer="llama"):
+    t_kv = {**model_kv(), **vocab_kv(tokenizer)}
+    d_kv = {**model_kv(), **vocab_kv(tokenizer, tokens=tokens)}
+    for k, v in (draft_changes or {}).items():
+        d_kv[k] = v
+    t = write_gguf(tmp_path / "target.gguf", t_kv, tensors)
+    d = write_gguf(tmp_path / "draft.gguf", d_kv, tensors)
+    return t, d
+
+
+def test_auto_route_prefers_no_copy_and_records_it(tmp_path):
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    before = d.read_bytes()
+    plan = plan_pair_fix(d, t)
+    assert plan.route == Route.OVERRIDE_KV and plan.override_args == ("tokenizer.ggml.add_bos_token=bool:true",)
+    assert [(c.key, c.action, c.old, c.new) for c in plan.changes] == [(ADD_BOS, Action.SET, False, True)]
+    result = apply_plan(plan)
+    assert result.mode == "override" and d.read_bytes() == before
+    (saved,) = state_dir("fixes").glob("*.json")
+    assert json.loads(saved.read_text())["override_kv"] == list(plan.override_args)
+
+
+def test_in_place_patch_changes_only_the_value_bytes(tmp_path):
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
+    before = d.read_bytes()
+    entry = read_header(d).kv[ADD_BOS]
+    result = apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH))
+    after = d.read_bytes()
+    assert result.mode == "in-place" and len(after) == len(before)
+    changed = [i for i in range(len(before)) if before[i] != after[i]]
+    assert changed == [entry.value_offset + 4]
+    assert inspect_pair(t, d).compatible
+    assert not _journal_path(d).exists()
+
+
+def test_rewrite_for_token_texts_keeps_tensors_and_other_keys(tmp_path):
+    tokens = spm_tokens(300)
+    tokens[100], tokens[101] = "<much-longer-name>", "<x>"
+    t, d = _pair(tmp_path, tokens=tokens, tensors=BIG_TENSORS)
+    tensors_before, fields_before = _tensor_bytes(d), _fields(d)
+    plan = plan_pair_fix(d, t)
+    assert plan.route == Route.PATCH and "no --override-kv" in plan.why
+    assert "id 100: b'<much-longer-name>' -> b'<0x61>'" in "\n".join(plan.diff())
+    result = apply_plan(plan)
+    assert result.mode == "rewrite" and result.data_crc32 is not None
+    assert _tensor_bytes(d) == tensors_before
+    fields_after = _fields(d)
+    assert fields_after["tokenizer.ggml.tokens"] == tuple(spm_tokens(300))
+    changed = {k for k in fields_before if fields_before[k] != fields_after.get(k)}
+    assert changed == {"tokenizer.ggml.tokens"}
+    assert inspect_pair(t, d).compatible
+    assert [p.name for p in tmp_path.iterdir() if ".ggufpair-" in p.name] == []
+
+
+def test_adding_a_missing_key_rewrites(tmp_path):
+    t = tiny_model(tmp_path / "t.gguf", "gpt2", changes={ADD_BOS: (T.BOOL, True)})
+    d = tiny_model(tmp_path / "d.gguf", "gpt2", changes={ADD_BOS: DROP})
+    plan = plan_pair_fix(d, t, RouteChoice.PATCH)
+    assert [(c.key, c.action) for c in plan.changes] == [(ADD_BOS, Action.ADD)]
+    assert apply_plan(plan).mode == "rewrite"
+    assert _fields(d)[ADD_BOS] is True and inspect_pair(t, d).compatible
+
+
+def test_removing_a_key_and_changing_an_array(tmp_path):
+    from ggufpair.fix.apply import apply_plan as apply_
+    from ggufpair.fix.plan import FixPlan, KeyChange
+
+    d = tiny_model(tmp_path / "d.gguf")
+    st = os.stat(d)
+    types = tuple([2] * 300)
+    plan = FixPlan(d, Route.PATCH, (
+        KeyChange("general.size_label", Action.REMOVE, "1M", None),
+        KeyChange("tokenizer.ggml.token_type", Action.SET, None, types, T.ARRAY, T.INT32),
+        KeyChange("general.note", Action.ADD, None, "fixed", T.STRING),
+    ), (), "test", st.st_size, st.st_mtime_ns)
+    apply_(plan)
+    fields = _fields(d)
+    assert "general.size_label" not in fields and fields["general.note"] == "fixed"
+    assert fields["tokenizer.ggml.token_type"] == types
+
+
+def test_output_leaves_the_original_untouched(tmp_path):
+    tokens = spm_tokens(300)
+    tokens[50] = "<other>"
+    t, d = _pair(tmp_path, tokens=tokens)
+    before = d.read_bytes()
+    out = tmp_path / "fixed" / "draft.gguf"
+    out.parent.mkdir()
+    result = apply_plan(plan_pair_fix(d, t), output=out)
+    assert result.path == out and d.read_bytes() == before
+    assert inspect_pair(t, out).compatible and not inspect_pair(t, d).compatible
+
+
+def test_backup_keeps_the_original_bytes(tmp_path):
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    before = d.read_bytes()
+    result = apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), backup=True)
+    assert result.mode == "rewrite"  # a hard-link backup needs a new inode for the fixed file
+    assert result.backup.read_bytes() == before and d.read_bytes() != before
+
+
+def test_a_file_changed_after_planning_is_refused(tmp_path):
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    plan = plan_pair_fix(d, t, RouteChoice.PATCH)
+    with open(d, "ab") as f:
+        f.write(b"\0" * 32)
+    before = d.read_bytes()
+    with pytest.raises(FixError, match="changed since the fix was planned"):
+        apply_plan(plan)
+    assert d.read_bytes() == before
+
+
+def test_override_route_refused_when_it_cannot_fix(tmp_path):
+    tokens = spm_tokens(300)
+    tokens[50] = "<other>"
+    t, d = _pair(tmp_path, tokens=tokens)
+    with pytest.raises(UsageError, match="no-copy route cannot fix"):
+        plan_pair_fix(d, t, RouteChoice.OVERRIDE)
+
+
+def test_vocab_size_difference_is_explained_not_attempted(tmp_path):
+    t = tiny_model(tmp_path / "t.gguf", n_tokens=300)
+    d = tiny_model(tmp_path / "d.gguf", n_tokens=500)
+    plan = plan_pair_fix(d, t)
+    assert plan.empty and plan.route is None
+    assert "vocab_size" in plan.unfixable[0] and "Metadata cannot fix this" in plan.unfixable[0]
+    with pytest.raises(FixError):
+        apply_plan(plan)
+
+
+def test_self_fix_repairs_out_of_range_ids_and_needed_bos(tmp_path):
+    kv = {**model_kv(arch="gemma3"), **vocab_kv()}
+    kv[BOS] = (T.UINT32, 70000)
+    kv[ADD_BOS] = (T.BOOL, False)
+    m = write_gguf(tmp_path / "m.gguf", kv)
+    plan = plan_self_fix(m)
+    assert {(c.key, c.new) for c in plan.changes} == {(BOS, 1), (ADD_BOS, True)}
+    apply_plan(plan)
+    v = read_model_info(m).vocab
+    assert (v.bos_id_stored, v.add_bos) == (1, True)
+
+
+def test_only_the_first_shard_of_a_split_model_is_rewritten(tmp_path):
+    split = {"split.count": (T.UINT16, 2), "split.tensors.count": (T.INT32, 2)}
+    t = tiny_model(tmp_path / "t.gguf")
+    kv = {**model_kv(), **vocab_kv(), ADD_BOS: (T.BOOL, False), "split.no": (T.UINT16, 0), **split}
+    first = write_gguf(tmp_path / "d-00001-of-00002.gguf", kv, [("token_embd.weight", (8, 4))])
+    second = write_gguf(tmp_path / "d-00002-of-00002.gguf", {"split.no": (T.UINT16, 1), **split},
+                        [("output_norm.weight", (8,))])
+    second_before, second_stat = second.read_bytes(), os.stat(second)
+    plan = plan_pair_fix(second, t, RouteChoice.PATCH)
+    assert plan.path == first
+    apply_plan(plan, backup=True)
+    assert second.read_bytes() == second_before and os.stat(second).st_mtime_ns == second_stat.st_mtime_ns
+    assert read_model_info(first).vocab.add_bos is True
+
+
+def test_interrupted_in_place_patch_is_rolled_back(tmp_path):
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    before = d.read_bytes()
+    entry = read_header(d).kv[ADD_BOS]
+    # What a fix killed between journal and fsync leaves: the journal, and the file already patched.
+    from ggufpair.state import write_json_atomic
+
+    write_json_atomic(_journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
+    with open(d, "r+b") as f:
+        f.seek(entry.value_offset + 4)
+        f.write(b"\x01")
+    assert recover_interrupted(d) and d.read_bytes() == before
+    assert not _journal_path(d).exists()
+
+
+def test_stale_temporary_files_are_removed_by_the_next_fix(tmp_path):
+    tokens = spm_tokens(300)
+    tokens[50] = "<other>"
+    t, d = _pair(tmp_path, tokens=tokens)
+    stale = temp_name(d)
+    stale.write_bytes(b"half a model")
+    apply_plan(plan_pair_fix(d, t))
+    assert not stale.exists()
+
+
+def test_one_fix_at_a_time_per_file(tmp_path):
+    import fcntl
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    plan = plan_pair_fix(d, t, RouteChoice.PATCH)
+    with open(d, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(FixError, match="another ggufpair fix"):
+            apply_plan(plan)
+
+
+def test_eos_fix_by_both_routes(tmp_path):
+    t, d = _pair(tmp_path, {ADD_EOS: (T.BOOL, True)})
+    plan = plan_pair_fix(d, t)
+    assert plan.override_args == ("tokenizer.ggml.add_eos_token=bool:false",)
+    apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH))
+    assert inspect_pair(t, d).compatible
