@@ -207,7 +207,9 @@ def _same_size_patches(header: GGUFHeader, changes) -> list[tuple[int, bytes, by
                 return None
             old = bytes(buf[entry.value_offset:entry.end])
             if old != new:
-                out.append((entry.value_offset, old, new))
+                first = next(i for i in range(len(new)) if old[i] != new[i])
+                last = next(i for i in range(len(new) - 1, -1, -1) if old[i] != new[i]) + 1
+                out.append((entry.value_offset + first, old[first:last], new[first:last]))
     return out
 
 

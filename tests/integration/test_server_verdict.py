@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ggufpair.engine.process import ServerProcess
-from ggufpair.pairing.verdict import inspect_pair, override_argument
-from tests.integration.variants import set_scalar, set_token_text
+from ggufpair.pairing.verdict import inspect_pair
+from tests.integration.variants import set_scalar, set_token_text, speculation_live
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +26,6 @@ VARIANTS = [
 ]
 
 
-def _speculative(llama_server, target, draft, overrides, log_path):
-    args = ["-m", target, "-md", draft, "--spec-type", "draft-simple", "-c", "512", "-np", "1", "-t", "2"]
-    for key, value in overrides.items():
-        args += ["--override-kv", override_argument(key, value)]
-    with ServerProcess(llama_server.path, args, log_path=log_path) as server:
-        slots = server.get_json("/slots")
-        return all(s["speculative"] for s in slots), server.log_text()
-
-
 @pytest.mark.parametrize("name,patch,overrides,compatible", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_server_speculates_exactly_when_verdict_says_so(name, patch, overrides, compatible, gemma_q4, model_copy,
                                                         llama_server, tmp_path):
@@ -45,7 +35,7 @@ def test_server_speculates_exactly_when_verdict_says_so(name, patch, overrides, 
         patch(draft)
     verdict = inspect_pair(gemma_q4, draft, overrides)
     assert verdict.compatible == compatible, verdict.summary
-    live, log = _speculative(llama_server, gemma_q4, draft, overrides, tmp_path / "server.log")
+    live, log = speculation_live(llama_server, gemma_q4, draft, overrides, tmp_path / "server.log")
     assert live == verdict.compatible, log[-3000:]
     if not compatible:
         assert "failed to initialize speculative decoding context" in log or "not compatible" in log, log[-3000:]

@@ -9,20 +9,16 @@ reads it.
 from __future__ import annotations
 
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFReader, GGUFValueType as T
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ggufmake.py
-
-from ggufmake import model_kv, tiny_model, vocab_kv, write_gguf  # noqa: E402
-
-from ggufpair.errors import GGUFFormatError, MissingShardError, ModelFileError  # noqa: E402
-from ggufpair.format.model_info import read_model_info  # noqa: E402
-from ggufpair.format.reader import read_header  # noqa: E402
-from ggufpair.format.writer import encode_header, encode_kv, encode_string, encode_tensor_info  # noqa: E402
+from ggufpair.errors import GGUFFormatError, MissingShardError, ModelFileError
+from ggufpair.format.model_info import read_model_info
+from ggufpair.format.reader import read_header
+from ggufpair.format.writer import encode_header, encode_kv, encode_string, encode_tensor_info
+from tests.ggufmake import model_kv, tiny_model, vocab_kv, write_gguf
 
 HEAD = 24  # magic (4) + version (4) + tensor count (8) + metadata count (8)
 

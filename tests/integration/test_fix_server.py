@@ -1,0 +1,53 @@
+"""End to end with the real llama-server and the real Gemma 3 270M files: a draft made incompatible in each
+fixable way serves without speculation before `fix`, and with speculation after it, by both routes."""
+
+from __future__ import annotations
+
+import pytest
+
+from ggufpair.fix.apply import apply_plan
+from ggufpair.fix.plan import RouteChoice, plan_pair_fix
+from ggufpair.pairing.verdict import Route, parse_override
+from tests.integration.variants import set_scalar, set_token_text, speculation_live, with_token_text
+
+pytestmark = pytest.mark.integration
+
+BREAKS = {
+    "add_bos": lambda p: set_scalar(p, "tokenizer.ggml.add_bos_token", False),
+    "add_eos": lambda p: set_scalar(p, "tokenizer.ggml.add_eos_token", True),
+    "bos_id": lambda p: set_scalar(p, "tokenizer.ggml.bos_token_id", 3),
+    "token_text": lambda p: set_token_text(p, 5, b"[MULTIMODAL]"),
+    "token_text_longer": None,  # made by with_token_text: a different length forces a rewrite
+}
+CASES = [(name, route) for name in BREAKS for route in (RouteChoice.OVERRIDE, RouteChoice.PATCH)
+         if not (name.startswith("token_text") and route == RouteChoice.OVERRIDE)]
+
+
+@pytest.fixture(scope="module")
+def broken_drafts(gemma_q4, model_copy, llama_server, tmp_path_factory):
+    """Each broken draft, checked once to serve without speculation before any fix."""
+    drafts = {}
+    for name, brk in BREAKS.items():
+        path = model_copy(gemma_q4, f"broken-{name}.gguf") if brk else with_token_text(
+            gemma_q4, tmp_path_factory.mktemp("longer") / f"broken-{name}.gguf", 5, b"[multimodal-longer]")
+        if brk:
+            brk(path)
+        live, log = speculation_live(llama_server, gemma_q4, path, log_path=tmp_path_factory.mktemp(name) / "server.log")
+        assert not live, f"{name}: speculation was on before the fix"
+        assert "failed to initialize speculative decoding context" in log
+        drafts[name] = path
+    return drafts
+
+
+@pytest.mark.parametrize("name,route", CASES, ids=[f"{n}-{r.value}" for n, r in CASES])
+def test_fix_turns_speculation_on(name, route, broken_drafts, gemma_q4, model_copy, llama_server, tmp_path):
+    draft = model_copy(broken_drafts[name], f"{name}-{route.value}.gguf")
+    plan = plan_pair_fix(draft, gemma_q4, route)
+    result = apply_plan(plan)
+    overrides = dict(parse_override(a) for a in result.override_args)
+    if route == RouteChoice.OVERRIDE:
+        assert plan.route == Route.OVERRIDE_KV and overrides
+    else:
+        assert result.mode == ("rewrite" if name == "token_text_longer" else "in-place")
+    live, log = speculation_live(llama_server, gemma_q4, draft, overrides, tmp_path / "server.log")
+    assert live, log[-3000:]
