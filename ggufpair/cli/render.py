@@ -169,8 +169,7 @@ def print_fix_result(console: Console, result, after=None) -> None:
         return
     what = {"in-place": "patched in place", "rewrite": "rewritten"}[result.mode]
     console.print(Text(f"Fixed: {result.path} {what} in {result.seconds:.2f} s", style="bold green"))
-    if result.data_crc32 is not None:
-        console.print(f"  tensor data verified identical to the source ({human_bytes(result.bytes_copied)}, "
-                      f"CRC-32 {result.data_crc32:08x})")
+    if result.data_verified:
+        console.print(f"  tensor data verified byte for byte against the source ({human_bytes(result.bytes_copied)})")
     if result.backup:
         console.print(f"  original kept as {result.backup}")

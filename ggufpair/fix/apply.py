@@ -24,8 +24,8 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ class FixResult:
     route: Route
     mode: str  # "override", "in-place" or "rewrite"
     backup: Path | None
-    data_crc32: int | None  # of the tensor data, verified identical to the source (rewrite)
+    data_verified: bool  # every tensor data byte compared equal to the source (rewrite)
     bytes_copied: int
     seconds: float
     override_args: tuple[str, ...] = ()
@@ -154,7 +154,7 @@ def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = F
         if after is not None and not after.compatible:
             raise FixError(f"{plan.path}: the --override-kv arguments do not make the pair compatible ({after.summary})")
         _record_overrides(plan)
-        return FixResult(plan.path, plan.route, "override", None, None, 0, time.perf_counter() - start,
+        return FixResult(plan.path, plan.route, "override", None, False, 0, time.perf_counter() - start,
                          plan.override_args)
     src = plan.path
     dest = Path(output) if output else src
@@ -173,11 +173,11 @@ def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = F
         patches = None if output or backup else _same_size_patches(header, plan.changes)
         if patches is not None:
             _patch_in_place(src, header, patches, plan)
-            result = FixResult(src, plan.route, "in-place", None, None, sum(len(n) for _, _, n in patches),
+            result = FixResult(src, plan.route, "in-place", None, False, sum(len(n) for _, _, n in patches),
                                time.perf_counter() - start)
         else:
-            crc, copied, backup_path = _rewrite(src, dest, header, plan, backup)
-            result = FixResult(dest, plan.route, "rewrite", backup_path, crc, copied, time.perf_counter() - start)
+            copied, backup_path = _rewrite(src, dest, header, plan, backup)
+            result = FixResult(dest, plan.route, "rewrite", backup_path, True, copied, time.perf_counter() - start)
     return result
 
 
@@ -287,7 +287,7 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
         copied += n
 
 
-def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: bool) -> tuple[int, int, Path | None]:
+def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: bool) -> tuple[int, Path | None]:
     head = new_header_bytes(header, plan.changes)
     old_head = header_snapshot(header)
     data_len = header.file_size - header.data_offset
@@ -303,21 +303,44 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: b
                 while view:
                     view = view[os.write(fd, view):]
                 _copy_range(sf.fileno(), fd, header.data_offset, data_len)
-            os.fsync(fd)
+            # Verify from the page cache while the kernel writes the copy back to disk.
+            flushed = _Background(os.fsync, fd)
+            try:
+                _verify(header, old_head, read_header(tmp), plan, data_checked=True)
+            finally:
+                flushed.join()
         finally:
             os.close(fd)
-        new = read_header(tmp)
-        crc = _verify(header, old_head, new, plan, data_checked=True)
         backup_path = _make_backup(src) if backup and dest == src else None
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
-        return crc, data_len, backup_path
+        return data_len, backup_path
     except OSError as e:
         _unlink(tmp)
         raise _os_error(e, tmp, "writing the fixed copy") from None
     except BaseException:
         _unlink(tmp)
         raise
+
+
+class _Background(threading.Thread):
+    """Run one blocking call (an fsync) in a thread; `join()` re-raises its error."""
+
+    def __init__(self, fn, *args) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.args, self.error = fn, args, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.fn(*self.args)
+        except BaseException as e:  # handed to the joining thread
+            self.error = e
+
+    def join(self, timeout=None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
 
 
 def _unlink(path: Path) -> None:
@@ -354,7 +377,7 @@ def header_snapshot(header: GGUFHeader) -> bytes:
         return bytes(buf[:header.header_end])
 
 
-def _verify(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixPlan, data_checked: bool) -> int | None:
+def _verify(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixPlan, data_checked: bool) -> None:
     """Check the written file against the source and the plan; raise FixError on any difference."""
     problems = []
     if [(t.name, t.shape, t.type, t.offset) for t in old.tensors] != [(t.name, t.shape, t.type, t.offset) for t in new.tensors]:
@@ -373,10 +396,9 @@ def _verify(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixPlan, da
                     problems.append(f"key {key} is still present")
             elif key not in new.kv or _value_bytes(new, key, nb) != _encoded_change(change):
                 problems.append(f"key {key} does not hold its planned value")
-        crc = None
         if data_checked and not problems:
-            crc = _compare_data(ob, old.data_offset, nb, new.data_offset, old.file_size - old.data_offset)
-            if crc is None or new.file_size - new.data_offset != old.file_size - old.data_offset:
+            length = old.file_size - old.data_offset
+            if new.file_size - new.data_offset != length or not _same_data(ob, old.data_offset, nb, new.data_offset, length):
                 problems.append("tensor data bytes differ from the source")
     if problems:
         raise FixError(f"{plan.path}: verification of the fixed file failed ({'; '.join(problems)}); "
@@ -389,16 +411,27 @@ def _verify(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixPlan, da
         if not verdict.compatible:
             raise FixError(f"{plan.path}: after the fix the pair is still incompatible ({verdict.summary}); "
                            "the original is left as it was")
-    return crc
 
 
-def _compare_data(a, a_off: int, b, b_off: int, length: int) -> int | None:
-    """Compare two byte ranges chunk by chunk (memcmp speed); their CRC-32 if equal, else None."""
-    crc = 0
-    for pos in range(0, length, CHUNK):
-        n = min(CHUNK, length - pos)
-        x = a[a_off + pos:a_off + pos + n]
-        if x != b[b_off + pos:b_off + pos + n]:
-            return None
-        crc = zlib.crc32(x, crc)
-    return crc
+def _same_data(a, a_off: int, b, b_off: int, length: int) -> bool:
+    """Every byte of two ranges compared, streamed in chunks (as 64-bit words with numpy: ~5 GB/s warm).
+
+    A byte-for-byte comparison is stronger than comparing hashes of the two ranges, and cheaper."""
+    import numpy as np
+
+    if length == 0:
+        return True
+    va = np.frombuffer(a, dtype=np.uint8, count=length, offset=a_off)
+    vb = np.frombuffer(b, dtype=np.uint8, count=length, offset=b_off)
+    try:
+        for pos in range(0, length, CHUNK):
+            end = min(pos + CHUNK, length)
+            x, y = va[pos:end], vb[pos:end]
+            words = (end - pos) // 8 * 8
+            if not np.array_equal(x[:words].view(np.uint64), y[:words].view(np.uint64)):
+                return False
+            if not np.array_equal(x[words:], y[words:]):
+                return False
+        return True
+    finally:
+        del va, vb

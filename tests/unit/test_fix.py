@@ -80,7 +80,7 @@ def test_rewrite_for_token_texts_keeps_tensors_and_other_keys(tmp_path):
     assert plan.route == Route.PATCH and "no --override-kv" in plan.why
     assert "id 100: b'<much-longer-name>' -> b'<0x61>'" in "\n".join(plan.diff())
     result = apply_plan(plan)
-    assert result.mode == "rewrite" and result.data_crc32 is not None
+    assert result.mode == "rewrite" and result.data_verified
     assert _tensor_bytes(d) == tensors_before
     fields_after = _fields(d)
     assert fields_after["tokenizer.ggml.tokens"] == tuple(spm_tokens(300))

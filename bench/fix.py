@@ -1,0 +1,143 @@
+"""Fix speed, measured in one run against the references (issue 3).
+
+1. In-place patch (an add_bos flip) on a small and on a multi-gigabyte file: ggufpair's time must not grow
+   with the file size. gguf's own `gguf_set_metadata.py` does the same job, for reference.
+2. Rewrite throughput on the multi-gigabyte file as a ratio to `cp` of the same file (target >= 0.8).
+   ggufpair's rewrite fsyncs and verifies every data byte; `cp` does neither, so `cp` + `sync` is shown too.
+3. `gguf_new_metadata.py` (shipped with gguf) on a rewrite job it can do (a new BOS id into a new file).
+
+Every command runs as a fresh process, so interpreter start-up is included on both sides.
+Run: .venv/bin/python bench/fix.py [--size-gib 2] [--repeat 3] [--dir /tmp/ggufpair-bench]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/inspect.py must not shadow the standard library's `inspect` for this script's imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import time
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gguf import GGMLQuantizationType, GGUFValueType as T  # noqa: E402
+
+from ggufpair.format.writer import encode_header, encode_kv, encode_tensor_info  # noqa: E402
+from tests.ggufmake import model_kv, vocab_kv, write_gguf  # noqa: E402
+
+PY = sys.executable
+
+
+def big_gguf(path: Path, size: int, kv: dict) -> Path:
+    """A GGUF with one F16 tensor of about `size` bytes of incompressible data, streamed to disk."""
+    cols = 8192
+    rows = max(1, size // (cols * 2))
+    blobs = [encode_kv(k, *v) for k, v in kv.items()]
+    head = encode_header(blobs, [encode_tensor_info("token_embd.weight", (cols, rows), GGMLQuantizationType.F16, 0)], len(blobs))
+    head += b"\0" * ((-len(head)) % 32)
+    chunk = os.urandom(64 << 20)
+    remaining = cols * rows * 2
+    with open(path, "wb") as f:
+        f.write(head)
+        while remaining:
+            n = min(remaining, len(chunk))
+            f.write(chunk[:n])
+            remaining -= n
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t
+
+
+def fix_cmd(*args: str) -> list[str]:
+    return [PY, "-m", "ggufpair.cli.main", "fix", *map(str, args)]
+
+
+def med(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.3f} s (runs: {', '.join(f'{x:.3f}' for x in xs)})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-gib", type=float, default=2.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dir", default="/tmp/ggufpair-bench")
+    args = ap.parse_args()
+    work = Path(args.dir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.environ["GGUFPAIR_HOME"] = str(work / "home")
+    size = int(args.size_gib * 2**30)
+
+    base = {**model_kv(), **vocab_kv()}
+    t_true = write_gguf(work / "target-bos-true.gguf", {**base, "tokenizer.ggml.add_bos_token": (T.BOOL, True)})
+    t_false = write_gguf(work / "target-bos-false.gguf", {**base, "tokenizer.ggml.add_bos_token": (T.BOOL, False),
+                                                          "tokenizer.ggml.bos_token_id": (T.UINT32, 3)})
+    small = write_gguf(work / "small.gguf", base)
+    print(f"building a {size / 2**30:.1f} GiB model in {work} ...", flush=True)
+    big = big_gguf(work / "big.gguf", size, base)
+    print(f"small: {small.stat().st_size} bytes, big: {big.stat().st_size / 2**30:.2f} GiB\n")
+
+    # 1. In place: flip add_bos back and forth by fixing against targets that want false, then true.
+    results = {}
+    for name, path in (("small", small), ("big", big)):
+        ours = []
+        for i in range(args.repeat * 2):
+            target = t_false if i % 2 == 0 else t_true
+            ours.append(timed(fix_cmd(path, "--reference", target, "--route", "patch")))
+        ref = []
+        for i in range(args.repeat * 2):
+            value = "false" if i % 2 == 0 else "true"
+            ref.append(timed([PY, "-m", "gguf.scripts.gguf_set_metadata", str(path), "tokenizer.ggml.add_bos_token",
+                              value, "--force"]))
+        results[name] = (ours, ref)
+        print(f"in-place add_bos flip on {name}: ggufpair {med(ours)}")
+        print(f"in-place add_bos flip on {name}: gguf_set_metadata.py {med(ref)}")
+    growth = statistics.median(results["big"][0]) / statistics.median(results["small"][0])
+    print(f"ggufpair in-place time, big / small: {growth:.2f} (must not grow with size: ~1)\n")
+
+    # 2. Rewrite: BOS id 1 -> 3 (and back) into a new file, vs cp of the same file.
+    out = work / "out.gguf"
+    ours, cp, cp_sync, newmeta = [], [], [], []
+    for i in range(args.repeat):
+        for f in (out,):
+            f.unlink(missing_ok=True)
+        cp.append(timed(["cp", str(big), str(out)]))
+        out.unlink()
+        t = time.perf_counter()
+        subprocess.run(["cp", str(big), str(out)], check=True)
+        subprocess.run(["sync", str(out)], check=True)
+        cp_sync.append(time.perf_counter() - t)
+        out.unlink()
+        ours.append(timed(fix_cmd(big, "--reference", t_false, "--route", "patch", "--output", out)))
+        out.unlink()
+        newmeta.append(timed([PY, "-m", "gguf.scripts.gguf_new_metadata", str(big), str(out),
+                              "--special-token-by-id", "bos", "3", "--force"]))
+        out.unlink()
+    gib = big.stat().st_size / 2**30
+    o, c, cs, nm = (statistics.median(x) for x in (ours, cp, cp_sync, newmeta))
+    print(f"rewrite (new BOS id, --output) of {gib:.2f} GiB: ggufpair {med(ours)} = {gib / o:.2f} GiB/s "
+          "(fsync + every data byte verified)")
+    print(f"cp of the same file: {med(cp)} = {gib / c:.2f} GiB/s")
+    print(f"cp + sync of the same file: {med(cp_sync)} = {gib / cs:.2f} GiB/s")
+    print(f"gguf_new_metadata.py, same job: {med(newmeta)} = {gib / nm:.2f} GiB/s")
+    print(f"throughput ratio ggufpair / cp: {c / o:.2f} (target >= 0.8); ggufpair / (cp + sync): {cs / o:.2f}; "
+          f"ggufpair / gguf_new_metadata.py: {nm / o:.2f}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
