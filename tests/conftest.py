@@ -48,3 +48,18 @@ def model_copy(tmp_path_factory):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def gemma_f16(gemma_q4, llama_server) -> Path:
+    """An F16 Gemma 3 270M target derived from the Q4_K_M file with llama.cpp's llama-quantize (cached)."""
+    from ggufpair.engine.quantize import derived
+
+    return derived(llama_server, gemma_q4, Path(__file__).resolve().parent.parent / ".cache" / "test-models", "F16")
+
+
+@pytest.fixture(scope="session")
+def dialect(llama_server):
+    from ggufpair.engine.dialect import probe_dialect
+
+    return probe_dialect(llama_server.path)

@@ -1,0 +1,131 @@
+"""One typed llama-server configuration, rendered to the argv of a given flag dialect.
+
+The same object renders the command ggufpair runs while tuning, the launch script and the saved profile,
+so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ggufpair.engine.dialect import Dialect
+from ggufpair.errors import UsageError
+
+KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+QUANTIZED_KV = frozenset({"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
+FLASH_ATTN = ("on", "off", "auto")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    target: Path
+    draft: Path | None = None
+    draft_max: int = 8
+    draft_min: int = 0
+    p_min: float = 0.0
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    draft_cache_type_k: str = "f16"
+    draft_cache_type_v: str = "f16"
+    flash_attn: str = "auto"
+    gpu_layers: str | int | None = None  # None: the build's default (auto); "all" or a count
+    draft_gpu_layers: str | int | None = None
+    ctx: int = 4096
+    parallel: int = 1
+    threads: int | None = None
+    overrides: tuple[str, ...] = ()  # --override-kv KEY=TYPE:VALUE, applied to target and draft alike
+    spec_type: str = "draft-simple"
+    host: str = "127.0.0.1"
+    port: int | None = None
+    metrics: bool = True
+    no_mmap: bool = False
+    extra: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name in ("cache_type_k", "cache_type_v", "draft_cache_type_k", "draft_cache_type_v"):
+            if getattr(self, name) not in KV_TYPES:
+                raise UsageError(f"{name} {getattr(self, name)!r} is not a KV cache type llama.cpp accepts",
+                                 hint=f"one of {', '.join(KV_TYPES)}")
+        if self.flash_attn not in FLASH_ATTN:
+            raise UsageError(f"flash_attn must be one of {', '.join(FLASH_ATTN)}")
+        if self.flash_attn == "off" and (self.cache_type_v in QUANTIZED_KV or self.draft_cache_type_v in QUANTIZED_KV):
+            raise UsageError("a quantized V cache needs flash attention: llama.cpp refuses it with -fa off",
+                             hint="use flash_attn auto or on, or an f16 V cache")
+        if self.draft is not None and not (0 <= self.draft_min <= self.draft_max and self.draft_max >= 1):
+            raise UsageError(f"draft length must satisfy 0 <= min <= max and max >= 1 (got {self.draft_min}..{self.draft_max})")
+
+    @property
+    def has_draft(self) -> bool:
+        return self.draft is not None
+
+    def without_draft(self) -> "ServerConfig":
+        return replace(self, draft=None)
+
+    def with_(self, **changes: Any) -> "ServerConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target"] = str(self.target)
+        d["draft"] = None if self.draft is None else str(self.draft)
+        return d
+
+    def argv(self, dialect: Dialect, *, with_network: bool = True) -> list[str]:
+        """The llama-server arguments (without the binary) for `dialect`."""
+        a: list[str] = ["-m", str(self.target), "-c", str(self.ctx), "-np", str(self.parallel)]
+        if self.threads:
+            a += ["-t", str(self.threads)]
+        if self.gpu_layers is not None:
+            a += ["-ngl", str(self.gpu_layers)]
+        a += self._flash_attn_args(dialect)
+        a += ["-ctk", self.cache_type_k, "-ctv", self.cache_type_v]
+        if self.draft is not None:
+            a += self._draft_args(dialect)
+        for ov in self.overrides:
+            if not dialect.has("--override-kv"):
+                raise UsageError("this llama-server build has no --override-kv",
+                                 hint="use `ggufpair fix --route patch` to fix the draft file instead")
+            a += ["--override-kv", ov]
+        if self.metrics and dialect.has("--metrics"):
+            a.append("--metrics")
+        if self.no_mmap:
+            a += list(dialect.no_mmap_args)
+        a += list(self.extra)
+        if with_network:
+            a += ["--host", self.host]
+            if self.port is not None:
+                a += ["--port", str(self.port)]
+        return a
+
+    def _flash_attn_args(self, dialect: Dialect) -> list[str]:
+        if dialect.fa_takes_value:
+            return ["-fa", self.flash_attn]
+        # A bare switch: on means present. Older builds need it for a quantized V cache.
+        wants = self.flash_attn == "on" or (self.flash_attn == "auto" and
+                                            (self.cache_type_v in QUANTIZED_KV or self.draft_cache_type_v in QUANTIZED_KV))
+        return ["-fa"] if wants else []
+
+    def _draft_args(self, dialect: Dialect) -> list[str]:
+        model_flag, max_flag = dialect.draft_model_flag, dialect.draft_max_flag
+        if model_flag is None or max_flag is None:
+            raise UsageError("this llama-server build has no draft-model flags")
+        a = [model_flag, str(self.draft)]
+        if dialect.has_spec_type:
+            if self.spec_type not in dialect.spec_types:
+                raise UsageError(f"this llama-server build has no --spec-type {self.spec_type}")
+            a += ["--spec-type", self.spec_type]  # without it, -md loads the draft and then frees it
+        a += [max_flag, str(self.draft_max)]
+        if dialect.draft_min_flag:
+            a += [dialect.draft_min_flag, str(self.draft_min)]
+        if dialect.p_min_flag:
+            a += [dialect.p_min_flag, f"{self.p_min:g}"]
+        if dialect.draft_kv_flags:
+            k, v = dialect.draft_kv_flags
+            a += [k, self.draft_cache_type_k, v, self.draft_cache_type_v]
+        elif (self.draft_cache_type_k, self.draft_cache_type_v) != ("f16", "f16"):
+            raise UsageError("this llama-server build cannot set the draft's KV cache types (no -ctkd/-ctvd)")
+        if self.draft_gpu_layers is not None and dialect.draft_gpu_layers_flag:
+            a += [dialect.draft_gpu_layers_flag, str(self.draft_gpu_layers)]
+        return a

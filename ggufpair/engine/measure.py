@@ -1,0 +1,158 @@
+"""Measuring a running llama-server on a set of prompts: throughput with its spread, acceptance, accepted
+length per step, acceptance by draft position, and the lossless check of greedy output."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from ggufpair.engine.runner import Completion, LlamaServer
+
+NEAR_TIE_NATS = 0.1
+"""Top-2 logprobs closer than this are a near tie, where batched verification may round the other way."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    category: str
+    messages: tuple[dict[str, str], ...] | str  # chat messages, or a raw prompt string
+
+    def payload(self):
+        return self.messages if isinstance(self.messages, str) else [dict(m) for m in self.messages]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    speculative: bool
+    tokens_per_second: float  # median over repetitions of sum(predicted tokens) / sum(predicted time)
+    tps_runs: tuple[float, ...]
+    predicted_tokens: int
+    draft_tokens: int
+    accepted_tokens: int
+    drafts: int  # verification steps with a draft (from /metrics)
+    accept_by_position: tuple[float, ...]  # P(draft position i accepted) per verification step
+    per_category: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def tps_spread(self) -> float:
+        """Relative spread of the repetitions: (max - min) / median."""
+        if len(self.tps_runs) < 2 or not self.tokens_per_second:
+            return 0.0
+        return (max(self.tps_runs) - min(self.tps_runs)) / self.tokens_per_second
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
+
+    @property
+    def mean_accepted_per_step(self) -> float | None:
+        """Draft tokens accepted per verification step (llama.cpp's "mean len" is this plus one)."""
+        return self.accepted_tokens / self.drafts if self.drafts else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "speculative": self.speculative, "tokens_per_second": self.tokens_per_second,
+            "tps_runs": list(self.tps_runs), "tps_spread": self.tps_spread,
+            "predicted_tokens": self.predicted_tokens, "draft_tokens": self.draft_tokens,
+            "accepted_tokens": self.accepted_tokens, "drafts": self.drafts,
+            "acceptance_rate": self.acceptance_rate, "mean_accepted_per_step": self.mean_accepted_per_step,
+            "accept_by_position": list(self.accept_by_position), "per_category": self.per_category,
+        }
+
+
+def _metric_delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128, repeats: int = 3,
+            temperature: float = 0.0, warmup: bool = True) -> Measurement:
+    """Run every prompt `repeats` times (after one excluded warm-up request) and aggregate the server's own timings."""
+    if warmup and prompts:
+        server.complete(prompts[0].payload(), n_predict=min(16, n_predict), temperature=temperature)
+    before = server.metrics()
+    runs: list[float] = []
+    totals = {"pred": 0, "draft": 0, "acc": 0}
+    cats: dict[str, dict[str, float]] = {}
+    for _ in range(max(1, repeats)):
+        pred_n, pred_ms = 0, 0.0
+        for p in prompts:
+            c = server.complete(p.payload(), n_predict=n_predict, temperature=temperature)
+            pred_n += c.predicted_n
+            pred_ms += c.predicted_ms
+            totals["pred"] += c.predicted_n
+            totals["draft"] += c.draft_n
+            totals["acc"] += c.draft_accepted
+            cat = cats.setdefault(p.category, {"predicted_n": 0, "predicted_ms": 0.0, "draft_n": 0, "accepted": 0})
+            cat["predicted_n"] += c.predicted_n
+            cat["predicted_ms"] += c.predicted_ms
+            cat["draft_n"] += c.draft_n
+            cat["accepted"] += c.draft_accepted
+        runs.append(pred_n / (pred_ms / 1000) if pred_ms else 0.0)
+    after = server.metrics()
+    drafts = int(_metric_delta(before, after, "spec_decode_num_drafts_total"))
+    positions = []
+    i = 0
+    while f"spec_decode_num_accepted_tokens_per_pos_total:{i}" in after:
+        acc_i = _metric_delta(before, after, f"spec_decode_num_accepted_tokens_per_pos_total:{i}")
+        positions.append(acc_i / drafts if drafts else 0.0)
+        i += 1
+    per_category = {
+        name: {"tokens_per_second": c["predicted_n"] / (c["predicted_ms"] / 1000) if c["predicted_ms"] else 0.0,
+               "acceptance_rate": c["accepted"] / c["draft_n"] if c["draft_n"] else None}
+        for name, c in cats.items()
+    }
+    return Measurement(bool(server.speculative), statistics.median(runs), tuple(runs), totals["pred"],
+                       totals["draft"], totals["acc"], drafts, tuple(positions), per_category)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    prompt_id: str
+    index: int  # first generated token that differs
+    baseline_token: int
+    draft_token: int
+    baseline_margin: float | None  # top-1 minus top-2 logprob of the baseline at that token (nats)
+
+    @property
+    def near_tie(self) -> bool | None:
+        return None if self.baseline_margin is None else self.baseline_margin < NEAR_TIE_NATS
+
+
+@dataclass(frozen=True)
+class LosslessReport:
+    prompts: int
+    identical: int
+    divergences: tuple[Divergence, ...]
+
+    @property
+    def all_identical(self) -> bool:
+        return self.identical == self.prompts
+
+    def summary(self) -> str:
+        if self.all_identical:
+            return f"greedy output identical with and without the draft on all {self.prompts} prompts"
+        ties = sum(1 for d in self.divergences if d.near_tie)
+        return (f"greedy output identical on {self.identical} of {self.prompts} prompts; {len(self.divergences)} "
+                f"diverge, {ties} of them at a near tie of the target's two best tokens (batched verification "
+                "can round those the other way), "
+                f"{len(self.divergences) - ties} not")
+
+
+def greedy_outputs(server: LlamaServer, prompts: list[Prompt], n_predict: int) -> list[Completion]:
+    return [server.complete(p.payload(), n_predict=n_predict, temperature=0.0, logprobs=True) for p in prompts]
+
+
+def compare_outputs(prompts: list[Prompt], baseline: list[Completion], drafted: list[Completion]) -> LosslessReport:
+    divergences = []
+    for p, b, d in zip(prompts, baseline, drafted):
+        if b.tokens == d.tokens and b.content == d.content:
+            continue
+        n = min(len(b.tokens), len(d.tokens))
+        idx = next((i for i in range(n) if b.tokens[i] != d.tokens[i]), n)
+        top = b.top2[idx] if idx < len(b.top2) else None
+        divergences.append(Divergence(p.id, idx, b.tokens[idx] if idx < len(b.tokens) else -1,
+                                      d.tokens[idx] if idx < len(d.tokens) else -1,
+                                      None if top is None else top[0] - top[1]))
+    return LosslessReport(len(prompts), len(prompts) - len(divergences), tuple(divergences))

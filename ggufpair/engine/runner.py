@@ -1,0 +1,259 @@
+"""Start, probe, measure and stop a real llama-server for one `ServerConfig`, honestly.
+
+- A draft configuration is only "running" when llama-server says speculation is live (`/slots`); a draft
+  it rejected (it logs one line and serves without speculation) raises `SpeculationOffError` with the
+  reason from its log.
+- Failures are told apart with the log lines that show them: a model that does not load, memory that cannot
+  be allocated, a crash during a run, a hang.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ggufpair.engine.binary import Binary
+from ggufpair.engine.config import ServerConfig
+from ggufpair.engine.dialect import Dialect, probe_dialect
+from ggufpair.engine.process import ServerProcess
+from ggufpair.errors import EngineError
+
+SPEC_OFF_PATTERNS = (
+    r"failed to initialize speculative decoding context.*",
+    r".*draft model .* must match target model.*",
+    r".*vocabs are not compatible.*",
+    r".*draft model vocab .*",
+)
+OOM_PATTERNS = (r".*out of memory.*", r".*failed to allocate.*", r".*unable to allocate.*", r".*cudaMalloc failed.*",
+                r".*bad_alloc.*", r".*failed to create context.*")
+LOAD_PATTERNS = (r".*failed to load model.*", r".*error loading model.*", r".*failed to open GGUF file.*",
+                 r".*unable to load model.*", r".*key .* has wrong type.*", r".*tensor .* has wrong shape.*")
+ARG_PATTERNS = (r".*error while handling argument.*", r".*invalid argument.*", r".*has been removed.*")
+
+
+class ServerStartError(EngineError):
+    """llama-server exited or never became ready; `kind` says why: load, oom, argument, unknown, timeout."""
+
+    def __init__(self, kind: str, message: str, log_lines: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.kind = kind
+        self.log_lines = log_lines
+
+
+class SpeculationOffError(EngineError):
+    """The draft loaded but llama-server serves without speculation."""
+
+    def __init__(self, message: str, log_lines: list[str]) -> None:
+        super().__init__(message, hint="run `ggufpair inspect TARGET DRAFT` for the key at fault, `ggufpair fix` to repair it")
+        self.log_lines = log_lines
+
+
+class ServerCrashError(EngineError):
+    def __init__(self, message: str, log_lines: list[str]) -> None:
+        super().__init__(message)
+        self.log_lines = log_lines
+
+
+class ServerHangError(EngineError):
+    pass
+
+
+def matching_lines(text: str, patterns) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        if any(re.search(p, line, re.IGNORECASE) for p in patterns):
+            out.append(line.strip())
+    return out
+
+
+def classify_start_failure(log: str) -> tuple[str, list[str]]:
+    for kind, patterns in (("argument", ARG_PATTERNS), ("oom", OOM_PATTERNS), ("load", LOAD_PATTERNS)):
+        lines = matching_lines(log, patterns)
+        if lines:
+            return kind, lines
+    return "unknown", log.splitlines()[-15:]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One request's result with the server's own timings."""
+
+    content: str
+    prompt_n: int
+    prompt_ms: float
+    predicted_n: int
+    predicted_ms: float
+    draft_n: int
+    draft_accepted: int
+    tokens: tuple[int, ...]  # generated token ids, when logprobs were asked for
+    top2: tuple[tuple[float, float] | None, ...]  # per token: the two best logprobs (None where not given)
+    finish_reason: str | None
+
+
+class LlamaServer:
+    """A running llama-server for one configuration. Use as a context manager."""
+
+    def __init__(self, binary: Binary, config: ServerConfig, *, dialect: Dialect | None = None,
+                 log_path: Path | None = None, ready_timeout: float = 600, request_timeout: float = 600,
+                 require_speculation: bool = True) -> None:
+        self.binary = binary
+        self.config = config
+        self.dialect = dialect or probe_dialect(binary.path)
+        self.request_timeout = request_timeout
+        self.require_speculation = require_speculation
+        self.process = ServerProcess(binary.path, config.argv(self.dialect, with_network=False), host=config.host,
+                                     port=config.port, log_path=log_path, ready_timeout=ready_timeout)
+        self.speculative: bool | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------------
+
+    def start(self) -> "LlamaServer":
+        self.process.start()
+        try:
+            self.process.wait_ready()
+        except EngineError as e:
+            self.process.stop()
+            log = self.process.log_text()
+            if "not ready after" in str(e):
+                raise ServerHangError(f"llama-server did not become ready in {self.process.ready_timeout:.0f} s",
+                                      hint="a very large model or context on a slow disk? raise the timeout") from None
+            kind, lines = classify_start_failure(log)
+            raise ServerStartError(kind, _start_message(kind, self.config, lines), lines,
+                                   hint=_start_hint(kind)) from None
+        if self.config.has_draft:
+            self.speculative = self._speculation_live()
+            if not self.speculative and self.require_speculation:
+                lines = matching_lines(self.process.log_text(), SPEC_OFF_PATTERNS)
+                self.stop()
+                reason = "; ".join(lines) or "no reason in the log"
+                raise SpeculationOffError(f"llama-server loaded the draft but serves WITHOUT speculation: {reason}", lines)
+        return self
+
+    def _speculation_live(self) -> bool:
+        try:
+            slots = self.process.get_json("/slots")
+        except EngineError:
+            return False
+        return bool(slots) and all(s.get("speculative") for s in slots)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def __enter__(self) -> "LlamaServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        return self.process.log_text()
+
+    # -- requests ----------------------------------------------------------------------------------------
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            status, data = self.process.request("POST", path, body, timeout=self.request_timeout)
+        except (urllib.error.URLError, ConnectionError, OSError) as e:
+            if self.process.proc is not None and self.process.proc.poll() is not None:
+                lines = self.process.log_tail(25).splitlines()
+                raise ServerCrashError(f"llama-server crashed during a request (exit code "
+                                       f"{self.process.proc.returncode}): {lines[-1] if lines else ''}", lines) from None
+            if isinstance(getattr(e, "reason", e), TimeoutError) or isinstance(e, TimeoutError):
+                self.stop()
+                raise ServerHangError(f"llama-server did not answer {path} within {self.request_timeout:.0f} s; stopped it") from None
+            raise EngineError(f"request to llama-server failed: {e}") from None
+        if status != 200 or not isinstance(data, dict):
+            raise EngineError(f"llama-server answered {status} to {path}: {str(data)[:300]}")
+        return data
+
+    def complete(self, messages: list[dict[str, str]] | str, *, n_predict: int = 128, temperature: float = 0.0,
+                 seed: int = 1234, logprobs: bool = False) -> Completion:
+        """One generation: chat (messages, through the model's chat template) or raw (a prompt string)."""
+        if isinstance(messages, str):
+            body = {"prompt": messages, "n_predict": n_predict, "temperature": temperature, "seed": seed,
+                    "cache_prompt": False}
+            if logprobs:
+                body["n_probs"] = 2
+            data = self._post("/completion", body)
+            content, finish = data.get("content", ""), data.get("stop_type")
+            tokens, top2 = _completion_probs(data) if logprobs else ((), ())
+        else:
+            body = {"messages": messages, "max_tokens": n_predict, "temperature": temperature, "seed": seed,
+                    "cache_prompt": False}
+            if logprobs:
+                body.update(logprobs=True, top_logprobs=2)
+            data = self._post("/v1/chat/completions", body)
+            choice = data["choices"][0]
+            content, finish = choice["message"].get("content") or "", choice.get("finish_reason")
+            tokens, top2 = _chat_probs(choice) if logprobs else ((), ())
+        t = data.get("timings") or {}
+        return Completion(content, int(t.get("prompt_n", 0)), float(t.get("prompt_ms", 0.0)),
+                          int(t.get("predicted_n", 0)), float(t.get("predicted_ms", 0.0)),
+                          int(t.get("draft_n", 0)), int(t.get("draft_n_accepted", 0)), tokens, top2, finish)
+
+    def metrics(self) -> dict[str, float]:
+        """`/metrics` counters (needs --metrics), keyed by name; per-position acceptance as `..._per_pos_total:i`."""
+        status, text = self.process.request("GET", "/metrics")
+        if status != 200 or not isinstance(text, str):
+            return {}
+        return parse_metrics(text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'llamacpp:(\w+)(?:\{position="(\d+)"\})?\s+([-\d.eE+]+|nan|inf)', line)
+        if m:
+            key = m.group(1) + (f":{m.group(2)}" if m.group(2) is not None else "")
+            out[key] = float(m.group(3))
+    return out
+
+
+def _chat_probs(choice: dict) -> tuple[tuple[int, ...], tuple]:
+    content = (choice.get("logprobs") or {}).get("content") or []
+    tokens = tuple(int(c.get("id", -1)) for c in content)
+    return tokens, tuple(_top2([t.get("logprob") for t in c.get("top_logprobs") or []]) for c in content)
+
+
+def _completion_probs(data: dict) -> tuple[tuple[int, ...], tuple]:
+    probs = data.get("completion_probabilities") or []
+    tokens = tuple(int(p.get("id", -1)) for p in probs)
+    return tokens, tuple(_top2([t.get("logprob") for t in p.get("top_logprobs") or []]) for p in probs)
+
+
+def _top2(values: list) -> tuple[float, float] | None:
+    vals = sorted((float(v) for v in values if v is not None), reverse=True)
+    return (vals[0], vals[1]) if len(vals) >= 2 else None
+
+
+def _start_message(kind: str, config: ServerConfig, lines: list[str]) -> str:
+    what = {"load": "a model failed to load", "oom": "out of memory", "argument": "this build rejected an argument",
+            "unknown": "llama-server exited before it was ready"}[kind]
+    detail = "; ".join(lines[-4:])
+    return f"{what} (target {config.target.name}{', draft ' + config.draft.name if config.draft else ''}): {detail}"
+
+
+def _start_hint(kind: str) -> str | None:
+    return {"oom": "lower the context (-c), quantize the KV cache, or offload fewer layers",
+            "load": "check the file with `ggufpair inspect`",
+            "argument": "run `ggufpair doctor` to see this build's flag dialect"}.get(kind)
+
+
+def wait_gone(pid: int, timeout: float = 5) -> bool:
+    """True once no process with `pid` exists (for tests of clean shutdown)."""
+    import os
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,101 @@
+"""The runner against a real llama-server: baseline and draft runs with speculation proven live, an
+incompatible draft reported as speculation off with llama.cpp's reason, an impossible configuration
+reported cleanly, and no llama-server left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from ggufpair.engine.config import ServerConfig
+from ggufpair.engine.measure import Prompt, compare_outputs, greedy_outputs, measure
+from ggufpair.engine.runner import LlamaServer, ServerStartError, SpeculationOffError, wait_gone
+from tests.integration.variants import set_scalar
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = [
+    Prompt("count", "chat", ({"role": "user", "content": "Count from one to twenty in words."},)),
+    Prompt("story", "chat", ({"role": "user", "content": "Tell a short story about a lighthouse keeper."},)),
+]
+
+
+def _config(target, draft=None, **kw):
+    return ServerConfig(target=target, draft=draft, ctx=1024, threads=2, draft_max=4, **kw)
+
+
+def test_baseline_and_draft_runs_with_speculation_live(gemma_f16, gemma_q4, llama_server, dialect, tmp_path):
+    with LlamaServer(llama_server, _config(gemma_f16), dialect=dialect, log_path=tmp_path / "base.log") as base:
+        assert base.speculative is None
+        m_base = measure(base, PROMPTS, n_predict=48, repeats=1)
+        out_base = greedy_outputs(base, PROMPTS, 48)
+    with LlamaServer(llama_server, _config(gemma_f16, gemma_q4), dialect=dialect, log_path=tmp_path / "d.log") as spec:
+        assert spec.speculative is True
+        m_spec = measure(spec, PROMPTS, n_predict=48, repeats=1)
+        out_spec = greedy_outputs(spec, PROMPTS, 48)
+    assert m_base.draft_tokens == 0 and m_base.tokens_per_second > 0
+    assert m_spec.draft_tokens > 0 and m_spec.accepted_tokens > 0 and m_spec.acceptance_rate > 0
+    assert m_spec.drafts > 0 and len(m_spec.accept_by_position) == 4
+    assert m_spec.accept_by_position[0] >= m_spec.accept_by_position[-1]
+    report = compare_outputs(PROMPTS, out_base, out_spec)
+    assert report.prompts == 2
+    for d in report.divergences:  # if greedy text diverges, the report says where and whether it was a near tie
+        assert d.index >= 0 and d.baseline_margin is not None
+
+
+def test_incompatible_draft_is_reported_as_speculation_off(gemma_q4, model_copy, llama_server, dialect, tmp_path):
+    draft = model_copy(gemma_q4, "runner-bad-bos.gguf")
+    set_scalar(draft, "tokenizer.ggml.add_bos_token", False)
+    with pytest.raises(SpeculationOffError) as err:
+        LlamaServer(llama_server, _config(gemma_q4, draft), dialect=dialect, log_path=tmp_path / "s.log").start()
+    assert "WITHOUT speculation" in err.value.message
+    assert any("failed to initialize speculative decoding context" in line for line in err.value.log_lines)
+
+
+def test_impossible_context_is_reported_cleanly(gemma_q4, llama_server, dialect, tmp_path):
+    config = ServerConfig(target=gemma_q4, ctx=2_000_000_000, threads=2, extra=("-fit", "off"))
+    with pytest.raises(ServerStartError) as err:
+        LlamaServer(llama_server, config, dialect=dialect, log_path=tmp_path / "oom.log").start()
+    assert err.value.kind in ("oom", "load", "unknown")
+    assert err.value.log_lines
+
+
+def test_missing_model_is_a_load_failure(tmp_path, llama_server, dialect):
+    with pytest.raises(ServerStartError) as err:
+        LlamaServer(llama_server, ServerConfig(target=tmp_path / "nope.gguf"), dialect=dialect).start()
+    assert err.value.kind == "load"
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    from ggufpair.engine.binary import find_llama_server
+    from ggufpair.engine.config import ServerConfig
+    from ggufpair.engine.runner import LlamaServer
+    server = LlamaServer(find_llama_server(), ServerConfig(target=sys.argv[1], ctx=512, threads=1))
+    with server:
+        print(server.process.proc.pid, flush=True)
+        if sys.argv[2] == "raise":
+            raise RuntimeError("boom")
+        time.sleep(600)
+""")
+
+
+@pytest.mark.parametrize("how", ["raise", "sigint", "sigkill"])
+def test_no_llama_server_is_left_behind(how, gemma_q4):
+    parent = subprocess.Popen([sys.executable, "-c", _CHILD, str(gemma_q4), how], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    assert psutil.pid_exists(pid) and "llama-server" in psutil.Process(pid).name()
+    if how == "sigint":
+        parent.send_signal(signal.SIGINT)
+    elif how == "sigkill":
+        parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=60)
+    assert wait_gone(pid, 15), f"llama-server {pid} outlived its parent ({how})"
+    assert not [c for c in psutil.process_iter(["ppid", "name"]) if c.info["ppid"] == parent.pid]
