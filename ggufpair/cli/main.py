@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backup", action="store_true", help="keep the original as MODEL.bak (a hard link: no copy)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fix)
+
+    p = sub.add_parser("demo", help="the whole job on a built-in real pair: inspect, fix, a short tune, a profile")
+    p.add_argument("--draft-lengths", default="2,4,8", help="draft lengths to measure (default: 2,4,8)")
+    p.add_argument("--tokens", type=int, default=64, help="tokens generated per prompt (default: 64)")
+    p.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement (default: 2)")
+    p.add_argument("--threads", type=int, help="llama-server threads (default: its own choice)")
+    p.add_argument("--llama-server", metavar="PATH", help="the llama-server binary to use")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -115,6 +123,26 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     return 0 if not plan.unfixable else INCOMPATIBLE_EXIT
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ggufpair.cli import render
+    from ggufpair.demo import run_demo
+    from ggufpair.engine.binary import find_llama_server
+
+    console = Console(soft_wrap=True)
+    try:
+        lengths = tuple(int(x) for x in args.draft_lengths.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--draft-lengths must be comma-separated integers, not {args.draft_lengths!r}") from None
+    binary = find_llama_server(args.llama_server)
+    console.print(f"ggufpair demo with {binary.path} ({binary.source})", style="bold")
+    result = run_demo(lambda msg: console.print(f"  {msg}", style="dim"), draft_lengths=lengths,
+                      n_predict=args.tokens, repeats=args.repeats, threads=args.threads, binary=binary)
+    render.print_demo(console, result)
+    return 0
 
 
 def report_error(err: GgufpairError) -> None:

@@ -173,3 +173,47 @@ def print_fix_result(console: Console, result, after=None) -> None:
         console.print(f"  tensor data verified byte for byte against the source ({human_bytes(result.bytes_copied)})")
     if result.backup:
         console.print(f"  original kept as {result.backup}")
+
+
+def print_demo(console: Console, result) -> None:
+    console.rule("1. inspect")
+    if result.verdict_before is not None:
+        console.print(Text("Verdict: ", style="bold") + Text(result.verdict_before.summary, style="red"))
+    if result.spec_off_reason is not None:
+        console.print(f"Proof with the real llama-server: /slots reports speculative=false; its log: {result.spec_off_reason}")
+    console.rule("2. fix")
+    if result.plan is not None:
+        print_plan(console, result.plan)
+    if result.fix is not None:
+        print_fix_result(console, result.fix, result.verdict_after)
+    console.rule("3. tune (paired baseline, same prompts, chat template, greedy)")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("configuration", "tok/s", "spread", "speedup", "accept", "acc/step", "by position"):
+        table.add_column(col, no_wrap=col != "by position")
+    base = result.points[0].measurement if result.points and result.points[0].ok else None
+    for p in result.points:
+        m = p.measurement
+        if m is None:
+            table.add_row(p.label, "failed", "", "", "", "", p.error or "")
+            continue
+        table.add_row(
+            p.label, f"{m.tokens_per_second:.1f}", f"{m.tps_spread:.0%}",
+            f"{m.tokens_per_second / base.tokens_per_second:.2f}x" if base else "",
+            f"{m.acceptance_rate:.0%}" if m.acceptance_rate is not None else "-",
+            f"{m.mean_accepted_per_step:.2f}" if m.mean_accepted_per_step is not None else "-",
+            " ".join(f"{x:.2f}" for x in m.accept_by_position) or "-",
+        )
+    console.print(table)
+    if result.lossless is not None:
+        console.print(f"Lossless check: {result.lossless.summary()}")
+        for d in result.lossless.divergences:
+            margin = "unknown" if d.baseline_margin is None else f"{d.baseline_margin:.3f} nats"
+            console.print(f"  {d.prompt_id}: first difference at generated token {d.index} "
+                          f"(baseline {d.baseline_token}, with draft {d.draft_token}); top-2 margin {margin}"
+                          f"{' (near tie)' if d.near_tie else ''}", style="dim")
+    console.rule("4. recommendation")
+    console.print(Text(result.recommendation, style="bold"))
+    if result.profile_path:
+        console.print(f"profile: {result.profile_path}")
+    if result.script_path:
+        console.print(f"launch script: {result.script_path}")

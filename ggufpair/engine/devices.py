@@ -1,0 +1,104 @@
+"""Backend devices and their memory: llama-server's `--list-devices`, NVML when an NVIDIA GPU and its
+library are present, and host RAM (psutil) as the budget on a CPU-only machine."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str  # CUDA0, Vulkan0, ... or "CPU" for host memory
+    description: str
+    total_bytes: int
+    free_bytes: int
+    source: str  # "list-devices", "nvml" or "psutil"
+
+
+_LINE = re.compile(r"^\s*(?P<name>[A-Za-z][\w]*\d+):\s*(?P<desc>.*?)\s*\((?P<total>\d+)\s*MiB,\s*(?P<free>\d+)\s*MiB free\)")
+
+
+def parse_list_devices(text: str) -> list[Device]:
+    """Parse `llama-server --list-devices` (`  CUDA0: NVIDIA ... (24564 MiB, 23900 MiB free)`)."""
+    out = []
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m:
+            out.append(Device(m["name"], m["desc"], int(m["total"]) * MIB, int(m["free"]) * MIB, "list-devices"))
+    return out
+
+
+def list_devices(binary: Path, timeout: float = 60) -> list[Device]:
+    try:
+        out = subprocess.run([str(binary), "--list-devices"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return parse_list_devices(out.stdout + out.stderr)
+
+
+def nvml_devices() -> list[Device]:
+    """NVIDIA GPUs through libnvidia-ml, if present (no Python binding needed)."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return []
+
+    class Memory(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+    if nvml.nvmlInit_v2() != 0:
+        return []
+    try:
+        count = ctypes.c_uint()
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return []
+        out = []
+        for i in range(count.value):
+            handle = ctypes.c_void_p()
+            if nvml.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)) != 0:
+                continue
+            name = ctypes.create_string_buffer(96)
+            nvml.nvmlDeviceGetName(handle, name, 96)
+            mem = Memory()
+            if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(mem)) == 0:
+                out.append(Device(f"CUDA{i}", name.value.decode(errors="replace"), mem.total, mem.free, "nvml"))
+        return out
+    finally:
+        nvml.nvmlShutdown()
+
+
+def host_memory() -> Device:
+    vm = psutil.virtual_memory()
+    return Device("CPU", _cpu_name(), vm.total, vm.available, "psutil")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "CPU"
+
+
+def devices(binary: Path | None) -> list[Device]:
+    """GPUs as llama.cpp sees them (NVML's numbers where it has them), else the host as a CPU device."""
+    found = list_devices(binary) if binary else []
+    nvml = {d.name: d for d in nvml_devices()}
+    found = [nvml.get(d.name, d) for d in found]
+    return found or [host_memory()]
+
+
+def describe(devs: list[Device]) -> str:
+    return "; ".join(f"{d.name} {d.description} ({d.total_bytes // MIB} MiB, {d.free_bytes // MIB} MiB free)" for d in devs)

@@ -1,0 +1,80 @@
+"""Built-in prompt sets by category, written for ggufpair. Acceptance and the best draft length differ by
+category and language, so results are reported per category and overall."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ggufpair.engine.measure import Prompt
+from ggufpair.errors import UsageError
+
+_SETS: dict[str, list[str]] = {
+    "chat": [
+        "What are three things to check before a long bicycle ride?",
+        "Explain to a new neighbour how the recycling bins on our street work.",
+        "Suggest a plan for a rainy Sunday afternoon with two children.",
+    ],
+    "code": [
+        "Write a Python function that returns the n-th Fibonacci number iteratively.",
+        "Write a shell one-liner that counts the lines of every .py file in a folder.",
+        "Write a SQL query that lists the ten customers with the highest total order value.",
+    ],
+    "math": [
+        "A train travels 180 km in 2.5 hours. What is its average speed? Show the steps.",
+        "Solve for x: 3x + 7 = 25. Explain each step.",
+        "What is the sum of the integers from 1 to 100, and why?",
+    ],
+    "summarization": [
+        "Summarize in two sentences: The city council met on Tuesday to discuss the new bus routes. "
+        "Residents asked for more evening services and a stop near the hospital. The council agreed to "
+        "run a three-month trial starting in spring and to publish ridership figures monthly.",
+        "Summarize in one sentence: The library will close for renovation from June to August. Books can be "
+        "returned at the community centre, and the children's reading club will meet in the park.",
+    ],
+    "korean": [
+        "서울에서 부산까지 기차로 여행할 때 준비할 것들을 알려 주세요.",
+        "비 오는 날 집에서 할 수 있는 활동 세 가지를 추천해 주세요.",
+    ],
+    "chinese": [
+        "请用三句话介绍一下如何养护室内绿植。",
+        "周末去公园散步有哪些好处？请简单说明。",
+    ],
+}
+CATEGORIES = tuple(_SETS)
+
+
+def builtin_prompts(categories: tuple[str, ...] | list[str] | None = None, per_category: int | None = None) -> list[Prompt]:
+    chosen = list(categories or CATEGORIES)
+    unknown = [c for c in chosen if c not in _SETS]
+    if unknown:
+        raise UsageError(f"unknown prompt categories: {', '.join(unknown)}", hint=f"choose from {', '.join(CATEGORIES)}")
+    out = []
+    for cat in chosen:
+        for i, text in enumerate(_SETS[cat][:per_category]):
+            out.append(Prompt(f"{cat}-{i}", cat, ({"role": "user", "content": text},)))
+    return out
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """JSONL: one object a line, `{"messages": [...], "category": "..."}` (category optional)."""
+    path = Path(path)
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read prompts ({e.strerror})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            messages = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in obj["messages"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{path}:{n}: not a JSON object with a messages list ({e})") from None
+        if not messages:
+            raise UsageError(f"{path}:{n}: empty messages list")
+        out.append(Prompt(f"{path.stem}-{n}", str(obj.get("category", "custom")), messages))
+    if not out:
+        raise UsageError(f"{path}: no prompts")
+    return out

@@ -1,0 +1,55 @@
+"""The README's main command: the demo runs the whole path on the real pair, writes a profile and a launch
+script, and the script really starts a llama-server."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from ggufpair.cli.main import main
+from ggufpair.engine.process import free_port
+from ggufpair.state import state_dir
+from ggufpair.tune.profile import load_profile
+from tests.conftest import shellcheck
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_end_to_end(capsys, llama_server, tmp_path):
+    assert main(["demo", "--draft-lengths", "2,4", "--tokens", "24", "--repeats", "1", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Verdict: incompatible (add_bos)" in out
+    assert "speculative=false" in out and "draft model bos tokens must match" in out
+    assert "--override-kv tokenizer.ggml.add_bos_token=bool:true" in out
+    assert "Lossless check:" in out and "4. recommendation" in out
+    assert "n_max 2" in out and "n_max 4" in out
+    profiles = list(state_dir("profiles").glob("*.toml"))
+    assert len(profiles) == 1
+    data, config = load_profile(profiles[0])
+    assert data["provenance"]["llama_server"] == str(llama_server.path)
+    assert data["models"]["target"]["size"] > 0 and len(data["measurements"]["points"]) == 3
+    assert config.overrides == ("tokenizer.ggml.add_bos_token=bool:true",)
+
+    script = state_dir("demo") / "launch-demo.sh"
+    check = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    port = free_port()
+    proc = subprocess.Popen(["bash", str(script), "--port", str(port), "-t", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the launch script's llama-server never became ready")
+    finally:
+        proc.terminate()
+        proc.wait(30)
