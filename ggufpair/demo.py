@@ -143,7 +143,7 @@ def _recommend(result: DemoResult, baseline: PointResult) -> None:
     ok = [p for p in result.points[1:] if p.ok]
     if not ok:
         result.recommendation = "no draft configuration ran; recommending no draft"
-        result.recommended = baseline.config
+        result.recommended = baseline.config.with_(overrides=())
         return
     best = max(ok, key=lambda p: p.measurement.tokens_per_second)
     speedup = best.measurement.tokens_per_second / b.tokens_per_second
@@ -152,7 +152,7 @@ def _recommend(result: DemoResult, baseline: PointResult) -> None:
         result.recommendation = (f"use the draft with n_max={best.config.draft_max}: {speedup:.2f}x the no-draft "
                                  f"baseline ({best.measurement.tokens_per_second:.1f} vs {b.tokens_per_second:.1f} tok/s)")
     else:
-        result.recommended = baseline.config
+        result.recommended = baseline.config.with_(overrides=())  # the fix only matters with the draft
         result.recommendation = (f"no draft: the best draft configuration (n_max={best.config.draft_max}) reached "
                                  f"{speedup:.2f}x the baseline ({best.measurement.tokens_per_second:.1f} vs "
                                  f"{b.tokens_per_second:.1f} tok/s), not faster beyond the run-to-run spread. The likely "

@@ -1,0 +1,167 @@
+"""Memory of a configuration: estimated from GGUF metadata alone, and measured from llama.cpp's own
+reporting of a running server (`-lv 4`: model buffer, KV cache, output and compute buffer lines, target
+first, then the draft).
+
+KV cache (llama-kv-cache.cpp, llama-kv-cache-iswa.cpp): n_ctx = PAD256(-c); per stream n_ctx_seq =
+n_ctx (unified) or PAD256(n_ctx / n_seq); sliding-window layers hold PAD256(min(n_ctx_seq, n_swa * (unified ?
+n_seq : 1) + n_ubatch)) cells; each layer with its own KV stores cells * n_head_kv * head_dim * bytes per
+element of the cache type, for K and for V (V uses the widest layer when flash attention is off).
+
+The compute buffer is not in the metadata: it is modelled from the graph's largest live tensors for one
+micro-batch (feed-forward activations and the residual stream) plus the attention mask (flash attention)
+or the attention scores (without), which grow with the context. Measured on Gemma 3 and SmolLM2 here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gguf import GGMLQuantizationType, Keys
+
+from ggufpair.engine.config import QUANTIZED_KV, ServerConfig
+from ggufpair.format.model_info import ModelInfo
+
+MIB = 1 << 20
+N_UBATCH = 512
+BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
+                     "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
+# Weight types the CPU backend repacks into an extra buffer for its matrix kernels (not on GPUs).
+CPU_REPACK_TYPES = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.IQ4_NL}
+
+
+def pad256(n: int) -> int:
+    return (n + 255) // 256 * 256
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    weights: int
+    kv_k: int
+    kv_v: int
+    output: int
+    compute: int
+
+    @property
+    def kv(self) -> int:
+        return self.kv_k + self.kv_v
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.output + self.compute
+
+    def to_dict(self) -> dict[str, int]:
+        return {"weights": self.weights, "kv": self.kv, "kv_k": self.kv_k, "kv_v": self.kv_v,
+                "output": self.output, "compute": self.compute, "total": self.total}
+
+
+@dataclass(frozen=True)
+class PairMemory:
+    target: ModelMemory
+    draft: ModelMemory | None
+
+    @property
+    def total(self) -> int:
+        return self.target.total + (self.draft.total if self.draft else 0)
+
+
+def _flash_attn_on(config: ServerConfig) -> bool:
+    """`auto` resolves to on where the backend supports it (CPU and CUDA do); a quantized V forces it."""
+    return config.flash_attn != "off"
+
+
+def kv_bytes(info: ModelInfo, *, ctx: int, parallel: int, type_k: str, type_v: str, flash_attn: bool,
+             unified: bool | None = None, swa_full: bool = False) -> tuple[int, int]:
+    n_seq = max(1, parallel)
+    unified = (n_seq > 1) if unified is None else unified  # llama-server: kv_unified for several slots
+    n_ctx = pad256(ctx)
+    n_ctx_seq = n_ctx if unified else pad256(n_ctx // n_seq)
+    n_stream = 1 if unified else n_seq
+    swa = set(info.swa_layers)
+    window = info.sliding_window or 0
+    swa_cells = n_ctx_seq if swa_full else pad256(min(n_ctx_seq, window * (n_seq if unified else 1) + N_UBATCH))
+    heads_kv = info.n_head_kv or (1,) * (info.n_layers or 0)
+    k_total = v_total = 0.0
+    v_widest = max((heads_kv[il] * ((info.head_dim_v_swa if il in swa else info.head_dim_v) or 0)
+                    for il in info.kv_layers), default=0)
+    for il in info.kv_layers:
+        cells = swa_cells if il in swa else n_ctx_seq
+        hk = (info.head_dim_k_swa if il in swa else info.head_dim_k) or 0
+        hv = (info.head_dim_v_swa if il in swa else info.head_dim_v) or 0
+        n_kv = heads_kv[il] if il < len(heads_kv) else heads_kv[-1]
+        k_total += cells * n_stream * n_kv * hk * BYTES_PER_ELEMENT[type_k]
+        v_width = n_kv * hv if flash_attn else v_widest
+        v_total += cells * n_stream * v_width * BYTES_PER_ELEMENT[type_v]
+    return int(k_total), int(v_total)
+
+
+def _feed_forward_length(info: ModelInfo) -> int:
+    value = info.header.get(Keys.LLM.FEED_FORWARD_LENGTH.format(arch=info.architecture))
+    if isinstance(value, int):
+        return value
+    if hasattr(value, "items"):
+        return max(value.items(), default=0)
+    return 4 * (info.n_embd or 0)
+
+
+def compute_bytes(info: ModelInfo, *, ctx: int, parallel: int, flash_attn: bool) -> int:
+    n_embd = info.n_embd or 0
+    n_ff = _feed_forward_length(info)
+    n_head = max(info.n_head or (1,))
+    head_dim = info.head_dim_k or 0
+    n_kv = pad256(ctx)  # the widest attention: a full-context layer
+    fixed = N_UBATCH * 4 * (3 * n_ff + 2 * n_embd)
+    if flash_attn:
+        return int(fixed + N_UBATCH * 4 * 2 * n_head * head_dim + n_kv * N_UBATCH * 2)
+    return int(fixed + n_kv * N_UBATCH * (4 * n_head + 4))
+
+
+def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False, device: str = "cpu") -> ModelMemory:
+    """One model's memory for `config` (`draft` picks the draft's KV types; the draft shares the target's context)."""
+    fa = _flash_attn_on(config) or config.cache_type_v in QUANTIZED_KV or config.draft_cache_type_v in QUANTIZED_KV
+    tk, tv = (config.draft_cache_type_k, config.draft_cache_type_v) if draft else (config.cache_type_k, config.cache_type_v)
+    k, v = kv_bytes(info, ctx=config.ctx, parallel=config.parallel, type_k=tk, type_v=tv, flash_attn=fa)
+    weights = info.weight_bytes
+    if device == "cpu":
+        weights += sum(t.n_bytes for t in info.header.tensors
+                       if t.type in CPU_REPACK_TYPES and len(t.shape) >= 2 and t.name != "token_embd.weight")
+    output = info.vocab.n_tokens * 4 * max(1, config.parallel)
+    return ModelMemory(weights, k, v, output, compute_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa))
+
+
+def estimate_pair(target: ModelInfo, draft: ModelInfo | None, config: ServerConfig, device: str = "cpu") -> PairMemory:
+    return PairMemory(estimate_model(target, config, device=device),
+                      estimate_model(draft, config, draft=True, device=device) if draft is not None else None)
+
+
+# ------------------------------------------------------------------------------------------------ measured
+
+_MODEL_BUF = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
+_KV = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB .*K \((\w+)\):\s+([\d.]+) MiB, V \((\w+)\):\s+([\d.]+) MiB")
+_OUT = re.compile(r"llama_context:\s+\S+\s+output buffer size =\s+([\d.]+) MiB")
+_COMPUTE = re.compile(r"sched_reserve:\s+\S+ compute buffer size =\s+([\d.]+) MiB")
+DRAFT_MARK = re.compile(r"loading draft model|common_speculative_init")
+
+
+def measured_from_log(log: str) -> PairMemory:
+    """llama.cpp's own numbers from a `-lv 4` server log: the target's lines, then the draft's."""
+    lines = log.splitlines()
+    split = next((i for i, line in enumerate(lines) if DRAFT_MARK.search(line)), len(lines))
+    parts = ["\n".join(lines[:split]), "\n".join(lines[split:])]
+    models = [_measured_part(p) for p in parts]
+    return PairMemory(models[0], models[1] if models[1].weights else None)
+
+
+def _mib(x: str) -> int:
+    return int(float(x) * MIB)
+
+
+def _measured_part(text: str) -> ModelMemory:
+    weights = sum(_mib(m.group(2)) for m in _MODEL_BUF.finditer(text))
+    k = v = 0
+    for m in _KV.finditer(text):
+        k += _mib(m.group(3))
+        v += _mib(m.group(5))
+    output = sum(_mib(m.group(1)) for m in _OUT.finditer(text))
+    compute = sum(_mib(m.group(1)) for m in _COMPUTE.finditer(text))
+    return ModelMemory(weights, k, v, output, compute)
