@@ -34,7 +34,7 @@ ensure_env() {
   local py="${PYTHON:-}"
   if [ -z "$py" ]; then
     for candidate in python3.13 python3.12 python3.11 python3; do
-      if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
         py="$candidate"; break
       fi
     done

@@ -34,6 +34,8 @@ class Measurement:
     drafts: int  # verification steps with a draft (from /metrics)
     accept_by_position: tuple[float, ...]  # P(draft position i accepted) per verification step
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    predicted_ms: float = 0.0  # generation time summed over every measured request
+    stopped_early: bool = False
 
     @property
     def tps_spread(self) -> float:
@@ -59,6 +61,7 @@ class Measurement:
             "accepted_tokens": self.accepted_tokens, "drafts": self.drafts,
             "acceptance_rate": self.acceptance_rate, "mean_accepted_per_step": self.mean_accepted_per_step,
             "accept_by_position": list(self.accept_by_position), "per_category": self.per_category,
+            "predicted_ms": self.predicted_ms, "stopped_early": self.stopped_early,
         }
 
 
@@ -67,13 +70,16 @@ def _metric_delta(before: dict[str, float], after: dict[str, float], key: str) -
 
 
 def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128, repeats: int = 3,
-            temperature: float = 0.0, warmup: bool = True) -> Measurement:
-    """Run every prompt `repeats` times (after one excluded warm-up request) and aggregate the server's own timings."""
+            temperature: float = 0.0, warmup: bool = True, stop_early=None) -> Measurement:
+    """Run every prompt `repeats` times (after one excluded warm-up request) and aggregate the server's own timings.
+
+    `stop_early(tps_so_far)` is asked after each repetition; True ends the measurement there."""
     if warmup and prompts:
         server.complete(prompts[0].payload(), n_predict=min(16, n_predict), temperature=temperature)
     before = server.metrics()
     runs: list[float] = []
-    totals = {"pred": 0, "draft": 0, "acc": 0}
+    totals = {"pred": 0, "draft": 0, "acc": 0, "ms": 0.0}
+    stopped = False
     cats: dict[str, dict[str, float]] = {}
     for _ in range(max(1, repeats)):
         pred_n, pred_ms = 0, 0.0
@@ -84,12 +90,16 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
             totals["pred"] += c.predicted_n
             totals["draft"] += c.draft_n
             totals["acc"] += c.draft_accepted
+            totals["ms"] += c.predicted_ms
             cat = cats.setdefault(p.category, {"predicted_n": 0, "predicted_ms": 0.0, "draft_n": 0, "accepted": 0})
             cat["predicted_n"] += c.predicted_n
             cat["predicted_ms"] += c.predicted_ms
             cat["draft_n"] += c.draft_n
             cat["accepted"] += c.draft_accepted
         runs.append(pred_n / (pred_ms / 1000) if pred_ms else 0.0)
+        if stop_early is not None and len(runs) < repeats and stop_early(statistics.median(runs)):
+            stopped = True
+            break
     after = server.metrics()
     drafts = int(_metric_delta(before, after, "spec_decode_num_drafts_total"))
     positions = []
@@ -104,7 +114,7 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
         for name, c in cats.items()
     }
     return Measurement(bool(server.speculative), statistics.median(runs), tuple(runs), totals["pred"],
-                       totals["draft"], totals["acc"], drafts, tuple(positions), per_category)
+                       totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped)
 
 
 @dataclass(frozen=True)

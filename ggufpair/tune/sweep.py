@@ -39,19 +39,21 @@ class PointResult:
 
 
 def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: list[Prompt], *, n_predict: int,
-              repeats: int, log_dir: Path, on_event: Events = lambda _: None) -> PointResult:
+              repeats: int, log_dir: Path, on_event: Events = lambda _: None, stop_early=None) -> PointResult:
     start = time.perf_counter()
     log_dir.mkdir(parents=True, exist_ok=True)
-    name = f"draft{config.draft_max}" if config.has_draft else "baseline"
+    name = (f"draft{config.draft_max}-{config.cache_type_k}-{config.draft_cache_type_k}" if config.has_draft
+            else f"baseline-{config.cache_type_k}")
     label = PointResult(config, None, None, 0).label
     on_event(f"measuring {label}")
     try:
         with LlamaServer(binary, config, dialect=dialect, log_path=log_dir / f"{name}.log") as server:
-            m = measure(server, prompts, n_predict=n_predict, repeats=repeats)
+            m = measure(server, prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early)
     except EngineError as e:
         on_event(f"  failed: {e.message}")
         return PointResult(config, None, e.message, time.perf_counter() - start)
     extra = f", acceptance {m.acceptance_rate:.0%}" if m.acceptance_rate is not None else ""
+    extra += " (stopped early: clearly slower)" if m.stopped_early else ""
     on_event(f"  {m.tokens_per_second:.1f} tok/s (spread {m.tps_spread:.0%}){extra}")
     return PointResult(config, m, None, time.perf_counter() - start)
 

@@ -1,0 +1,197 @@
+"""The tune: the fastest configuration that fits memory, found in few launches.
+
+For each target KV type, a no-draft baseline on the same prompts. For each (target KV, draft KV) pair that
+fits the memory budget: a launch with the longest draft (its acceptance by position) and one with a short
+draft (with the first, the cost of a step), a `Predictor` for every other length, then real runs of the
+best predictions. Configurations that cannot fit are dropped before any launch; a run clearly slower than
+the best so far stops after its first repetition.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ggufpair.engine.binary import Binary
+from ggufpair.engine.config import QUANTIZED_KV, ServerConfig
+from ggufpair.engine.dialect import Dialect
+from ggufpair.engine.measure import Prompt
+from ggufpair.engine.memory import PairMemory, estimate_pair, pad256
+from ggufpair.format.model_info import ModelInfo
+from ggufpair.tune.predict import Predictor, step_sample
+from ggufpair.tune.sweep import PointResult, beats, run_point
+
+Events = Callable[[str], None]
+MIN_CTX = 512
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    base: ServerConfig  # target, draft, ctx, threads, overrides...: everything but the swept values
+    lengths: tuple[int, ...] = tuple(range(1, 17))
+    target_kv: tuple[str, ...] = ("f16", "q8_0", "q4_0")
+    draft_kv: tuple[str, ...] = ("f16", "q8_0", "q4_0")
+    prompts: tuple[Prompt, ...] = ()
+    n_predict: int = 128
+    repeats: int = 2
+    budget_bytes: int | None = None  # None: no memory limit checked
+    confirm: int = 2  # real runs of the best predicted lengths
+    early_stop: float = 0.85  # stop a run whose first repetition is below this fraction of the best so far
+    device: str = "cpu"
+
+
+@dataclass
+class TuneResult:
+    points: list[PointResult] = field(default_factory=list)
+    pruned: list[tuple[str, str]] = field(default_factory=list)  # (configuration, why)
+    predictions: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict)
+    estimates: dict[tuple[str, str], PairMemory] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def launches(self) -> int:
+        return len(self.points)
+
+    def measured(self, draft: bool) -> list[PointResult]:
+        return [p for p in self.points if p.ok and p.config.has_draft == draft]
+
+    def baseline_for(self, config: ServerConfig) -> PointResult | None:
+        return next((p for p in self.measured(False) if p.config.cache_type_k == config.cache_type_k
+                     and p.config.cache_type_v == config.cache_type_v), None)
+
+    @property
+    def best_draft(self) -> PointResult | None:
+        return max(self.measured(True), key=lambda p: p.measurement.tokens_per_second, default=None)
+
+    @property
+    def best_baseline(self) -> PointResult | None:
+        return max(self.measured(False), key=lambda p: p.measurement.tokens_per_second, default=None)
+
+    @property
+    def recommended(self) -> PointResult | None:
+        """The best draft configuration if it beats its paired baseline beyond the noise, else the best baseline."""
+        best, base = self.best_draft, self.best_baseline
+        if best is not None and base is not None and beats(best.measurement, base.measurement):
+            return best
+        return base
+
+    @property
+    def draft_pays_off(self) -> bool:
+        rec = self.recommended
+        return rec is not None and rec.config.has_draft
+
+
+def largest_context(target: ModelInfo, draft: ModelInfo | None, base: ServerConfig, budget: int | None,
+                    device: str = "cpu") -> int:
+    """The largest context (multiple of 256, up to the target's training context) whose f16 KV fits."""
+    limit = pad256(target.context_length or 4096)
+    if budget is None:
+        return limit
+    lo, hi = MIN_CTX // 256, limit // 256
+    if estimate_pair(target, draft, base.with_(ctx=MIN_CTX), device).total > budget:
+        return 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate_pair(target, draft, base.with_(ctx=mid * 256), device).total <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * 256
+
+
+def _kv(config: ServerConfig, tkv: str, dkv: str | None = None) -> ServerConfig:
+    changes = {"cache_type_k": tkv, "cache_type_v": tkv}
+    if dkv is not None:
+        changes.update(draft_cache_type_k=dkv, draft_cache_type_v=dkv)
+    return config.with_(**changes)
+
+
+def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, draft: ModelInfo | None,
+         log_dir: Path, on_event: Events = lambda _: None) -> TuneResult:
+    start = time.perf_counter()
+    result = TuneResult()
+    prompts = list(spec.prompts)
+    base_cfg = spec.base.without_draft()
+    lengths = sorted(set(spec.lengths))
+    combos = [(t, d) for t in spec.target_kv for d in (spec.draft_kv if draft is not None else ())]
+    planned = len(spec.target_kv) + 2 * len(combos) + (spec.confirm if combos else 0)
+    launch_times: list[float] = []
+
+    def progress(label: str) -> None:
+        done = len(result.points)
+        eta = (sum(launch_times) / len(launch_times)) * max(planned - done, 0) if launch_times else None
+        on_event(f"[{done + 1}/{planned}] {label}" + (f" (ETA {eta:.0f} s)" if eta is not None else ""))
+
+    def fits(config: ServerConfig, what: str, key) -> bool:
+        if config.flash_attn == "off" and (config.cache_type_v in QUANTIZED_KV or config.draft_cache_type_v in QUANTIZED_KV):
+            result.pruned.append((what, "a quantized V cache needs flash attention, which is off"))
+            return False
+        est = estimate_pair(target, draft if config.has_draft else None, config, spec.device)
+        result.estimates[key] = est
+        if spec.budget_bytes is not None and est.total > spec.budget_bytes:
+            result.pruned.append((what, f"needs about {est.total / 2**20:.0f} MiB, the budget is "
+                                        f"{spec.budget_bytes / 2**20:.0f} MiB"))
+            on_event(f"skipped {what}: does not fit memory")
+            return False
+        return True
+
+    def best_tps() -> float:
+        measured = [p.measurement.tokens_per_second for p in result.points if p.ok]
+        return max(measured, default=0.0)
+
+    def run(config: ServerConfig, label: str, allow_early_stop: bool) -> PointResult:
+        progress(label)
+        threshold = spec.early_stop * best_tps()
+        stop = (lambda tps: tps < threshold) if allow_early_stop and threshold > 0 else None
+        point = run_point(binary, dialect, config, prompts, n_predict=spec.n_predict, repeats=spec.repeats,
+                          log_dir=log_dir, on_event=on_event, stop_early=stop)
+        result.points.append(point)
+        launch_times.append(point.seconds)
+        return point
+
+    for tkv in spec.target_kv:
+        cfg = _kv(base_cfg, tkv)
+        if fits(cfg, f"no draft, KV {tkv}", (tkv, None)):
+            run(cfg, f"baseline, target KV {tkv}", allow_early_stop=False)
+
+    if draft is not None:
+        short_n, long_n = lengths[0] if len(lengths) == 1 else min(lengths[1], lengths[-1]), lengths[-1]
+        candidates: list[tuple[float, ServerConfig]] = []
+        for tkv, dkv in combos:
+            cfg = _kv(spec.base, tkv, dkv)
+            if not fits(cfg.with_(draft_max=long_n), f"target KV {tkv}, draft KV {dkv}", (tkv, dkv)):
+                continue
+            long_pt = run(cfg.with_(draft_max=long_n), f"target KV {tkv}, draft KV {dkv}, n_max {long_n}", True)
+            if not long_pt.ok or not long_pt.measurement.speculative:
+                continue
+            if long_n == short_n:
+                continue
+            short_pt = run(cfg.with_(draft_max=short_n), f"target KV {tkv}, draft KV {dkv}, n_max {short_n}", True)
+            if not short_pt.ok:
+                continue
+            s1 = step_sample(short_n, short_pt.measurement, short_pt.measurement.predicted_ms)
+            s2 = step_sample(long_n, long_pt.measurement, long_pt.measurement.predicted_ms)
+            if s1 is None or s2 is None:
+                continue
+            predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position)
+            ranked = predictor.best(lengths)
+            result.predictions[(tkv, dkv)] = ranked
+            on_event(f"  predicted best for KV {tkv}/{dkv}: " + ", ".join(f"n_max {n}: {t:.1f}" for n, t in ranked[:3]))
+            candidates += [(t, cfg.with_(draft_max=n)) for n, t in ranked[:spec.confirm]]
+        measured = {(p.config.cache_type_k, p.config.draft_cache_type_k, p.config.draft_max)
+                    for p in result.points if p.config.has_draft}
+        confirmed = 0
+        for predicted, cfg in sorted(candidates, key=lambda c: -c[0]):
+            if confirmed >= spec.confirm:
+                break
+            key = (cfg.cache_type_k, cfg.draft_cache_type_k, cfg.draft_max)
+            if key in measured:
+                continue
+            measured.add(key)
+            run(cfg, f"confirm n_max {cfg.draft_max}, KV {cfg.cache_type_k}/{cfg.draft_cache_type_k} "
+                     f"(predicted {predicted:.1f} tok/s)", True)
+            confirmed += 1
+    result.seconds = time.perf_counter() - start
+    return result
