@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fix)
 
+    from ggufpair.cli import tune_cmds
+
+    tune_cmds.add_parsers(sub)
+
     p = sub.add_parser("doctor", help="which llama-server ggufpair uses, its build, devices and flag dialect")
     p.add_argument("--llama-server", metavar="PATH", help="the llama-server binary to check")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -58,14 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ggufpair.cli import render
     from ggufpair.format.model_info import read_model_info
     from ggufpair.pairing.verdict import check_pair, parse_override
     from ggufpair.report import model_dict, verdict_dict
 
-    console = Console()
+    console = render.make_console()
     overrides = dict(parse_override(o) for o in args.override_kv)
     if args.draft is None:
         info = read_model_info(args.model, overrides)
@@ -96,15 +98,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_fix(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ggufpair.cli import render
     from ggufpair.fix.apply import apply_plan, recover_interrupted
     from ggufpair.fix.plan import RouteChoice, plan_pair_fix, plan_self_fix, verdict_after
     from ggufpair.format.shards import shard_paths
     from ggufpair.report import plain
 
-    console = Console(stderr=args.json)
+    console = render.make_console(stderr=args.json)
     recovered = recover_interrupted(shard_paths(args.model)[0])
     for line in recovered:
         console.print(line, style="yellow")
@@ -131,9 +131,9 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from ggufpair.cli import render
     from ggufpair.engine.binary import find_llama_server
     from ggufpair.engine.devices import MIB, devices
     from ggufpair.engine.dialect import probe_dialect
@@ -149,7 +149,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    console = Console(soft_wrap=True)
+    console = render.make_console()
     console.print(f"llama-server: {binary.path} (found via {binary.source})", style="bold")
     console.print(f"build: {data['build']}")
     table = Table("device", "description", "total", "free", "from", box=None, header_style="bold")
@@ -165,13 +165,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ggufpair.cli import render
     from ggufpair.demo import run_demo
     from ggufpair.engine.binary import find_llama_server
 
-    console = Console(soft_wrap=True)
+    console = render.make_console()
     try:
         lengths = tuple(int(x) for x in args.draft_lengths.split(",") if x.strip())
     except ValueError:

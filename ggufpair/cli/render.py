@@ -12,6 +12,14 @@ from ggufpair.pairing.verdict import Finding, Severity, Verdict
 _SEVERITY_STYLE = {Severity.BLOCKER: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
+def make_console(stderr: bool = False) -> Console:
+    """A console that wraps nothing by itself and, off a terminal, is wide enough for the tables."""
+    import sys
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, soft_wrap=True, width=None if stream.isatty() else 160)
+
+
 def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -187,23 +195,8 @@ def print_demo(console: Console, result) -> None:
     if result.fix is not None:
         print_fix_result(console, result.fix, result.verdict_after)
     console.rule("3. tune (paired baseline, same prompts, chat template, greedy)")
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("configuration", "tok/s", "spread", "speedup", "accept", "acc/step", "by position"):
-        table.add_column(col, no_wrap=col != "by position")
     base = result.points[0].measurement if result.points and result.points[0].ok else None
-    for p in result.points:
-        m = p.measurement
-        if m is None:
-            table.add_row(p.label, "failed", "", "", "", "", p.error or "")
-            continue
-        table.add_row(
-            p.label, f"{m.tokens_per_second:.1f}", f"{m.tps_spread:.0%}",
-            f"{m.tokens_per_second / base.tokens_per_second:.2f}x" if base else "",
-            f"{m.acceptance_rate:.0%}" if m.acceptance_rate is not None else "-",
-            f"{m.mean_accepted_per_step:.2f}" if m.mean_accepted_per_step is not None else "-",
-            " ".join(f"{x:.2f}" for x in m.accept_by_position) or "-",
-        )
-    console.print(table)
+    console.print(points_table(result.points, base.tokens_per_second if base else None))
     if result.lossless is not None:
         console.print(f"Lossless check: {result.lossless.summary()}")
         for d in result.lossless.divergences:
@@ -217,3 +210,55 @@ def print_demo(console: Console, result) -> None:
         console.print(f"profile: {result.profile_path}")
     if result.script_path:
         console.print(f"launch script: {result.script_path}")
+
+
+def points_table(points, baseline_tps: float | None = None) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("configuration", "tok/s", "spread", "speedup", "accept", "acc/step", "by position"):
+        table.add_column(col, no_wrap=col != "by position")
+    for p in points:
+        m = p.measurement
+        if m is None:
+            table.add_row(p.label, "failed", "", "", "", "", p.error or "")
+            continue
+        table.add_row(
+            p.label, f"{m.tokens_per_second:.1f}" + (" (stopped)" if m.stopped_early else ""), f"{m.tps_spread:.0%}",
+            f"{m.tokens_per_second / baseline_tps:.2f}x" if baseline_tps else "",
+            f"{m.acceptance_rate:.0%}" if m.acceptance_rate is not None else "-",
+            f"{m.mean_accepted_per_step:.2f}" if m.mean_accepted_per_step is not None else "-",
+            " ".join(f"{x:.2f}" for x in m.accept_by_position[:8]) or "-",
+        )
+    return table
+
+
+def print_tune(console: Console, result, outputs) -> None:
+    base = result.best_baseline
+    console.rule("measured (paired baseline, same prompts, chat template, greedy)")
+    console.print(points_table(result.points, base.measurement.tokens_per_second if base else None))
+    for what, why in result.pruned:
+        console.print(f"not launched: {what}: {why}", style="dim")
+    rec = result.recommended
+    if rec is not None and rec.measurement.per_category:
+        table = Table("category", "tok/s", "acceptance", box=None, header_style="bold", title="recommended, by category")
+        for cat, v in rec.measurement.per_category.items():
+            acc = v.get("acceptance_rate")
+            table.add_row(cat, f"{v['tokens_per_second']:.1f}", "-" if acc is None else f"{acc:.0%}")
+        console.print(table)
+    console.print(f"{result.launches} launches in {result.seconds:.0f} s", style="dim")
+    console.rule("recommendation")
+    console.print(Text(outputs.recommendation, style="bold"))
+    rd = outputs.data.get("recommended") or {}
+    if rd.get("predicted_memory_bytes"):
+        console.print(f"predicted memory: {human_bytes(rd['predicted_memory_bytes'])}")
+    for label, path in (("profile", outputs.profile), ("launch script", outputs.script), ("llama-swap entry", outputs.swap)):
+        if path:
+            console.print(f"{label}: {path}")
+
+
+def print_suggestions(console: Console, target, suggestions) -> None:
+    console.print(f"Drafts for {target.display_name} {target.quant}:", style="bold")
+    if not suggestions:
+        console.print("none found locally and no preset for this family; pass --draft PATH or org/repo[:QUANT]")
+    for s in suggestions:
+        where = str(s.path) if s.path else f"hub: {s.hub}"
+        console.print(f"  {s.name}: {s.why}  ({where})")

@@ -1,0 +1,197 @@
+"""`ggufpair tune`, `list`, `launch` and `check`: thin faces over ggufpair.tune and ggufpair.locate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from ggufpair.errors import UsageError
+
+MIB = 1 << 20
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("tune", help="find the fastest draft length and KV types that fit, against a paired baseline")
+    p.add_argument("--target", "-t", required=True, help="path, short name (31B, 'gemma-4-31b-it Q4_K_M') or org/repo[:QUANT]")
+    p.add_argument("--draft", "-d", help="the draft (same forms); without it, compatible drafts are suggested")
+    p.add_argument("--lengths", default="1-16", help="draft lengths, e.g. 1-16 or 2,4,8 (default 1-16)")
+    p.add_argument("--kv", default="f16,q8_0,q4_0", help="target KV types to try (default f16,q8_0,q4_0)")
+    p.add_argument("--draft-kv", default="f16,q8_0,q4_0", help="draft KV types to try (default f16,q8_0,q4_0)")
+    p.add_argument("--ctx", type=int, help="context size (default: the largest that fits, up to the target's training context)")
+    p.add_argument("--categories", default="chat,code,math,summarization,korean,chinese", help="built-in prompt categories")
+    p.add_argument("--prompts", metavar="FILE", help="JSONL of chat messages instead of the built-in prompts")
+    p.add_argument("--tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
+    p.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement (default 2)")
+    p.add_argument("--margin", type=float, default=0.1, help="memory safety margin, a fraction of the budget (default 0.1)")
+    p.add_argument("--gpu-layers", default=None, help="-ngl for target and draft (default: the build's own)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--flash-attn", choices=["on", "off", "auto"], default="auto")
+    p.add_argument("--route", choices=["override", "patch"], default="override", help="how to fix a fixable pair")
+    p.add_argument("--profile", metavar="PATH", help="also save the profile here")
+    p.add_argument("--script", metavar="PATH", help="write the launch script here (default: next to the profile)")
+    p.add_argument("--format", choices=["bash", "llama-swap"], default="bash")
+    p.add_argument("--host", default="127.0.0.1", help="the launch script's bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--llama-server", metavar="PATH")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("list", help="the GGUF models found locally")
+    p.add_argument("--dir", action="append", default=[], help="another folder to search")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("launch", help="start llama-server from a saved profile")
+    p.add_argument("profile")
+    p.add_argument("--llama-server", metavar="PATH")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("check", help="re-measure a saved profile on the current build and flag a regression")
+    p.add_argument("profile")
+    p.add_argument("--llama-server", metavar="PATH")
+    p.add_argument("--tolerance", type=float, default=0.1, help="allowed slowdown before it is a regression (default 0.1)")
+    p.set_defaults(func=cmd_check)
+
+
+def parse_lengths(text: str) -> tuple[int, ...]:
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                out.update(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                out.add(int(part))
+    except ValueError:
+        raise UsageError(f"bad draft lengths {text!r}", hint="use 1-16 or 2,4,8") from None
+    if not out or min(out) < 1:
+        raise UsageError(f"bad draft lengths {text!r}: they start at 1")
+    return tuple(sorted(out))
+
+
+def _console(args) -> Console:
+    from ggufpair.cli import render
+
+    return render.make_console(stderr=getattr(args, "json", False))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ggufpair.locate import discover
+
+    found = discover([Path(d) for d in args.dir])
+    if args.json:
+        print(json.dumps([{"path": str(c.path), "name": c.info.display_name, "quant": c.info.quant,
+                           "size": c.info.file_size, "vocab": c.info.vocab.n_tokens, "context": c.info.context_length,
+                           "where": c.where} for c in found], indent=2))
+        return 0
+    console = _console(args)
+    table = Table("model", "size", "quant", "file", "vocab", "context", "path", box=None, header_style="bold")
+    for c in found:
+        i = c.info
+        table.add_row(i.display_name, i.size_label or "", i.quant, f"{i.file_size / 2**30:.2f} GiB",
+                      f"{i.vocab.tokenizer_model} {i.vocab.n_tokens}", str(i.context_length), str(c.path))
+    console.print(table if found else "no GGUF models found (set GGUFPAIR_MODEL_DIRS, or pass --dir)")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ggufpair.cli import render
+    from ggufpair.engine.binary import find_llama_server
+    from ggufpair.engine.config import ServerConfig
+    from ggufpair.engine.devices import describe, devices
+    from ggufpair.engine.dialect import probe_dialect
+    from ggufpair.format.model_info import read_model_info
+    from ggufpair.locate import discover, resolve
+    from ggufpair.state import state_dir
+    from ggufpair.tune.prompts import builtin_prompts, load_prompts
+    from ggufpair.tune.run import prepare_pair, save_outputs, suggest_drafts
+    from ggufpair.tune.search import TuneSpec, largest_context, tune
+
+    console = _console(args)
+    say = lambda msg: console.print(f"  {msg}", style="dim")  # noqa: E731
+    candidates = None
+    if not os.path.exists(args.target) or (args.draft and not os.path.exists(args.draft)) or not args.draft:
+        candidates = discover()
+    target_path = resolve(args.target, candidates=candidates, on_event=say)
+    target = read_model_info(target_path)
+    if not args.draft:
+        suggestions = suggest_drafts(target, candidates or [])
+        render.print_suggestions(console, target, suggestions)
+        return 0 if suggestions else 1
+    draft_path = resolve(args.draft, candidates=candidates, on_event=say)
+    binary = find_llama_server(args.llama_server)
+    dialect = probe_dialect(binary.path)
+    overrides, fix_note = prepare_pair(target_path, draft_path, args.route, say)
+    draft = read_model_info(draft_path)
+    devs = devices(binary.path if args.gpu_layers not in (None, "0") else None)
+    budget = int(sum(d.free_bytes for d in devs) * (1 - args.margin))
+    device_kind = "cpu" if devs[0].name == "CPU" else "gpu"
+    prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(args.categories.split(","), per_category=2)
+    base = ServerConfig(target=target_path, draft=draft_path, ctx=args.ctx or 4096, threads=args.threads,
+                        gpu_layers=args.gpu_layers, draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
+                        overrides=overrides)
+    if not args.ctx:
+        ctx = largest_context(target, draft, base, budget, device_kind)
+        if ctx == 0:
+            raise UsageError(f"the pair does not fit the memory budget ({budget / MIB:.0f} MiB) even at a 512 context")
+        base = base.with_(ctx=ctx)
+    say(f"memory budget {budget / MIB:.0f} MiB on {describe(devs)}; context {base.ctx}")
+    spec = TuneSpec(base=base, lengths=parse_lengths(args.lengths), target_kv=tuple(args.kv.split(",")),
+                    draft_kv=tuple(args.draft_kv.split(",")), prompts=tuple(prompts), n_predict=args.tokens,
+                    repeats=args.repeats, budget_bytes=budget, device=device_kind)
+    result = tune(binary, dialect, spec, target, draft, state_dir("logs"), say)
+    outputs = save_outputs(result, binary, dialect, describe(devs), args, fix_note)
+    render.print_tune(console, result, outputs)
+    if args.json:
+        print(json.dumps(outputs.to_dict(), indent=2))
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from ggufpair.engine.binary import find_llama_server
+    from ggufpair.engine.dialect import probe_dialect
+    from ggufpair.tune.profile import load_profile
+
+    _, config = load_profile(Path(args.profile))
+    binary = find_llama_server(args.llama_server)
+    argv = [str(binary.path), *config.with_(host=args.host, port=args.port).argv(probe_dialect(binary.path))]
+    print(" ".join(argv), file=sys.stderr)
+    return subprocess.call(argv)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ggufpair.cli import render
+    from ggufpair.engine.binary import find_llama_server
+    from ggufpair.engine.dialect import probe_dialect
+    from ggufpair.state import state_dir
+    from ggufpair.tune.profile import load_profile
+    from ggufpair.tune.prompts import builtin_prompts
+    from ggufpair.tune.sweep import run_point
+
+    data, config = load_profile(Path(args.profile))
+    saved = data.get("measurements", {}).get("recommended", {})
+    binary = find_llama_server(args.llama_server)
+    console = render.make_console()
+    prompts = builtin_prompts(saved.get("categories") or ["chat", "code"], per_category=2)
+    point = run_point(binary, probe_dialect(binary.path), config, prompts, n_predict=int(saved.get("n_predict", 128)),
+                      repeats=2, log_dir=state_dir("logs"), on_event=lambda m: console.print(f"  {m}", style="dim"))
+    if not point.ok:
+        console.print(f"REGRESSION: the profile no longer runs: {point.error}", style="bold red")
+        return 1
+    before, now = float(saved.get("tokens_per_second", 0)), point.measurement.tokens_per_second
+    if config.has_draft and not point.measurement.speculative:
+        console.print("REGRESSION: speculation is off on this build", style="bold red")
+        return 1
+    ratio = now / before if before else 0
+    status = "REGRESSION" if ratio < 1 - args.tolerance else "ok"
+    console.print(f"{status}: {now:.1f} tok/s now, {before:.1f} when profiled ({ratio:.2f}x)",
+                  style="bold red" if status != "ok" else "bold green")
+    return 1 if status != "ok" else 0

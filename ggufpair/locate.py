@@ -1,0 +1,198 @@
+"""Finding models: a path, a short name matched against local GGUF files by their metadata ("31B", "E2B",
+"gemma-4-31b-it Q4_K_M"), or a Hub reference `org/repo[:QUANT]` downloaded with huggingface_hub.
+
+Local files are looked for in the Hugging Face cache (`scan_cache_dir`), folders named in
+`$GGUFPAIR_MODEL_DIRS` (colon-separated), LM Studio's and llama.cpp's cache folders, and the current folder.
+An ambiguous name lists its candidates; it never guesses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ggufpair.errors import GgufpairError, ModelFileError, UsageError
+from ggufpair.format.model_info import ModelInfo, read_model_info
+from ggufpair.format.shards import SPLIT_RE
+
+HUB_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<quant>[\w.-]+))?$")
+
+
+class AmbiguousModelError(UsageError):
+    def __init__(self, query: str, candidates: list["Candidate"]) -> None:
+        listing = "\n".join(f"  {c.describe()}" for c in candidates[:20])
+        super().__init__(f"{query!r} matches {len(candidates)} models:\n{listing}",
+                         hint="add words to the name (the quant, the finetune) or pass a path")
+        self.candidates = candidates
+
+
+class ModelNotFoundError(UsageError):
+    pass
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path
+    info: ModelInfo
+    where: str  # which search location found it
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        i = self.info
+        return tuple(f for f in (i.size_label, i.basename, i.finetune, i.quant, i.name, i.architecture) if f)
+
+    def describe(self) -> str:
+        i = self.info
+        return (f"{i.display_name} {i.quant} ({i.file_size / 2**30:.2f} GiB, vocab {i.vocab.n_tokens}, "
+                f"ctx {i.context_length}) {self.path}  [{self.where}]")
+
+
+@dataclass(frozen=True)
+class HubRef:
+    repo: str
+    quant: str | None
+
+
+def parse_hub_ref(text: str) -> HubRef | None:
+    """`org/repo` or `org/repo:Q4_K_M`; None for anything else (paths, short names)."""
+    if text.startswith((".", "/", "~")) or text.endswith(".gguf") or os.path.exists(text):
+        return None
+    m = HUB_REF.match(text)
+    return HubRef(m["repo"], m["quant"]) if m else None
+
+
+def search_dirs() -> list[tuple[str, Path]]:
+    home = Path.home()
+    out: list[tuple[str, Path]] = []
+    for d in filter(None, os.environ.get("GGUFPAIR_MODEL_DIRS", "").split(os.pathsep)):
+        out.append(("configured", Path(d).expanduser()))
+    out.append(("llama.cpp cache", Path(os.environ.get("LLAMA_CACHE") or home / ".cache" / "llama.cpp")))
+    out.append(("LM Studio", home / ".lmstudio" / "models"))
+    out.append(("LM Studio", home / ".cache" / "lm-studio" / "models"))
+    out.append(("current folder", Path.cwd()))
+    return out
+
+
+def _gguf_files(folder: Path, max_depth: int = 4) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = []
+    base_depth = len(folder.parts)
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        if len(Path(root).parts) - base_depth >= max_depth:
+            dirs[:] = []
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("node_modules", "__pycache__", ".venv")]
+        for name in files:
+            if not name.endswith(".gguf") or name.startswith("."):
+                continue
+            m = SPLIT_RE.match(name)
+            if m and int(m["no"]) != 1:
+                continue  # a split model is listed once, by its first shard
+            found.append(Path(root) / name)
+    return found
+
+
+def _hf_cache_files() -> list[Path]:
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception:  # no cache yet, or an unreadable one: nothing to list
+        return []
+    out = []
+    for repo in info.repos:
+        for rev in repo.revisions:
+            for f in rev.files:
+                if f.file_name.endswith(".gguf") and not (SPLIT_RE.match(f.file_name) and "-00001-of-" not in f.file_name):
+                    out.append(Path(f.file_path))
+    return out
+
+
+def discover(extra_dirs: list[Path] | None = None) -> list[Candidate]:
+    """Every readable local GGUF model, each once."""
+    seen: set[Path] = set()
+    out: list[Candidate] = []
+    sources = [("Hugging Face cache", p) for p in _hf_cache_files()]
+    for where, folder in [*(("given", d) for d in extra_dirs or []), *search_dirs()]:
+        sources += [(where, p) for p in _gguf_files(folder)]
+    for where, path in sources:
+        real = path.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            out.append(Candidate(path, read_model_info(path), where))
+        except GgufpairError:
+            continue  # not a model we can read: listing skips it, inspect explains it
+    return out
+
+
+def _token_matches(token: str, cand: Candidate) -> bool:
+    t = token.lower()
+    if any(t == f.lower() for f in cand.fields):
+        return True
+    pattern = re.compile(rf"(?<![a-z0-9]){re.escape(t)}(?![a-z0-9])")
+    haystack = " ".join([cand.path.stem.lower(), *(f.lower() for f in cand.fields)])
+    return bool(pattern.search(haystack))
+
+
+def match(query: str, candidates: list[Candidate]) -> list[Candidate]:
+    tokens = query.split()
+    return [c for c in candidates if tokens and all(_token_matches(t, c) for t in tokens)]
+
+
+def resolve(query: str, *, candidates: list[Candidate] | None = None, download: bool = True,
+            on_event=lambda _: None) -> Path:
+    """A model path for `query`: an existing path, a Hub reference, or a unique short-name match."""
+    path = Path(query).expanduser()
+    if path.exists():
+        return path
+    hub = parse_hub_ref(query)
+    if hub is not None:
+        if not download:
+            raise ModelNotFoundError(f"{query} is a Hub reference; downloading is off")
+        return hub_download(hub, on_event)
+    if query.endswith(".gguf") or "/" in query:
+        raise ModelFileError(path, "no such file")
+    found = match(query, candidates if candidates is not None else discover())
+    if not found:
+        raise ModelNotFoundError(f"no local model matches {query!r}",
+                                 hint="`ggufpair list` shows what was found; pass a path, or org/repo[:QUANT] to download")
+    if len(found) > 1:
+        exact = [c for c in found if any(t.lower() == (c.info.size_label or "").lower() for t in query.split())]
+        if len(exact) != 1:
+            raise AmbiguousModelError(query, found)
+        found = exact
+    return found[0].path
+
+
+def hub_download(ref: HubRef, on_event=lambda _: None) -> Path:
+    """Download the GGUF file of `ref` (the one matching its quant) with huggingface_hub; every shard of a split model."""
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        raise UsageError("huggingface_hub is not installed") from None
+    try:
+        files = [f for f in HfApi().list_repo_files(ref.repo) if f.endswith(".gguf")]
+    except (HfHubHTTPError, OSError) as e:
+        raise ModelNotFoundError(f"cannot list {ref.repo} on the Hub: {e}",
+                                 hint="check the name and the network, or pass a local path") from None
+    if ref.quant:
+        files = [f for f in files if ref.quant.lower() in Path(f).name.lower()]
+    firsts = [f for f in files if not SPLIT_RE.match(Path(f).name) or "-00001-of-" in f]
+    if not firsts:
+        raise ModelNotFoundError(f"{ref.repo} has no GGUF file{' for ' + ref.quant if ref.quant else ''}")
+    if len(firsts) > 1:
+        listing = "\n".join(f"  {f}" for f in firsts)
+        raise UsageError(f"{ref.repo} has several GGUF files:\n{listing}", hint=f"name one: {ref.repo}:QUANT")
+    first = firsts[0]
+    m = SPLIT_RE.match(Path(first).name)
+    wanted = [f for f in files if m and f.startswith(first.split("-00001-of-")[0])] if m else [first]
+    paths = []
+    for f in wanted:
+        on_event(f"downloading {ref.repo}/{f}")
+        paths.append(Path(hf_hub_download(ref.repo, f)))
+    return paths[0]

@@ -1,0 +1,144 @@
+"""What surrounds a tune: fixing the pair first, suggesting drafts, and handing over the answer as a profile
+and a launch script (or a llama-swap entry)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ggufpair.engine.binary import Binary
+from ggufpair.engine.dialect import Dialect
+from ggufpair.errors import UsageError
+from ggufpair.fix.apply import apply_plan
+from ggufpair.fix.plan import RouteChoice, plan_pair_fix
+from ggufpair.format.model_info import ModelInfo
+from ggufpair.pairing.verdict import check_pair
+from ggufpair.tune.profile import launch_script, llama_swap_entry, profile_data, save_profile, write_script
+from ggufpair.tune.search import TuneResult
+
+PRESETS = Path(__file__).resolve().parent.parent.parent / "profiles" / "presets.toml"
+MAX_DRAFT_RATIO = 0.3
+
+
+def prepare_pair(target: Path, draft: Path, route: str, on_event: Callable[[str], None]) -> tuple[tuple[str, ...], str]:
+    """Check the pair before any launch; fix a fixable mismatch by the chosen route. Returns the
+    --override-kv arguments to launch with, and a note for the profile."""
+    plan = plan_pair_fix(draft, target, RouteChoice(route) if route != "auto" else RouteChoice.AUTO)
+    if plan.unfixable:
+        raise UsageError("llama.cpp will not speculate with this pair, and metadata cannot fix it:\n  "
+                         + "\n  ".join(plan.unfixable), hint="pick a draft from the target's family (`ggufpair tune --target ...` suggests some)")
+    if plan.empty:
+        return (), "compatible as is"
+    on_event(f"the pair needs a fix ({plan.why}); applying it by the {plan.route.value} route")
+    result = apply_plan(plan)
+    note = f"fixed by {result.mode}: " + ("; ".join(plan.override_args) if plan.override_args else
+                                          ", ".join(c.key for c in plan.changes))
+    return tuple(plan.override_args), note
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    path: Path | None
+    name: str
+    why: str
+    hub: str | None = None
+
+
+def load_presets(path: Path = PRESETS) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return tomllib.loads(path.read_text()).get("pairing", [])
+
+
+def suggest_drafts(target: ModelInfo, candidates) -> list[Suggestion]:
+    """Local files llama.cpp would accept as drafts (same vocab, much smaller), then the shipped presets."""
+    out = []
+    for c in candidates:
+        if c.path.resolve() == target.path.resolve() or not target.weight_bytes:
+            continue
+        ratio = c.info.weight_bytes / target.weight_bytes
+        if ratio > MAX_DRAFT_RATIO:
+            continue
+        verdict = check_pair(target, c.info)
+        fixable = all(f.fixes for f in verdict.blockers)
+        if verdict.compatible or fixable:
+            state = "compatible" if verdict.compatible else "compatible after `ggufpair fix`"
+            out.append(Suggestion(c.path, c.info.display_name, f"{state}; {ratio:.0%} of the target's weights"))
+    family = (target.basename or target.name or "").lower()
+    for preset in load_presets():
+        if preset.get("target_basename", "").lower() in family and _size_ok(preset, target):
+            for d in preset.get("drafts", []):
+                out.append(Suggestion(None, d["name"], d.get("note", "a known pairing"), d.get("hub")))
+    return out
+
+
+def _size_ok(preset: dict, target: ModelInfo) -> bool:
+    sizes = [s.lower() for s in preset.get("target_sizes", [])]
+    return not sizes or (target.size_label or "").lower() in sizes
+
+
+@dataclass(frozen=True)
+class TuneOutputs:
+    profile: Path | None
+    script: Path | None
+    swap: Path | None
+    recommendation: str
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"profile": str(self.profile) if self.profile else None, "script": str(self.script) if self.script else None,
+                "llama_swap": str(self.swap) if self.swap else None, "recommendation": self.recommendation,
+                **self.data}
+
+
+def recommendation_text(result: TuneResult) -> str:
+    rec, base = result.recommended, result.best_baseline
+    if rec is None:
+        return "nothing could be measured: every configuration failed (see the log lines above)"
+    if not rec.config.has_draft:
+        best = result.best_draft
+        if best is None:
+            return "no draft configuration ran with speculation live; recommending no draft"
+        return (f"no draft: the fastest draft configuration ({best.label}) reached "
+                f"{best.measurement.tokens_per_second:.1f} tok/s against {rec.measurement.tokens_per_second:.1f} "
+                "without a draft, not faster beyond the run-to-run spread")
+    paired = result.baseline_for(rec.config) or base
+    speedup = rec.measurement.tokens_per_second / paired.measurement.tokens_per_second
+    return (f"{rec.label}: {rec.measurement.tokens_per_second:.1f} tok/s, {speedup:.2f}x the paired baseline "
+            f"({paired.measurement.tokens_per_second:.1f} tok/s), acceptance {rec.measurement.acceptance_rate:.0%}")
+
+
+def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: str, args, fix_note: str) -> TuneOutputs:
+    rec = result.recommended
+    text = recommendation_text(result)
+    data: dict[str, Any] = {
+        "launches": result.launches, "seconds": round(result.seconds, 1), "fix": fix_note,
+        "points": [{"label": p.label, "draft_max": p.config.draft_max if p.config.has_draft else 0,
+                    "target_kv": p.config.cache_type_k, "draft_kv": p.config.draft_cache_type_k if p.config.has_draft else None,
+                    "error": p.error, **(p.measurement.to_dict() if p.measurement else {})} for p in result.points],
+        "pruned": [{"configuration": c, "why": w} for c, w in result.pruned],
+        "predictions": {f"{t}/{d}": [[n, round(tps, 2)] for n, tps in ranked] for (t, d), ranked in result.predictions.items()},
+    }
+    if rec is None:
+        return TuneOutputs(None, None, None, text, data)
+    est = result.estimates.get((rec.config.cache_type_k, rec.config.draft_cache_type_k if rec.config.has_draft else None))
+    data["recommended"] = {"label": rec.label, "tokens_per_second": rec.measurement.tokens_per_second,
+                           "draft": rec.config.has_draft, "n_predict": args.tokens,
+                           "categories": args.categories.split(","),
+                           "predicted_memory_bytes": est.total if est else None,
+                           "measured_memory_bytes": None}
+    config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
+    name = f"{config.target.stem}" + (f"+{config.draft.stem}" if config.draft else "")
+    profile = save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}))
+    if getattr(args, "profile", None):
+        save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}), Path(args.profile))
+    script_path = Path(args.script) if getattr(args, "script", None) else profile.with_suffix(".sh")
+    script = write_script(launch_script(config, binary, dialect, host=args.host, port=args.port, profile=profile),
+                          script_path)
+    swap = None
+    if getattr(args, "format", "bash") == "llama-swap":
+        swap = profile.with_suffix(".llama-swap.yaml")
+        swap.write_text(llama_swap_entry(name, config, binary, dialect))
+    return TuneOutputs(profile, script, swap, text, data)
