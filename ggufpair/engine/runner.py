@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 import urllib.error
 from dataclasses import dataclass
@@ -171,7 +172,7 @@ class LlamaServer:
         try:
             status, data = self.process.request("POST", path, body, timeout=self.request_timeout)
         except (urllib.error.URLError, ConnectionError, OSError) as e:
-            if self.process.proc is not None and self.process.proc.poll() is not None:
+            if self._exited_within(2.0):
                 lines = self.process.log_tail(25).splitlines()
                 raise ServerCrashError(f"llama-server crashed during a request (exit code "
                                        f"{self.process.proc.returncode}): {lines[-1] if lines else ''}", lines) from None
@@ -207,6 +208,17 @@ class LlamaServer:
         return Completion(content, int(t.get("prompt_n", 0)), float(t.get("prompt_ms", 0.0)),
                           int(t.get("predicted_n", 0)), float(t.get("predicted_ms", 0.0)),
                           int(t.get("draft_n", 0)), int(t.get("draft_n_accepted", 0)), tokens, top2, finish)
+
+    def _exited_within(self, seconds: float) -> bool:
+        """Whether the server process has died (a dropped connection comes before its exit status)."""
+        proc = self.process.proc
+        if proc is None:
+            return False
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def metrics(self) -> dict[str, float]:
         """`/metrics` counters (needs --metrics), keyed by name; per-position acceptance as `..._per_pos_total:i`."""

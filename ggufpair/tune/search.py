@@ -157,19 +157,19 @@ def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, dr
             run(cfg, f"baseline, target KV {tkv}", allow_early_stop=False)
 
     if draft is not None:
-        short_n, long_n = lengths[0] if len(lengths) == 1 else min(lengths[1], lengths[-1]), lengths[-1]
+        # The short run: the second-shortest length (a length of 1 is rarely best and measures little).
+        short_n, long_n = (lengths[1] if len(lengths) > 2 else lengths[0]), lengths[-1]
         candidates: list[tuple[float, ServerConfig]] = []
         for tkv, dkv in combos:
             cfg = _kv(spec.base, tkv, dkv)
             if not fits(cfg.with_(draft_max=long_n), f"target KV {tkv}, draft KV {dkv}", (tkv, dkv)):
                 continue
             long_pt = run(cfg.with_(draft_max=long_n), f"target KV {tkv}, draft KV {dkv}, n_max {long_n}", True)
-            if not long_pt.ok or not long_pt.measurement.speculative:
-                continue
             if long_n == short_n:
                 continue
+            # Measured even when the long run failed (a crash, memory): the tune goes on with what runs.
             short_pt = run(cfg.with_(draft_max=short_n), f"target KV {tkv}, draft KV {dkv}, n_max {short_n}", True)
-            if not short_pt.ok:
+            if not (long_pt.ok and short_pt.ok and long_pt.measurement.speculative):
                 continue
             s1 = step_sample(short_n, short_pt.measurement, short_pt.measurement.predicted_ms)
             s2 = step_sample(long_n, long_pt.measurement, long_pt.measurement.predicted_ms)

@@ -1,0 +1,156 @@
+"""Tune logic without launches: the predictor, draft lengths, context fitting, memory pruning, the
+recommendation when no draft helps, name resolution and Hub references, launch scripts with hostile paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from gguf import GGUFValueType as T
+
+from ggufpair.cli.tune_cmds import parse_lengths
+from ggufpair.engine.config import ServerConfig
+from ggufpair.engine.dialect import parse_help
+from ggufpair.engine.measure import Measurement
+from ggufpair.engine.memory import estimate_pair
+from ggufpair.errors import UsageError
+from ggufpair.format.model_info import read_model_info
+from ggufpair.locate import AmbiguousModelError, HubRef, ModelNotFoundError, discover, parse_hub_ref, resolve
+from ggufpair.tune.predict import Predictor, StepSample
+from ggufpair.tune.profile import launch_script
+from ggufpair.tune.run import recommendation_text
+from ggufpair.tune.search import TuneResult, TuneSpec, largest_context, tune
+from ggufpair.tune.sweep import PointResult
+from ggufpair.engine.binary import Binary
+from tests.conftest import shellcheck
+from tests.ggufmake import model_kv, vocab_kv, write_gguf
+
+HELP = Path(__file__).resolve().parent.parent / "fixtures" / "help" / "llama-server-11434-spec.txt"
+
+
+def test_predictor_recovers_a_known_cost_model():
+    q = (0.9, 0.8, 0.6, 0.4, 0.2, 0.1)
+    a, b = 20.0, 3.0
+    sample = lambda n: StepSample(n, a + b * n, 1 + sum(q[:n]))  # noqa: E731
+    p = Predictor.fit(sample(2), sample(6), q)
+    assert p.a_ms == pytest.approx(a) and p.b_ms == pytest.approx(b)
+    for n in range(1, 7):
+        assert p.tps(n) == pytest.approx(1000 * (1 + sum(q[:n])) / (a + b * n))
+    best_n, _ = p.best(range(1, 7))[0]
+    assert best_n == max(range(1, 7), key=p.tps)
+    assert [n for n, _ in p.best(range(1, 20))] == sorted(range(1, 7), key=lambda n: -p.tps(n))
+
+
+@pytest.mark.parametrize("text,expected", [("1-4", (1, 2, 3, 4)), ("2,4,8", (2, 4, 8)), ("1-3,8", (1, 2, 3, 8))])
+def test_parse_lengths(text, expected):
+    assert parse_lengths(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "0-4", "a", "2-x"])
+def test_bad_lengths(bad):
+    with pytest.raises(UsageError):
+        parse_lengths(bad)
+
+
+def _tiny(tmp_path, name, n_layers=4, n_embd=256, ctx=8192, size="1B", basename="tiny", quant_type=0, tokens=300):
+    kv = {**model_kv(n_layers=n_layers, n_embd=n_embd, ctx=ctx), **vocab_kv(n_tokens=tokens)}
+    kv["general.size_label"] = (T.STRING, size)
+    kv["general.basename"] = (T.STRING, basename)
+    kv["general.file_type"] = (T.UINT32, quant_type)
+    return write_gguf(tmp_path / name, kv, [("token_embd.weight", (n_embd, 64))])
+
+
+def test_largest_context_fits_the_budget(tmp_path):
+    t = read_model_info(_tiny(tmp_path, "t.gguf", n_layers=8, n_embd=512, ctx=65536))
+    base = ServerConfig(target=t.path)
+    budget = estimate_pair(t, None, base.with_(ctx=10000)).total
+    ctx = largest_context(t, None, base, budget)
+    assert estimate_pair(t, None, base.with_(ctx=ctx)).total <= budget
+    assert estimate_pair(t, None, base.with_(ctx=ctx + 256)).total > budget
+    assert largest_context(t, None, base, None) == 65536
+    assert largest_context(t, None, base, 1) == 0
+
+
+def test_configurations_that_cannot_fit_are_never_launched(tmp_path):
+    t = read_model_info(_tiny(tmp_path, "t.gguf"))
+    d = read_model_info(_tiny(tmp_path, "d.gguf", n_layers=2))
+    spec = TuneSpec(base=ServerConfig(target=t.path, draft=d.path, ctx=2048), lengths=(2, 4), budget_bytes=1000)
+    missing = Binary(tmp_path / "no-llama-server", "flag")  # would fail loudly if anything were launched
+    result = tune(missing, parse_help(HELP.read_text()), spec, t, d, tmp_path / "logs")
+    assert result.launches == 0
+    assert len(result.pruned) == 3 + 9 and all("budget" in why for _, why in result.pruned)
+
+
+def _point(draft_max, runs, draft=True):
+    cfg = ServerConfig(target=Path("t"), draft=Path("d") if draft else None, draft_max=draft_max)
+    m = Measurement(draft, sum(runs) / len(runs), tuple(runs), 100, 50 if draft else 0, 40 if draft else 0,
+                    10 if draft else 0, (0.8, 0.6) if draft else ())
+    return PointResult(cfg, m, None, 1.0)
+
+
+def test_no_draft_is_recommended_when_no_draft_beats_the_baseline():
+    result = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), _point(4, [39.0, 42.0]), _point(8, [30.0, 31.0])])
+    assert not result.draft_pays_off and not result.recommended.config.has_draft
+    assert recommendation_text(result).startswith("no draft: the fastest draft configuration (n_max 4")
+
+
+def test_a_draft_that_beats_every_baseline_run_is_recommended():
+    result = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), _point(4, [50.0, 52.0])])
+    assert result.draft_pays_off and result.recommended.config.draft_max == 4
+    assert "1.25x the paired baseline" in recommendation_text(result) or "x the paired baseline" in recommendation_text(result)
+
+
+def test_name_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("GGUFPAIR_MODEL_DIRS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-empty"))
+    monkeypatch.chdir(tmp_path / "..")
+    _tiny(tmp_path, "gemma-4-31b-it-Q4_K_M.gguf", size="31B", basename="gemma-4", quant_type=15)
+    _tiny(tmp_path, "gemma-4-31b-it-Q8_0.gguf", size="31B", basename="gemma-4", quant_type=7)
+    _tiny(tmp_path, "gemma-4-E2B-it-Q4_K_M.gguf", size="E2B", basename="gemma-4", quant_type=15)
+    found = discover()
+    assert len([c for c in found if c.path.parent == tmp_path]) == 3
+    assert resolve("E2B", candidates=found).name == "gemma-4-E2B-it-Q4_K_M.gguf"
+    assert resolve("31B Q8_0", candidates=found).name == "gemma-4-31b-it-Q8_0.gguf"
+    assert resolve("gemma-4-31b-it Q4_K_M", candidates=found).name == "gemma-4-31b-it-Q4_K_M.gguf"
+    with pytest.raises(AmbiguousModelError) as err:
+        resolve("31B", candidates=found)
+    assert len(err.value.candidates) == 2 and "Q8_0" in err.value.message and "Q4_K_M" in err.value.message
+    with pytest.raises(ModelNotFoundError):
+        resolve("70B", candidates=found)
+
+
+@pytest.mark.parametrize("text,ref", [
+    ("unsloth/gemma-4-E2B-it-GGUF", HubRef("unsloth/gemma-4-E2B-it-GGUF", None)),
+    ("Qwen/Qwen3-0.6B-GGUF:Q8_0", HubRef("Qwen/Qwen3-0.6B-GGUF", "Q8_0")),
+    ("31B", None), ("./models/x.gguf", None), ("/abs/x.gguf", None), ("gemma-4-31b-it Q4_K_M", None),
+])
+def test_hub_reference_parsing(text, ref):
+    assert parse_hub_ref(text) == ref
+
+
+HOSTILE = ["with space", "it's", 'say "hi"', "cost $HOME", "a;rm -rf x", "back`tick`"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_launch_scripts_quote_hostile_paths(name, tmp_path):
+    folder = tmp_path / name
+    folder.mkdir()
+    target, draft = folder / f"{name} target.gguf", folder / f"{name}.gguf"
+    fake = tmp_path / f"fake {name} server"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$ARGS_OUT"\n')
+    fake.chmod(0o755)
+    config = ServerConfig(target=target, draft=draft, overrides=("tokenizer.ggml.add_bos_token=bool:true",))
+    dialect = parse_help(HELP.read_text())
+    script = tmp_path / "launch.sh"
+    script.write_text(launch_script(config, Binary(fake, "flag"), dialect))
+    check = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    out = tmp_path / "args"
+    env = {**os.environ, "ARGS_OUT": str(out)}
+    env.pop("LLAMA_SERVER", None)
+    subprocess.run(["bash", str(script), "--extra"], check=True, env=env)
+    args = out.read_bytes().split(b"\0")[:-1]
+    assert [a.decode() for a in args] == [*config.with_(port=8080).argv(dialect), "--extra"]
