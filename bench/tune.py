@@ -20,7 +20,7 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from ggufpair.cli.tune_cmds import parse_lengths  # noqa: E402
+from ggufpair.tune.search import parse_lengths  # noqa: E402
 from ggufpair.engine.binary import find_llama_server  # noqa: E402
 from ggufpair.engine.config import ServerConfig  # noqa: E402
 from ggufpair.engine.dialect import probe_dialect  # noqa: E402

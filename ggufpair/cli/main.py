@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_doctor)
 
+    p = sub.add_parser("tui", help="the interactive terminal interface (also: ggufpair with no arguments)")
+    p.add_argument("--llama-server", metavar="PATH")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--dir", action="append", default=[], help="another folder to search for models")
+    p.set_defaults(func=cmd_tui)
+
     p = sub.add_parser("demo", help="the whole job on a built-in real pair: inspect, fix, a short tune, a profile")
     p.add_argument("--draft-lengths", default="2,4,8", help="draft lengths to measure (default: 2,4,8)")
     p.add_argument("--tokens", type=int, default=64, help="tokens generated per prompt (default: 64)")
@@ -164,6 +170,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ggufpair.tui.app import run_tui
+
+    return run_tui(getattr(args, "llama_server", None), getattr(args, "threads", None),
+                   [Path(d) for d in getattr(args, "dir", [])])
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ggufpair.cli import render
     from ggufpair.demo import run_demo
@@ -192,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            return cmd_tui(args)
         parser.print_help()
         return EXIT_CODES["usage"]
     try:

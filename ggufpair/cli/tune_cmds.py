@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ggufpair.errors import UsageError
+from ggufpair.tune.search import parse_lengths
 
 MIB = 1 << 20
 
@@ -59,22 +60,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--llama-server", metavar="PATH")
     p.add_argument("--tolerance", type=float, default=0.1, help="allowed slowdown before it is a regression (default 0.1)")
     p.set_defaults(func=cmd_check)
-
-
-def parse_lengths(text: str) -> tuple[int, ...]:
-    out: set[int] = set()
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = part.split("-")
-                out.update(range(int(lo), int(hi) + 1))
-            elif part.strip():
-                out.add(int(part))
-    except ValueError:
-        raise UsageError(f"bad draft lengths {text!r}", hint="use 1-16 or 2,4,8") from None
-    if not out or min(out) < 1:
-        raise UsageError(f"bad draft lengths {text!r}: they start at 1")
-    return tuple(sorted(out))
 
 
 def _console(args) -> Console:

@@ -70,10 +70,11 @@ def _metric_delta(before: dict[str, float], after: dict[str, float], key: str) -
 
 
 def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128, repeats: int = 3,
-            temperature: float = 0.0, warmup: bool = True, stop_early=None) -> Measurement:
+            temperature: float = 0.0, warmup: bool = True, stop_early=None, cancel=None) -> Measurement:
     """Run every prompt `repeats` times (after one excluded warm-up request) and aggregate the server's own timings.
 
-    `stop_early(tps_so_far)` is asked after each repetition; True ends the measurement there."""
+    `stop_early(tps_so_far)` is asked after each repetition; True ends the measurement there. A set `cancel`
+    event ends it after the current request."""
     if warmup and prompts:
         server.complete(prompts[0].payload(), n_predict=min(16, n_predict), temperature=temperature)
     before = server.metrics()
@@ -84,6 +85,8 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     for _ in range(max(1, repeats)):
         pred_n, pred_ms = 0, 0.0
         for p in prompts:
+            if cancel is not None and cancel.is_set():
+                break
             c = server.complete(p.payload(), n_predict=n_predict, temperature=temperature)
             pred_n += c.predicted_n
             pred_ms += c.predicted_ms
@@ -97,6 +100,8 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
             cat["draft_n"] += c.draft_n
             cat["accepted"] += c.draft_accepted
         runs.append(pred_n / (pred_ms / 1000) if pred_ms else 0.0)
+        if cancel is not None and cancel.is_set():
+            break
         if stop_early is not None and len(runs) < repeats and stop_early(statistics.median(runs)):
             stopped = True
             break

@@ -9,6 +9,7 @@ the best so far stops after its first repetition.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from ggufpair.engine.config import QUANTIZED_KV, ServerConfig
 from ggufpair.engine.dialect import Dialect
 from ggufpair.engine.measure import Prompt
 from ggufpair.engine.memory import PairMemory, estimate_pair, pad256
+from ggufpair.errors import UsageError
 from ggufpair.format.model_info import ModelInfo
 from ggufpair.tune.predict import Predictor, step_sample
 from ggufpair.tune.sweep import PointResult, beats, run_point
@@ -49,6 +51,8 @@ class TuneResult:
     predictions: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict)
     estimates: dict[tuple[str, str], PairMemory] = field(default_factory=dict)
     seconds: float = 0.0
+    cancelled: bool = False
+    planned: int = 0
 
     @property
     def launches(self) -> int:
@@ -83,6 +87,22 @@ class TuneResult:
         return rec is not None and rec.config.has_draft
 
 
+def parse_lengths(text: str) -> tuple[int, ...]:
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                out.update(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                out.add(int(part))
+    except ValueError:
+        raise UsageError(f"bad draft lengths {text!r}", hint="use 1-16 or 2,4,8") from None
+    if not out or min(out) < 1:
+        raise UsageError(f"bad draft lengths {text!r}: they start at 1")
+    return tuple(sorted(out))
+
+
 def largest_context(target: ModelInfo, draft: ModelInfo | None, base: ServerConfig, budget: int | None,
                     device: str = "cpu") -> int:
     """The largest context (multiple of 256, up to the target's training context) whose f16 KV fits."""
@@ -108,15 +128,33 @@ def _kv(config: ServerConfig, tkv: str, dkv: str | None = None) -> ServerConfig:
     return config.with_(**changes)
 
 
+class Cancelled(Exception):
+    """Raised inside a tune when its cancel event is set; `tune` catches it and returns what it has."""
+
+
 def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, draft: ModelInfo | None,
-         log_dir: Path, on_event: Events = lambda _: None) -> TuneResult:
+         log_dir: Path, on_event: Events = lambda _: None, on_point: Callable[[PointResult], None] = lambda _: None,
+         cancel: threading.Event | None = None) -> TuneResult:
+    """Run the search. `on_point` sees every measured point; setting `cancel` stops the server in use and
+    returns the partial result (`cancelled` set)."""
     start = time.perf_counter()
     result = TuneResult()
+    try:
+        _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, cancel, result)
+    except Cancelled:
+        result.cancelled = True
+        on_event("cancelled: partial results kept")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, cancel, result) -> None:
     prompts = list(spec.prompts)
     base_cfg = spec.base.without_draft()
     lengths = sorted(set(spec.lengths))
     combos = [(t, d) for t in spec.target_kv for d in (spec.draft_kv if draft is not None else ())]
     planned = len(spec.target_kv) + 2 * len(combos) + (spec.confirm if combos else 0)
+    result.planned = planned
     launch_times: list[float] = []
 
     def progress(label: str) -> None:
@@ -142,13 +180,18 @@ def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, dr
         return max(measured, default=0.0)
 
     def run(config: ServerConfig, label: str, allow_early_stop: bool) -> PointResult:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
         progress(label)
         threshold = spec.early_stop * best_tps()
         stop = (lambda tps: tps < threshold) if allow_early_stop and threshold > 0 else None
         point = run_point(binary, dialect, config, prompts, n_predict=spec.n_predict, repeats=spec.repeats,
-                          log_dir=log_dir, on_event=on_event, stop_early=stop)
+                          log_dir=log_dir, on_event=on_event, stop_early=stop, cancel=cancel)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
         result.points.append(point)
         launch_times.append(point.seconds)
+        on_point(point)
         return point
 
     for tkv in spec.target_kv:
@@ -193,5 +236,3 @@ def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, dr
             run(cfg, f"confirm n_max {cfg.draft_max}, KV {cfg.cache_type_k}/{cfg.draft_cache_type_k} "
                      f"(predicted {predicted:.1f} tok/s)", True)
             confirmed += 1
-    result.seconds = time.perf_counter() - start
-    return result

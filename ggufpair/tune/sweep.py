@@ -39,7 +39,8 @@ class PointResult:
 
 
 def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: list[Prompt], *, n_predict: int,
-              repeats: int, log_dir: Path, on_event: Events = lambda _: None, stop_early=None) -> PointResult:
+              repeats: int, log_dir: Path, on_event: Events = lambda _: None, stop_early=None,
+              cancel=None) -> PointResult:
     start = time.perf_counter()
     log_dir.mkdir(parents=True, exist_ok=True)
     name = (f"draft{config.draft_max}-{config.cache_type_k}-{config.draft_cache_type_k}" if config.has_draft
@@ -48,7 +49,7 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
     on_event(f"measuring {label}")
     try:
         with LlamaServer(binary, config, dialect=dialect, log_path=log_dir / f"{name}.log") as server:
-            m = measure(server, prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early)
+            m = measure(server, prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early, cancel=cancel)
     except EngineError as e:
         on_event(f"  failed: {e.message}")
         return PointResult(config, None, e.message, time.perf_counter() - start)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from gguf import GGUFValueType as T
 
-from ggufpair.cli.tune_cmds import parse_lengths
+from ggufpair.tune.search import parse_lengths
 from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.dialect import parse_help
 from ggufpair.engine.measure import Measurement

@@ -1,0 +1,434 @@
+"""The Textual face of ggufpair: pick a pair, see and fix the verdict, watch the tune, take the profile home.
+
+It holds no logic of its own: every action is a core call the CLI makes too (locate.discover,
+pairing.check_pair, fix.plan_pair_fix / apply_plan, tune.search.tune, tune.run.save_outputs).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Static
+
+from ggufpair.errors import GgufpairError
+
+
+def notify_error(app: App, err: Exception) -> None:
+    """Errors are notifications with their hint, never tracebacks."""
+    if isinstance(err, GgufpairError):
+        app.notify(err.message + (f"\nhint: {err.hint}" if err.hint else ""), title="ggufpair", severity="error", timeout=15)
+    else:
+        app.notify(f"{type(err).__name__}: {err}", title="unexpected error", severity="error", timeout=15)
+
+
+@dataclass
+class Session:
+    """What the user has chosen so far."""
+
+    candidates: list = field(default_factory=list)
+    target: object | None = None  # Candidate
+    draft: object | None = None
+    overrides: tuple[str, ...] = ()
+    result: object | None = None  # TuneResult
+    outputs: object | None = None  # TuneOutputs
+
+
+class ModelsScreen(Screen):
+    BINDINGS = [
+        Binding("t", "pick('target')", "Target"),
+        Binding("d", "pick('draft')", "Draft"),
+        Binding("s", "suggest", "Suggest drafts"),
+        Binding("v", "verdict", "Verdict"),
+        Binding("r", "rescan", "Rescan"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Label("Models found locally: t = use as target, d = use as draft, v = the pair's verdict", id="help")
+        yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="choice", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#models", DataTable)
+        table.add_columns("model", "size", "quant", "file", "vocab", "context", "path")
+        self.fill()
+
+    def fill(self) -> None:
+        table = self.query_one("#models", DataTable)
+        table.clear()
+        for c in self.app.session.candidates:
+            i = c.info
+            table.add_row(i.display_name, i.size_label or "", i.quant, f"{i.file_size / 2**20:.0f} MiB",
+                          f"{i.vocab.tokenizer_model} {i.vocab.n_tokens}", str(i.context_length), c.path.name)
+        self.show_choice()
+
+    def show_choice(self) -> None:
+        s = self.app.session
+        t = s.target.info.display_name + " " + s.target.info.quant if s.target else "-"
+        d = s.draft.info.display_name + " " + s.draft.info.quant if s.draft else "-"
+        self.query_one("#choice", Static).update(f"target: {t}    draft: {d}")
+
+    def _current(self):
+        table = self.query_one("#models", DataTable)
+        if not self.app.session.candidates:
+            return None
+        return self.app.session.candidates[table.cursor_row]
+
+    def action_pick(self, role: str) -> None:
+        c = self._current()
+        if c is not None:
+            setattr(self.app.session, role, c)
+            self.show_choice()
+
+    def action_rescan(self) -> None:
+        self.app.scan()
+        self.fill()
+
+    def action_suggest(self) -> None:
+        from ggufpair.tune.run import suggest_drafts
+
+        s = self.app.session
+        if s.target is None:
+            self.app.notify("pick a target first (t)", severity="warning")
+            return
+        found = suggest_drafts(s.target.info, s.candidates)
+        text = "\n".join(f"{x.name}: {x.why} ({x.path or 'hub: ' + str(x.hub)})" for x in found) or "no drafts found"
+        self.app.notify(text, title="draft suggestions", timeout=20)
+
+    def action_verdict(self) -> None:
+        s = self.app.session
+        if s.target is None or s.draft is None:
+            self.app.notify("pick a target (t) and a draft (d) first", severity="warning")
+            return
+        self.app.push_screen(VerdictScreen())
+
+
+class VerdictScreen(Screen):
+    BINDINGS = [
+        Binding("p", "preview", "Preview fix"),
+        Binding("o", "fix('override')", "Fix: no copy"),
+        Binding("f", "fix('patch')", "Fix: patch file"),
+        Binding("n", "configure", "Tune"),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield VerticalScroll(Static("", id="verdict", markup=False), Static("", id="plan", markup=False))
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_verdict()
+
+    def refresh_verdict(self) -> None:
+        from ggufpair.pairing.verdict import check_pair, parse_override
+
+        s = self.app.session
+        try:
+            v = check_pair(s.target.info, s.draft.info, dict(parse_override(o) for o in s.overrides))
+        except GgufpairError as e:
+            notify_error(self.app, e)
+            return
+        lines = [("COMPATIBLE" if v.compatible else "INCOMPATIBLE") + f": {v.summary}", ""]
+        if s.overrides:
+            lines.append("with --override-kv " + " ".join(s.overrides))
+        for f in v.findings:
+            lines.append(f"[{f.severity.value}] {f.check}: {f.message}")
+            lines += [f"    fix ({x.route.value}): {x.argument or x.note}" for x in f.fixes]
+        self.query_one("#verdict", Static).update("\n".join(lines))
+
+    def _plan(self, route: str):
+        from ggufpair.fix.plan import RouteChoice, plan_pair_fix
+
+        s = self.app.session
+        return plan_pair_fix(s.draft.path, s.target.path, RouteChoice(route))
+
+    def action_preview(self) -> None:
+        try:
+            plan = self._plan("auto")
+        except GgufpairError as e:
+            notify_error(self.app, e)
+            return
+        diff = [line.replace(str(plan.path), plan.path.name) for line in plan.diff()]  # names fit the screen
+        text = [f"route: {plan.route.value if plan.route else 'none'} ({plan.why})", *plan.override_args, *diff]
+        text += [f"cannot fix: {u}" for u in plan.unfixable]
+        self.query_one("#plan", Static).update("\n".join(text))
+
+    def action_fix(self, route: str) -> None:
+        from ggufpair.fix.apply import apply_plan
+        from ggufpair.format.model_info import read_model_info
+
+        s = self.app.session
+        try:
+            plan = self._plan(route)
+            if plan.empty:
+                self.app.notify(plan.why)
+                return
+            result = apply_plan(plan)
+        except GgufpairError as e:
+            notify_error(self.app, e)
+            return
+        if result.mode == "override":
+            s.overrides = tuple(plan.override_args)
+            self.app.notify("no file changed; --override-kv kept for the tune and the launch script")
+        else:
+            s.draft = type(s.draft)(s.draft.path, read_model_info(s.draft.path), s.draft.where)
+            self.app.notify(f"{result.path.name} {result.mode}, verified")
+        self.refresh_verdict()
+
+    def action_configure(self) -> None:
+        self.app.push_screen(ConfigScreen())
+
+
+class ConfigScreen(Screen):
+    BINDINGS = [Binding("ctrl+s", "start", "Start tune"), Binding("escape", "app.pop_screen", "Back")]
+    FIELDS = [("lengths", "draft lengths", "1-8"), ("kv", "target KV types", "f16,q8_0,q4_0"),
+              ("draft_kv", "draft KV types", "f16,q8_0,q4_0"), ("ctx", "context (empty: largest that fits)", ""),
+              ("categories", "prompt categories", "chat,code"), ("margin", "memory margin", "0.1"),
+              ("tokens", "tokens per prompt", "64"), ("repeats", "repetitions", "2")]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll():
+            for key, label, default in self.FIELDS:
+                with Horizontal(classes="field"):
+                    yield Label(f"{label:>36}  ")
+                    field_input = Input(value=default, id=f"f_{key}")
+                    field_input.cursor_blink = self.app.cursor_blink
+                    yield field_input
+            yield Label("ctrl+s starts the tune", id="hint")
+        yield Footer()
+
+    def values(self) -> dict[str, str]:
+        return {key: self.query_one(f"#f_{key}", Input).value.strip() for key, _, _ in self.FIELDS}
+
+    def action_start(self) -> None:
+        self.app.push_screen(TuneScreen(self.values()))
+
+
+class TuneScreen(Screen):
+    BINDINGS = [Binding("c", "cancel", "Cancel tune"), Binding("escape", "back", "Back")]
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__()
+        self.values = values
+        self.cancel_event = threading.Event()
+        self.points: list = []
+        self.budget = 0
+
+    def compose(self) -> ComposeResult:
+        from textual_plotext import PlotextPlot
+
+        yield Header()
+        with Vertical():
+            yield Static("starting", id="status")
+            yield ProgressBar(id="progress", show_eta=True)
+            yield PlotextPlot(id="chart")
+            yield Static("", id="memory")
+            yield Static("", id="acceptance")
+            yield Static("", id="result", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.run_tune()
+
+    @work(thread=True, exclusive=True)
+    def run_tune(self) -> None:
+        from ggufpair.tune.search import parse_lengths
+        from ggufpair.engine.binary import find_llama_server
+        from ggufpair.engine.config import ServerConfig
+        from ggufpair.engine.devices import describe, devices
+        from ggufpair.engine.dialect import probe_dialect
+        from ggufpair.state import state_dir
+        from ggufpair.tune.prompts import builtin_prompts
+        from ggufpair.tune.run import save_outputs
+        from ggufpair.tune.search import TuneSpec, largest_context, tune
+
+        s = self.app.session
+        v = self.values
+        try:
+            binary = find_llama_server(self.app.llama_server)
+            dialect = probe_dialect(binary.path)
+            devs = devices(None)
+            self.budget = int(sum(d.free_bytes for d in devs) * (1 - float(v["margin"] or 0.1)))
+            base = ServerConfig(target=s.target.path, draft=s.draft.path, ctx=int(v["ctx"] or 4096),
+                                overrides=s.overrides, threads=self.app.threads)
+            if not v["ctx"]:
+                base = base.with_(ctx=largest_context(s.target.info, s.draft.info, base, self.budget))
+            spec = TuneSpec(base=base, lengths=parse_lengths(v["lengths"]), target_kv=tuple(v["kv"].split(",")),
+                            draft_kv=tuple(v["draft_kv"].split(",")),
+                            prompts=tuple(builtin_prompts(v["categories"].split(","), per_category=1)),
+                            n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=self.budget)
+            planned = len(spec.target_kv) * (1 + 2 * len(spec.draft_kv)) + spec.confirm
+            self.app.call_from_thread(self.query_one("#progress", ProgressBar).update, total=planned, progress=0)
+            result = tune(binary, dialect, spec, s.target.info, s.draft.info, state_dir("logs"),
+                          on_event=lambda m: self.app.call_from_thread(self.on_event, m),
+                          on_point=lambda p: self.app.call_from_thread(self.on_point, p, spec),
+                          cancel=self.cancel_event)
+            args = SimpleNamespace(tokens=spec.n_predict, categories=v["categories"], profile=None, script=None,
+                                   format="bash", host="127.0.0.1", port=8080)
+            s.result = result
+            s.outputs = save_outputs(result, binary, dialect, describe(devs), args, "see the verdict screen")
+            self.app.call_from_thread(self.finished, result, s.outputs)
+        except (GgufpairError, ValueError) as e:
+            self.app.call_from_thread(notify_error, self.app, e)
+
+    def on_event(self, message: str) -> None:
+        self.query_one("#status", Static).update(message)
+
+    def on_point(self, point, spec) -> None:
+        self.points.append(point)
+        self.query_one("#progress", ProgressBar).advance(1)
+        self.draw_chart()
+        self.draw_memory(point)
+        m = point.measurement
+        if m is not None and m.accept_by_position:
+            bars = "  ".join(f"{i}:{'#' * int(q * 10):<10}{q:.2f}" for i, q in enumerate(m.accept_by_position[:8]))
+            self.query_one("#acceptance", Static).update(f"acceptance by position ({point.label}): {bars}")
+
+    def draw_chart(self) -> None:
+        from textual_plotext import PlotextPlot
+
+        widget = self.query_one("#chart", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.title("tok/s by draft length (baseline: dashed)")
+        series: dict[str, list] = {}
+        base = None
+        for p in self.points:
+            if not p.ok:
+                continue
+            if p.config.has_draft:
+                key = f"{p.config.cache_type_k}+{p.config.draft_cache_type_k}"
+                series.setdefault(key, []).append((p.config.draft_max, p.measurement.tokens_per_second))
+            else:
+                base = max(base or 0, p.measurement.tokens_per_second)
+        for key, pts in series.items():
+            pts.sort()
+            plt.plot([x for x, _ in pts], [y for _, y in pts], label=key, marker="dot")
+        if base:
+            plt.hline(base)
+        widget.refresh()
+
+    def draw_memory(self, point) -> None:
+        """The predicted memory of the configuration just measured, against the budget."""
+        from ggufpair.engine.memory import estimate_pair
+
+        s = self.app.session
+        if not self.budget:
+            return
+        cfg = point.config
+        used = estimate_pair(s.target.info, s.draft.info if cfg.has_draft else None, cfg).total
+        bar = "#" * int(min(used / self.budget, 1.0) * 40)
+        self.query_one("#memory", Static).update(f"memory {used / 2**20:.0f} / {self.budget / 2**20:.0f} MiB  [{bar:<40}]")
+
+    def finished(self, result, outputs) -> None:
+        lines = [("CANCELLED, partial results: " if result.cancelled else "") + outputs.recommendation]
+        rec = result.recommended
+        if rec is not None and rec.measurement.per_category:
+            lines += [f"  {c}: {v['tokens_per_second']:.1f} tok/s" for c, v in rec.measurement.per_category.items()]
+        lines += [f"profile: {outputs.profile}", f"launch script: {outputs.script}"] if outputs.profile else []
+        self.query_one("#result", Static).update("\n".join(lines))
+        self.query_one("#status", Static).update(f"done: {result.launches} launches in {result.seconds:.0f} s")
+        self.app.push_screen(ResultScreen())
+
+    def action_cancel(self) -> None:
+        self.cancel_event.set()
+        self.query_one("#status", Static).update("cancelling: stopping the server...")
+
+    def action_back(self) -> None:
+        self.cancel_event.set()
+        self.app.pop_screen()
+
+
+class ResultScreen(Screen):
+    BINDINGS = [Binding("w", "write('bash')", "Write script"), Binding("l", "write('llama-swap')", "llama-swap entry"),
+                Binding("escape", "app.pop_screen", "Back"), Binding("q", "app.quit", "Quit")]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield VerticalScroll(Static("", id="summary", markup=False), DataTable(id="points", zebra_stripes=True))
+        yield Footer()
+
+    def on_mount(self) -> None:
+        s = self.app.session
+        o = s.outputs
+        self.query_one("#summary", Static).update(
+            f"{o.recommendation}\nprofile: {o.profile}\nlaunch script: {o.script}" if o else "no result")
+        table = self.query_one("#points", DataTable)
+        table.add_columns("configuration", "tok/s", "spread", "acceptance", "acc/step")
+        for p in s.result.points if s.result else []:
+            m = p.measurement
+            if m is None:
+                table.add_row(p.label, "failed", "", "", "")
+            else:
+                table.add_row(p.label, f"{m.tokens_per_second:.1f}", f"{m.tps_spread:.0%}",
+                              "-" if m.acceptance_rate is None else f"{m.acceptance_rate:.0%}",
+                              "-" if m.mean_accepted_per_step is None else f"{m.mean_accepted_per_step:.2f}")
+
+    def action_write(self, fmt: str) -> None:
+        from ggufpair.engine.binary import find_llama_server
+        from ggufpair.engine.dialect import probe_dialect
+        from ggufpair.tune.profile import launch_script, llama_swap_entry, load_profile, write_script
+
+        o = self.app.session.outputs
+        if o is None or o.profile is None:
+            self.app.notify("no profile to write from", severity="warning")
+            return
+        try:
+            _, config = load_profile(o.profile)
+            binary = find_llama_server(self.app.llama_server)
+            dialect = probe_dialect(binary.path)
+            if fmt == "bash":
+                path = write_script(launch_script(config, binary, dialect, profile=o.profile), o.profile.with_suffix(".sh"))
+            else:
+                path = o.profile.with_suffix(".llama-swap.yaml")
+                path.write_text(llama_swap_entry(o.profile.stem, config, binary, dialect))
+        except GgufpairError as e:
+            notify_error(self.app, e)
+            return
+        self.app.notify(f"written: {path}")
+
+
+class GgufpairApp(App):
+    TITLE = "ggufpair"
+    SUB_TITLE = "speculative decoding pairs for llama.cpp"
+    CSS = """
+    #models { height: 1fr; }
+    #chart { height: 12; }
+    .field { height: 3; }
+    .field Label { padding-top: 1; }
+    """
+
+    def __init__(self, llama_server: str | None = None, threads: int | None = None,
+                 model_dirs: list[Path] | None = None, cursor_blink: bool = True) -> None:
+        super().__init__()
+        self.cursor_blink = cursor_blink
+        self.session = Session()
+        self.llama_server = llama_server
+        self.threads = threads
+        self.model_dirs = model_dirs or []
+
+    def scan(self) -> None:
+        from ggufpair.locate import discover
+
+        self.session.candidates = sorted(discover(self.model_dirs), key=lambda c: (c.info.file_size, str(c.path)))
+
+    def on_mount(self) -> None:
+        self.scan()
+        self.push_screen(ModelsScreen())
+
+
+def run_tui(llama_server: str | None = None, threads: int | None = None, model_dirs: list[Path] | None = None) -> int:
+    GgufpairApp(llama_server, threads, model_dirs).run()
+    return 0
