@@ -14,28 +14,22 @@ import time
 from pathlib import Path
 
 
-def _ggufpair_inspect(path: Path) -> float:
-    """Wall time of a full `inspect` of one model in a fresh interpreter (imports included), via the CLI's core calls."""
-    code = (
-        "import time; t = time.perf_counter()\n"
-        "from ggufpair.format.model_info import read_model_info\n"
-        "from ggufpair.report import model_dict\n"
-        f"d = model_dict(read_model_info({str(path)!r}))\n"
-        "print(time.perf_counter() - t)\n"
-    )
+def _timed(body: str) -> float:
+    """Wall time of `body` in a fresh interpreter, imports included."""
+    code = f"import time; t = time.perf_counter()\n{body}\nprint(time.perf_counter() - t)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip())
+
+
+def _ggufpair_inspect(path: Path) -> float:
+    """A full `inspect` of one model through the CLI's core calls."""
+    return _timed("from ggufpair.format.model_info import read_model_info\n"
+                  "from ggufpair.report import model_dict\n"
+                  f"d = model_dict(read_model_info({str(path)!r}))")
 
 
 def _gguf_reader_open(path: Path) -> float:
-    code = (
-        "import time; t = time.perf_counter()\n"
-        "import gguf\n"
-        f"r = gguf.GGUFReader({str(path)!r})\n"
-        "print(time.perf_counter() - t)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip())
+    return _timed(f"import gguf\nr = gguf.GGUFReader({str(path)!r})")
 
 
 def main() -> None:

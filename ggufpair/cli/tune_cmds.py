@@ -116,7 +116,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     dialect = probe_dialect(binary.path)
     overrides, fix_note = prepare_pair(target_path, draft_path, args.route, say)
     draft = read_model_info(draft_path)
-    devs = devices(binary.path if args.gpu_layers not in (None, "0") else None)
+    devs = devices(binary.path if args.gpu_layers != "0" else None)  # GPUs when the build lists any, else host RAM
     budget = int(sum(d.free_bytes for d in devs) * (1 - args.margin))
     device_kind = "cpu" if devs[0].name == "CPU" else "gpu"
     prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(args.categories.split(","), per_category=2)

@@ -116,7 +116,7 @@ class LlamaServer:
     # -- life cycle ------------------------------------------------------------------------------------
 
     def _free_memory(self) -> dict[str, int]:
-        return {d.name: d.free_bytes for d in devices(self.binary.path if self.config.gpu_layers not in (None, 0) else None)}
+        return {d.name: d.free_bytes for d in devices(self.binary.path if self.config.gpu_layers not in (0, "0") else None)}
 
     def start(self) -> "LlamaServer":
         self.free_before = self._free_memory()

@@ -183,25 +183,20 @@ def _compatibility_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, dra
         # llama.cpp stops here; the other checks would compare unrelated vocabularies.
         return out
 
-    if tv.add_bos != dv.add_bos:
-        add(check="add_bos", keys=(ADD_BOS_KEY,), target_value=tv.add_bos, draft_value=dv.add_bos,
-            message=f"{ADD_BOS_KEY} differs: target {_b(tv.add_bos)}, draft {_b(dv.add_bos)}"
-                    f"{_stored_note(dv.add_bos_stored)}",
-            fixes=_flag_fixes(ADD_BOS_KEY, tv.add_bos, target, draft, overrides))
-    elif tv.add_bos and tv.bos_id != dv.bos_id:
-        add(check="bos_id", keys=(BOS_KEY,), target_value=tv.bos_id, draft_value=dv.bos_id,
-            message=f"BOS ids differ: target {tv.bos_id}, draft {dv.bos_id}{_stored_note(dv.bos_id_stored)}",
-            fixes=_id_fixes(BOS_KEY, tv.bos_id, target, draft, overrides))
-
-    if tv.add_eos != dv.add_eos:
-        add(check="add_eos", keys=(ADD_EOS_KEY,), target_value=tv.add_eos, draft_value=dv.add_eos,
-            message=f"{ADD_EOS_KEY} differs: target {_b(tv.add_eos)}, draft {_b(dv.add_eos)}"
-                    f"{_stored_note(dv.add_eos_stored)}",
-            fixes=_flag_fixes(ADD_EOS_KEY, tv.add_eos, target, draft, overrides))
-    elif tv.add_eos and tv.eos_id != dv.eos_id:
-        add(check="eos_id", keys=(EOS_KEY,), target_value=tv.eos_id, draft_value=dv.eos_id,
-            message=f"EOS ids differ: target {tv.eos_id}, draft {dv.eos_id}{_stored_note(dv.eos_id_stored)}",
-            fixes=_id_fixes(EOS_KEY, tv.eos_id, target, draft, overrides))
+    # add_bos then add_eos: the flag must match; when it is set, so must the token id.
+    for name, flag_key, id_key in (("bos", ADD_BOS_KEY, BOS_KEY), ("eos", ADD_EOS_KEY, EOS_KEY)):
+        t_add, d_add = getattr(tv, f"add_{name}"), getattr(dv, f"add_{name}")
+        t_id, d_id = getattr(tv, f"{name}_id"), getattr(dv, f"{name}_id")
+        if t_add != d_add:
+            add(check=f"add_{name}", keys=(flag_key,), target_value=t_add, draft_value=d_add,
+                message=f"{flag_key} differs: target {_b(t_add)}, draft {_b(d_add)}"
+                        f"{_stored_note(getattr(dv, f'add_{name}_stored'))}",
+                fixes=_flag_fixes(flag_key, t_add, target, draft, overrides))
+        elif t_add and t_id != d_id:
+            add(check=f"{name}_id", keys=(id_key,), target_value=t_id, draft_value=d_id,
+                message=f"{name.upper()} ids differ: target {t_id}, draft {d_id}"
+                        f"{_stored_note(getattr(dv, f'{name}_id_stored'))}",
+                fixes=_id_fixes(id_key, t_id, target, draft, overrides))
 
     diff = abs(tv.n_tokens - dv.n_tokens)
     if diff > VOCAB_MAX_SIZE_DIFFERENCE:

@@ -259,7 +259,7 @@ class TuneScreen(Screen):
         try:
             binary = find_llama_server(self.app.llama_server)
             dialect = probe_dialect(binary.path)
-            devs = devices(None)
+            devs = devices(binary.path)
             self.budget = int(sum(d.free_bytes for d in devs) * (1 - float(v["margin"] or 0.1)))
             base = ServerConfig(target=s.target.path, draft=s.draft.path, ctx=int(v["ctx"] or 4096),
                                 overrides=s.overrides, threads=self.app.threads)
