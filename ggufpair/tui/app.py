@@ -272,8 +272,8 @@ class TuneScreen(Screen):
             planned = len(spec.target_kv) * (1 + 2 * len(spec.draft_kv)) + spec.confirm
             self.app.call_from_thread(self.query_one("#progress", ProgressBar).update, total=planned, progress=0)
             result = tune(binary, dialect, spec, s.target.info, s.draft.info, state_dir("logs"),
-                          on_event=lambda m: self.app.call_from_thread(self.on_event, m),
-                          on_point=lambda p: self.app.call_from_thread(self.on_point, p, spec),
+                          on_event=lambda m: self.app.call_from_thread(self.show_event, m),
+                          on_point=lambda p: self.app.call_from_thread(self.add_point, p),
                           cancel=self.cancel_event)
             args = SimpleNamespace(tokens=spec.n_predict, categories=v["categories"], profile=None, script=None,
                                    format="bash", host="127.0.0.1", port=8080)
@@ -283,10 +283,10 @@ class TuneScreen(Screen):
         except (GgufpairError, ValueError) as e:
             self.app.call_from_thread(notify_error, self.app, e)
 
-    def on_event(self, message: str) -> None:
+    def show_event(self, message: str) -> None:
         self.query_one("#status", Static).update(message)
 
-    def on_point(self, point, spec) -> None:
+    def add_point(self, point) -> None:
         self.points.append(point)
         self.query_one("#progress", ProgressBar).advance(1)
         self.draw_chart()

@@ -55,14 +55,23 @@ def test_crash_mid_tune_is_marked_and_the_tune_goes_on(gemma_f16, gemma_q4, llam
     assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "llama-server"]
 
 
-def test_launch_script_with_a_hostile_path_starts_a_server(gemma_q4, llama_server, dialect, tmp_path):
+def test_launch_script_with_a_hostile_path_starts_a_server_with_speculation_live(gemma_q4, model_copy, llama_server,
+                                                                                   dialect, tmp_path):
+    """A draft with the add_bos defect, fixed by --override-kv in the script, at paths full of shell syntax."""
+    from tests.integration.variants import set_scalar
+
     folder = tmp_path / "my models; it's $HOME"
     folder.mkdir()
     target = folder / 'gemma "3" $x.gguf'
     shutil.copyfile(gemma_q4, target)
+    draft = folder / "draft `id`.gguf"
+    shutil.copyfile(gemma_q4, draft)
+    set_scalar(draft, "tokenizer.ggml.add_bos_token", False)
     script = tmp_path / "launch.sh"
     port = free_port()
-    script.write_text(launch_script(ServerConfig(target=target, ctx=512, threads=2), llama_server, dialect, port=port))
+    config = ServerConfig(target=target, draft=draft, draft_max=4, ctx=512, threads=2,
+                          overrides=("tokenizer.ggml.add_bos_token=bool:true",))
+    script.write_text(launch_script(config, llama_server, dialect, port=port))
     proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import urllib.request
@@ -72,7 +81,9 @@ def test_launch_script_with_a_hostile_path_starts_a_server(gemma_q4, llama_serve
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=2) as r:
                     assert json.loads(r.read())["model_path"] == str(target)
-                    break
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/slots", timeout=2) as r:
+                    assert all(slot["speculative"] for slot in json.loads(r.read()))
+                break
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, "the script's server never came up"
                 time.sleep(0.2)
