@@ -127,7 +127,12 @@ def run_demo(on_event: Events, *, draft_lengths: tuple[int, ...] = (2, 4, 8), n_
         result.lossless = compare_outputs(prompts, out_base, out_draft)
 
     if result.recommended is not None:
-        measurements = {"points": [_point_dict(p) for p in result.points], "recommendation": result.recommendation}
+        rec = next((p for p in result.points if p.config == result.recommended or
+                    (not result.recommended.has_draft and not p.config.has_draft)), None)
+        measurements = {"points": [_point_dict(p) for p in result.points], "recommendation": result.recommendation,
+                        "recommended": {"label": rec.label if rec else "", "draft": result.recommended.has_draft,
+                                        "tokens_per_second": rec.measurement.tokens_per_second if rec and rec.ok else 0.0,
+                                        "n_predict": n_predict, "categories": list(categories)}}
         data = profile_data("demo-gemma3-270m", result.recommended, binary, describe(devices(binary.path)), measurements)
         result.profile_path = save_profile(data)
         result.script_path = write_script(launch_script(result.recommended, binary, dialect, profile=result.profile_path),

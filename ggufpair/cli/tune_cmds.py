@@ -166,6 +166,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     binary = find_llama_server(args.llama_server)
     console = render.make_console()
     prompts = builtin_prompts(saved.get("categories") or ["chat", "code"], per_category=2)
+    if not saved.get("tokens_per_second"):
+        raise UsageError(f"{args.profile}: the profile holds no measured throughput to compare with")
     point = run_point(binary, probe_dialect(binary.path), config, prompts, n_predict=int(saved.get("n_predict", 128)),
                       repeats=2, log_dir=state_dir("logs"), on_event=lambda m: console.print(f"  {m}", style="dim"))
     if not point.ok:

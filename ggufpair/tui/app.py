@@ -229,7 +229,6 @@ class TuneScreen(Screen):
     def compose(self) -> ComposeResult:
         from textual_plotext import PlotextPlot
 
-        yield Header()
         with Vertical():
             yield Static("starting", id="status")
             yield ProgressBar(id="progress", show_eta=True)
@@ -340,7 +339,7 @@ class TuneScreen(Screen):
         lines += [f"profile: {outputs.profile}", f"launch script: {outputs.script}"] if outputs.profile else []
         self.query_one("#result", Static).update("\n".join(lines))
         self.query_one("#status", Static).update(f"done: {result.launches} launches in {result.seconds:.0f} s")
-        self.app.push_screen(ResultScreen())
+        self.set_timer(0.3, lambda: self.app.push_screen(ResultScreen()))
 
     def action_cancel(self) -> None:
         self.cancel_event.set()
@@ -356,7 +355,7 @@ class ResultScreen(Screen):
                 Binding("escape", "app.pop_screen", "Back"), Binding("q", "app.quit", "Quit")]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Label("Result: w = write the launch script, l = a llama-swap entry", id="help")
         yield VerticalScroll(Static("", id="summary", markup=False), DataTable(id="points", zebra_stripes=True))
         yield Footer()
 

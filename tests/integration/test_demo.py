@@ -33,6 +33,11 @@ def test_demo_end_to_end(capsys, llama_server, tmp_path):
     assert data["models"]["target"]["size"] > 0 and len(data["measurements"]["points"]) == 3
     assert config.draft is not None or config.overrides == ()
 
+    # `check` re-measures the saved profile on this build and compares with what was saved.
+    code = main(["check", str(profiles[0]), "--tolerance", "0.9"])
+    checked = capsys.readouterr().out
+    assert code == 0 and "tok/s now" in checked and "when profiled" in checked
+
     script = state_dir("demo") / "launch-demo.sh"
     check = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
