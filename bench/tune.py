@@ -72,6 +72,15 @@ def main() -> None:
     all_s = time.perf_counter() - t0
     best = max((p for p in exhaustive if p.ok), key=lambda p: p.measurement.tokens_per_second)
 
+    # The predictor against the sweep's real runs at every length it predicted.
+    errors = []
+    for (tkv, dkv), ranked in ours.predictions.items():
+        for n, predicted in ranked:
+            real = next((p for p in exhaustive if p.ok and p.config.has_draft and p.config.draft_max == n
+                         and p.config.cache_type_k == tkv and p.config.draft_cache_type_k == dkv), None)
+            if real is not None:
+                errors.append(abs(predicted - real.measurement.tokens_per_second) / real.measurement.tokens_per_second)
+
     # Re-measure both picks alternately, so the comparison does not hang on one noisy launch.
     side = {"ggufpair": [], "exhaustive": []}
     for _ in range(3):
@@ -88,6 +97,9 @@ def main() -> None:
     print(f"re-measured side by side (3 alternating launches each): ggufpair's pick {ours_tps:.1f} tok/s "
           f"{side['ggufpair']}, exhaustive best {best_tps:.1f} tok/s {side['exhaustive']}")
     print(f"throughput of ggufpair's pick: {ours_tps / best_tps:.1%} of the exhaustive best (target >= 97%)")
+    if errors:
+        print(f"predictor vs the sweep's measured tok/s at {len(errors)} (KV pair, length) points: "
+              f"mean error {statistics.mean(errors):.1%}, largest {max(errors):.1%}")
 
 
 if __name__ == "__main__":

@@ -249,7 +249,9 @@ def print_tune(console: Console, result, outputs) -> None:
     console.print(Text(outputs.recommendation, style="bold"))
     rd = outputs.data.get("recommended") or {}
     if rd.get("predicted_memory_bytes"):
-        console.print(f"predicted memory: {human_bytes(rd['predicted_memory_bytes'])}")
+        measured = rd.get("measured_memory_bytes")
+        console.print(f"memory: predicted {human_bytes(rd['predicted_memory_bytes'])}"
+                      + (f", measured {human_bytes(measured)} (llama.cpp's own buffer report)" if measured else ""))
     for label, path in (("profile", outputs.profile), ("launch script", outputs.script), ("llama-swap entry", outputs.swap)):
         if path:
             console.print(f"{label}: {path}")

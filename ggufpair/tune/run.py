@@ -110,7 +110,21 @@ def recommendation_text(result: TuneResult) -> str:
             f"({paired.measurement.tokens_per_second:.1f} tok/s), acceptance {rec.measurement.acceptance_rate:.0%}")
 
 
-def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: str, args, fix_note: str) -> TuneOutputs:
+def measured_memory(binary: Binary, dialect: Dialect, config) -> int | None:
+    """Start the configuration once with llama.cpp's verbose log and add up what it reports allocating."""
+    from ggufpair.engine.memory import measured_from_log
+    from ggufpair.engine.runner import LlamaServer
+    from ggufpair.errors import EngineError
+
+    try:
+        with LlamaServer(binary, config.with_(extra=(*config.extra, "-lv", "4")), dialect=dialect) as server:
+            return measured_from_log(server.log_text()).total or None
+    except EngineError:
+        return None
+
+
+def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: str, args, fix_note: str,
+                 measure_memory: bool = True) -> TuneOutputs:
     rec = result.recommended
     text = recommendation_text(result)
     data: dict[str, Any] = {
@@ -128,7 +142,7 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                            "draft": rec.config.has_draft, "n_predict": args.tokens,
                            "categories": args.categories.split(","),
                            "predicted_memory_bytes": est.total if est else None,
-                           "measured_memory_bytes": None}
+                           "measured_memory_bytes": measured_memory(binary, dialect, rec.config) if measure_memory else None}
     config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
     name = f"{config.target.stem}" + (f"+{config.draft.stem}" if config.draft else "")
     profile = save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}))
