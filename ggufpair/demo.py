@@ -27,7 +27,9 @@ from ggufpair.pairing.verdict import Route, Verdict, inspect_pair, parse_overrid
 from ggufpair.state import state_dir
 from ggufpair.tune.profile import launch_script, profile_data, save_profile, write_script
 from ggufpair.tune.prompts import builtin_prompts
-from ggufpair.tune.sweep import PointResult, beats, run_point
+from ggufpair.tune.run import recommendation_text
+from ggufpair.tune.search import TuneResult
+from ggufpair.tune.sweep import PointResult, run_point
 
 Events = Callable[[str], None]
 
@@ -115,7 +117,7 @@ def run_demo(on_event: Events, *, draft_lengths: tuple[int, ...] = (2, 4, 8), n_
     for n in draft_lengths:
         result.points.append(run_point(binary, dialect, base.with_(draft=draft, draft_max=n), prompts,
                                        n_predict=n_predict, repeats=repeats, log_dir=logs, on_event=on_event))
-    _recommend(result, baseline)
+    _recommend(result)
 
     best_draft = max((p for p in result.points[1:] if p.ok), key=lambda p: p.measurement.tokens_per_second, default=None)
     if baseline.ok and best_draft is not None:
@@ -140,29 +142,17 @@ def run_demo(on_event: Events, *, draft_lengths: tuple[int, ...] = (2, 4, 8), n_
     return result
 
 
-def _recommend(result: DemoResult, baseline: PointResult) -> None:
-    if not baseline.ok:
-        result.recommendation = f"the baseline failed ({baseline.error}); nothing to compare against"
+def _recommend(result: DemoResult) -> None:
+    """The same rule as `ggufpair tune`: a draft only if it beats its paired baseline beyond the noise."""
+    tuned = TuneResult(points=result.points)
+    rec = tuned.recommended
+    result.recommendation = recommendation_text(tuned)
+    if rec is None:
         return
-    b = baseline.measurement
-    ok = [p for p in result.points[1:] if p.ok]
-    if not ok:
-        result.recommendation = "no draft configuration ran; recommending no draft"
-        result.recommended = baseline.config.with_(overrides=())
-        return
-    best = max(ok, key=lambda p: p.measurement.tokens_per_second)
-    speedup = best.measurement.tokens_per_second / b.tokens_per_second
-    if beats(best.measurement, b):
-        result.recommended = best.config
-        result.recommendation = (f"use the draft with n_max={best.config.draft_max}: {speedup:.2f}x the no-draft "
-                                 f"baseline ({best.measurement.tokens_per_second:.1f} vs {b.tokens_per_second:.1f} tok/s)")
-    else:
-        result.recommended = baseline.config.with_(overrides=())  # the fix only matters with the draft
-        result.recommendation = (f"no draft: the best draft configuration (n_max={best.config.draft_max}) reached "
-                                 f"{speedup:.2f}x the baseline ({best.measurement.tokens_per_second:.1f} vs "
-                                 f"{b.tokens_per_second:.1f} tok/s), not faster beyond the run-to-run spread. The likely "
-                                 "reason on this CPU: Gemma 3's 262k-token output layer is a large share of both "
-                                 "models' cost, so a draft step is not much cheaper than a target step")
+    result.recommended = rec.config if rec.config.has_draft else rec.config.with_(overrides=())  # the fix is for the draft
+    if not rec.config.has_draft and tuned.best_draft is not None:
+        result.recommendation += (" The likely reason on this CPU: Gemma 3's 262k-token output layer is a large share "
+                                  "of both models' cost, so a draft step is not much cheaper than a target step.")
 
 
 def _point_dict(p: PointResult) -> dict:

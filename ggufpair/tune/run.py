@@ -93,7 +93,29 @@ class TuneOutputs:
                 **self.data}
 
 
+NOISE_FLOOR = 0.05
+"""Launch-to-launch drift seen on a quiet 2-core machine; differences below it are not a stable ranking."""
+
+
+def stability_note(result: TuneResult) -> str:
+    """Whether another tune would likely pick the same configuration, and if not, why."""
+    ranked = sorted((p for p in result.points if p.ok), key=lambda p: -p.measurement.tokens_per_second)
+    if len(ranked) < 2:
+        return ""
+    first, second = ranked[0], ranked[1]
+    gap = first.measurement.tokens_per_second / second.measurement.tokens_per_second - 1
+    noise = max(NOISE_FLOOR, first.measurement.tps_spread, second.measurement.tps_spread)
+    if gap >= noise:
+        return f" Stable: the next best ({second.label}) is {gap:.0%} slower, beyond the {noise:.0%} noise."
+    return (f" Not a stable ranking: the next best ({second.label}) is only {gap:.1%} slower, within the "
+            f"{noise:.0%} run-to-run noise, so another tune may pick it instead.")
+
+
 def recommendation_text(result: TuneResult) -> str:
+    return _recommendation(result) + stability_note(result)
+
+
+def _recommendation(result: TuneResult) -> str:
     rec, base = result.recommended, result.best_baseline
     if rec is None:
         return "nothing could be measured: every configuration failed (see the log lines above)"

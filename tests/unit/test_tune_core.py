@@ -103,6 +103,13 @@ def test_a_draft_that_beats_every_baseline_run_is_recommended():
     assert "1.25x the paired baseline" in recommendation_text(result) or "x the paired baseline" in recommendation_text(result)
 
 
+def test_recommendation_says_whether_another_tune_would_agree():
+    close = TuneResult(points=[_point(0, [40.0, 40.5], draft=False), _point(4, [39.5, 40.0])])
+    assert "Not a stable ranking" in recommendation_text(close) and "n_max 4" in recommendation_text(close)
+    clear = TuneResult(points=[_point(0, [40.0, 40.5], draft=False), _point(4, [30.0, 30.2])])
+    assert "Stable: the next best" in recommendation_text(clear)
+
+
 def test_name_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("GGUFPAIR_MODEL_DIRS", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-empty"))
