@@ -112,7 +112,9 @@ def stability_note(result: TuneResult) -> str:
 
 
 def recommendation_text(result: TuneResult) -> str:
-    return _recommendation(result) + stability_note(result)
+    text = _recommendation(result)
+    note = stability_note(result)
+    return text + ("." if note and not text.endswith(".") else "") + note
 
 
 def _recommendation(result: TuneResult) -> str:
