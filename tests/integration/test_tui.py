@@ -10,27 +10,14 @@ import psutil
 import pytest
 
 from ggufpair.tui.app import ConfigScreen, GgufpairApp, ResultScreen, TuneScreen, VerdictScreen
-from tests.integration.variants import set_scalar
 
 pytestmark = pytest.mark.integration
 SIZE = (80, 24)
 
 
 @pytest.fixture
-def pair_dir(tmp_path, monkeypatch, gemma_f16, gemma_q4, model_copy):
-    """A models folder with the demo pair (the draft with add_bos flipped), and nothing else discoverable."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    (folder / "gemma3-270m-f16.gguf").symlink_to(gemma_f16)
-    draft = model_copy(gemma_q4, "tui-draft.gguf")
-    set_scalar(draft, "tokenizer.ggml.add_bos_token", False)
-    (folder / "gemma3-270m-q4-draft.gguf").symlink_to(draft)
-    for var in ("HF_HUB_CACHE", "LLAMA_CACHE"):
-        monkeypatch.setenv(var, str(tmp_path / f"empty-{var}"))
-    monkeypatch.setenv("GGUFPAIR_MODEL_DIRS", str(folder))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-    return folder
+def pair_dir(demo_pair_folder):
+    return demo_pair_folder
 
 
 def _app() -> GgufpairApp:

@@ -9,20 +9,11 @@ import pytest
 
 from ggufpair.cli.main import main
 from ggufpair.state import state_dir
-from tests.integration.variants import set_scalar
 
 pytestmark = pytest.mark.integration
 
 
-def test_tune_command(tmp_path, monkeypatch, gemma_f16, gemma_q4, model_copy, capsys):
-    folder = tmp_path / "models"
-    folder.mkdir()
-    (folder / "target-f16.gguf").symlink_to(gemma_f16)
-    draft = model_copy(gemma_q4, "cli-draft.gguf")
-    set_scalar(draft, "tokenizer.ggml.add_bos_token", False)
-    (folder / "draft-q4.gguf").symlink_to(draft)
-    monkeypatch.setenv("GGUFPAIR_MODEL_DIRS", str(folder))
-    monkeypatch.chdir(tmp_path)
+def test_tune_command(demo_pair_folder, capsys):
     code = main(["tune", "--target", "270M F16", "--draft", "270M Q4_K_M", "--lengths", "2,4", "--kv", "f16",
                  "--draft-kv", "f16", "--tokens", "16", "--repeats", "1", "--categories", "chat", "--ctx", "1024",
                  "--threads", "2", "--format", "llama-swap"])
@@ -39,14 +30,9 @@ def test_tune_command(tmp_path, monkeypatch, gemma_f16, gemma_q4, model_copy, ca
     assert "${PORT}" in profile.with_suffix(".llama-swap.yaml").read_text()
 
 
-def test_tune_without_draft_suggests_and_ambiguous_names_list_candidates(tmp_path, monkeypatch, gemma_f16, gemma_q4,
-                                                                          capsys):
-    folder = tmp_path / "models"
-    folder.mkdir()
-    (folder / "a.gguf").symlink_to(gemma_f16)
-    (folder / "b.gguf").symlink_to(gemma_q4)
-    monkeypatch.setenv("GGUFPAIR_MODEL_DIRS", str(folder))
-    monkeypatch.chdir(tmp_path)
+def test_tune_without_draft_suggests_and_ambiguous_names_list_candidates(models_folder, gemma_f16, gemma_q4, capsys):
+    (models_folder / "a.gguf").symlink_to(gemma_f16)
+    (models_folder / "b.gguf").symlink_to(gemma_q4)
     assert main(["tune", "--target", "270M"]) == 2
     assert "matches 2 models" in capsys.readouterr().err
     assert main(["tune", "--target", "270M F16"]) in (0, 1)
