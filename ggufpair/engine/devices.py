@@ -92,9 +92,15 @@ def _cpu_name() -> str:
     return platform.processor() or "CPU"
 
 
+_NO_DEVICES: set[Path] = set()
+"""Builds whose --list-devices listed nothing (CPU builds): asked once, not on every server start."""
+
+
 def devices(binary: Path | None) -> list[Device]:
     """GPUs as llama.cpp sees them (NVML's numbers where it has them), else the host as a CPU device."""
-    found = list_devices(binary) if binary else []
+    found = list_devices(binary) if binary and binary not in _NO_DEVICES else []
+    if binary and not found:
+        _NO_DEVICES.add(binary)
     nvml = {d.name: d for d in nvml_devices()}
     found = [nvml.get(d.name, d) for d in found]
     return found or [host_memory()]
