@@ -4,11 +4,13 @@
 - In place, when every new value occupies exactly the bytes of the old one: the original bytes go to a
   journal first (fsync'd), then the patch is written and fsync'd, then the journal is deleted. A fix that
   dies in between is rolled back by the next run (`recover_interrupted`).
-- Otherwise a rewrite: a temporary file in the same folder receives the new header, then the tensor data
-  copied by the kernel (`os.copy_file_range`, which reflinks where the filesystem can; `sendfile` or plain
-  reads as fallbacks); it is fsync'd, verified, and renamed over the original (or to `--output`). The
-  original is untouched until that atomic rename; stale temporary files of a killed run are removed by the
-  next one.
+- Otherwise a rewrite: a temporary file in the same folder, its blocks reserved first (a full disk fails
+  before any copying), receives the new header, then the tensor data copied by the kernel
+  (`os.copy_file_range`, which reflinks where the filesystem can; `sendfile` or plain reads as fallbacks)
+  in chunks: each chunk is handed to the disk as soon as it is copied and compared byte for byte with the
+  source by a second thread while the next one copies, so the fsync and the verification overlap the copy.
+  Then fsync, the header checks, and an atomic rename over the original (or to `--output`). The original is
+  untouched until that rename; stale temporary files of a killed run are removed by the next one.
 
 After any write the result is re-read and checked: tensor names, types, shapes, offsets and data bytes
 identical to the source, the planned keys at their new values, every other key unchanged, and the pair
@@ -39,6 +41,7 @@ from ggufpair.state import fsync_dir, state_dir, write_json_atomic
 
 TMP_MARK = ".ggufpair-"
 CHUNK = 8 << 20
+REWRITE_CHUNK = 128 << 20  # copied, handed to the disk and compared at a time
 
 
 class FixError(GgufpairError):
@@ -263,28 +266,115 @@ def new_header_bytes(header: GGUFHeader, changes) -> bytes:
     return head
 
 
-def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
-    """Copy `length` bytes from `offset` in src to the current end of dst, in the kernel where possible."""
+def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int, method: list[str]) -> None:
+    """Copy `length` bytes from `src_off` in src to `dst_off` in dst, in the kernel where possible.
+
+    `method` (a one-item list, shared across calls) falls back from copy_file_range to sendfile to plain
+    reads when the kernel or the filesystems refuse the faster one."""
     copied = 0
-    method = "copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"
     while copied < length:
         n = 0
         try:
-            if method == "copy_file_range":
-                n = os.copy_file_range(src_fd, dst_fd, min(length - copied, 1 << 30), offset + copied)
-            elif method == "sendfile":
-                n = os.sendfile(dst_fd, src_fd, offset + copied, min(length - copied, 1 << 30))
+            if method[0] == "copy_file_range":
+                n = os.copy_file_range(src_fd, dst_fd, min(length - copied, 1 << 30), src_off + copied, dst_off + copied)
+            elif method[0] == "sendfile":
+                os.lseek(dst_fd, dst_off + copied, os.SEEK_SET)
+                n = os.sendfile(dst_fd, src_fd, src_off + copied, min(length - copied, 1 << 30))
             else:
-                data = os.pread(src_fd, min(length - copied, CHUNK), offset + copied)
-                n = os.write(dst_fd, data)
+                n = os.pwrite(dst_fd, os.pread(src_fd, min(length - copied, CHUNK), src_off + copied), dst_off + copied)
         except OSError as e:
-            if e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) and method != "read":
-                method = "sendfile" if method == "copy_file_range" else "read"
+            if e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) and method[0] != "read":
+                method[0] = "sendfile" if method[0] == "copy_file_range" else "read"
                 continue
             raise
         if n == 0:
             raise OSError(errno.EIO, f"source ended {length - copied} bytes early")
         copied += n
+
+
+def _kernel_call(name: str):
+    """A libc function by name (Linux), or None."""
+    try:
+        import ctypes
+
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64] if name == "fallocate" else \
+        [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_FALLOCATE = _kernel_call("fallocate")
+_SYNC_FILE_RANGE = _kernel_call("sync_file_range")
+WRITEBACK_START, WRITEBACK_WAIT = 2, 1 | 2 | 4  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the new file its final size, its blocks reserved where the filesystem can: a full disk fails here,
+    before gigabytes are copied."""
+    if _FALLOCATE is not None and _FALLOCATE(fd, 0, 0, size) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+    os.ftruncate(fd, size)
+
+
+def _copy_and_compare(src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, src_off: int, dst_off: int,
+                      length: int) -> bool:
+    """Copy the tensor data in chunks, each handed to the disk as soon as it is copied (so the final fsync
+    finds little left to write) and compared byte for byte with the source by a second thread while the
+    next chunk copies. Returns whether every byte compared equal."""
+    method = ["copy_file_range"]
+    step = REWRITE_CHUNK
+    with _open_map(src_path) as a, _open_map(dst_path) as b:
+        checker = _Checker(a, src_off, b, dst_off)
+        try:
+            prev = None
+            for pos in range(0, length, step):
+                n = min(step, length - pos)
+                _copy_range(src_fd, dst_fd, src_off + pos, dst_off + pos, n, method)
+                if _SYNC_FILE_RANGE is not None:
+                    _SYNC_FILE_RANGE(dst_fd, dst_off + pos, n, WRITEBACK_START)
+                    if prev is not None:  # wait for the previous chunk: dirty memory stays bounded
+                        _SYNC_FILE_RANGE(dst_fd, dst_off + prev[0], prev[1], WRITEBACK_WAIT)
+                    prev = (pos, n)
+                checker.queue.put((pos, n))
+        finally:
+            checker.queue.put(None)
+            checker.join()
+        return checker.equal
+
+
+class _Checker(threading.Thread):
+    """Compares copied chunks with the source as they arrive (numpy releases the GIL while comparing)."""
+
+    def __init__(self, a, a_off: int, b, b_off: int) -> None:
+        import queue
+
+        super().__init__(daemon=True)
+        self.a, self.a_off, self.b, self.b_off = a, a_off, b, b_off
+        self.queue: queue.Queue = queue.Queue()
+        self.equal, self.error = True, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                pos, n = item
+                if self.equal and not _same_data(self.a, self.a_off + pos, self.b, self.b_off + pos, n):
+                    self.equal = False
+        except BaseException as e:  # handed to the joining thread
+            self.error = e
+            while self.queue.get() is not None:
+                pass
+
+    def join(self, timeout=None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
 
 
 def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: bool) -> tuple[int, Path | None]:
@@ -298,19 +388,19 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: b
         raise _os_error(e, dest.parent, "creating a temporary file") from None
     try:
         try:
+            _reserve(fd, len(head) + data_len)
+            view = memoryview(head)
+            while view:
+                view = view[os.pwrite(fd, view, len(head) - len(view)):]
             with open(src, "rb") as sf:
-                view = memoryview(head)
-                while view:
-                    view = view[os.write(fd, view):]
-                _copy_range(sf.fileno(), fd, header.data_offset, data_len)
-            # Verify from the page cache while the kernel writes the copy back to disk.
-            flushed = _Background(os.fsync, fd)
-            try:
-                _verify(header, old_head, read_header(tmp), plan, data_checked=True)
-            finally:
-                flushed.join()
+                equal = _copy_and_compare(src, sf.fileno(), tmp, fd, header.data_offset, len(head), data_len)
+            os.fsync(fd)
         finally:
             os.close(fd)
+        if not equal:
+            raise FixError(f"{plan.path}: verification of the fixed file failed (tensor data bytes differ from "
+                           "the source); the original is left as it was")
+        _verify(header, old_head, read_header(tmp), plan, data_checked=False)
         backup_path = _make_backup(src) if backup and dest == src else None
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
@@ -321,26 +411,6 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: b
     except BaseException:
         _unlink(tmp)
         raise
-
-
-class _Background(threading.Thread):
-    """Run one blocking call (an fsync) in a thread; `join()` re-raises its error."""
-
-    def __init__(self, fn, *args) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.args, self.error = fn, args, None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.fn(*self.args)
-        except BaseException as e:  # handed to the joining thread
-            self.error = e
-
-    def join(self, timeout=None) -> None:
-        super().join(timeout)
-        if self.error is not None:
-            raise self.error
 
 
 def _unlink(path: Path) -> None:
