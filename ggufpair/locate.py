@@ -85,13 +85,34 @@ def _gguf_files(folder: Path, max_depth: int = 4) -> list[Path]:
             dirs[:] = []
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("node_modules", "__pycache__", ".venv")]
         for name in files:
-            if not name.endswith(".gguf") or name.startswith("."):
+            if not is_model_file(name):
                 continue
             m = SPLIT_RE.match(name)
             if m and int(m["no"]) != 1:
                 continue  # a split model is listed once, by its first shard
             found.append(Path(root) / name)
     return found
+
+
+def is_model_file(name: str) -> bool:
+    """A GGUF file name that can be a model: not hidden, not a vision projector (mmproj-*.gguf)."""
+    return name.endswith(".gguf") and not name.startswith(".") and not name.lower().startswith("mmproj")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub raises when the Hub or the network fails: its own HTTP errors, and those of the
+    HTTP client it was built on (httpx or requests), which are not OSErrors."""
+    import importlib
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    errors: list[type[BaseException]] = [HfHubHTTPError, OSError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def _hf_cache_files() -> list[Path]:
@@ -105,7 +126,7 @@ def _hf_cache_files() -> list[Path]:
     for repo in info.repos:
         for rev in repo.revisions:
             for f in rev.files:
-                if f.file_name.endswith(".gguf") and not (SPLIT_RE.match(f.file_name) and "-00001-of-" not in f.file_name):
+                if is_model_file(f.file_name) and not (SPLIT_RE.match(f.file_name) and "-00001-of-" not in f.file_name):
                     out.append(Path(f.file_path))
     return out
 
@@ -172,13 +193,13 @@ def hub_download(ref: HubRef, on_event=lambda _: None) -> Path:
     """Download the GGUF file of `ref` (the one matching its quant) with huggingface_hub; every shard of a split model."""
     try:
         from huggingface_hub import HfApi, hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
         raise UsageError("huggingface_hub is not installed") from None
+    failures = _network_errors()
     try:
-        files = [f for f in HfApi().list_repo_files(ref.repo) if f.endswith(".gguf")]
-    except (HfHubHTTPError, OSError) as e:
-        raise ModelNotFoundError(f"cannot list {ref.repo} on the Hub: {e}",
+        files = [f for f in HfApi().list_repo_files(ref.repo) if is_model_file(Path(f).name)]
+    except failures as e:
+        raise ModelNotFoundError(f"cannot list {ref.repo} on the Hub: {_first_line(e)}",
                                  hint="check the name and the network, or pass a local path") from None
     if ref.quant:
         files = [f for f in files if ref.quant.lower() in Path(f).name.lower()]
@@ -194,5 +215,20 @@ def hub_download(ref: HubRef, on_event=lambda _: None) -> Path:
     paths = []
     for f in wanted:
         on_event(f"downloading {ref.repo}/{f}")
-        paths.append(Path(hf_hub_download(ref.repo, f)))
-    return paths[0]
+        try:
+            paths.append(Path(hf_hub_download(ref.repo, f)))
+        except failures as e:
+            raise ModelNotFoundError(f"downloading {ref.repo}/{f} failed: {_first_line(e)}",
+                                     hint="run the command again: finished files are kept in the Hugging Face cache") from None
+    return paths[wanted.index(first)]  # llama.cpp loads a split model from its first shard
+
+
+def _first_line(err: BaseException) -> str:
+    """What went wrong in a line: huggingface_hub's messages run to several (URL, request id, help links)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(err, GatedRepoError):
+        return "the repository is gated: accept its terms on the Hub, then log in with `hf auth login`"
+    if isinstance(err, RepositoryNotFoundError):
+        return "Repository Not Found (or private: log in with `hf auth login`)"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
