@@ -27,6 +27,7 @@ from ggufpair.engine.dialect import probe_dialect  # noqa: E402
 from ggufpair.engine.quantize import derived  # noqa: E402
 from ggufpair.format.model_info import read_model_info  # noqa: E402
 from ggufpair.tune.prompts import builtin_prompts  # noqa: E402
+from ggufpair.tune.run import stability_note  # noqa: E402
 from ggufpair.tune.search import TuneSpec, tune  # noqa: E402
 from ggufpair.tune.sweep import run_point  # noqa: E402
 
@@ -89,6 +90,10 @@ def main() -> None:
             if r.ok:
                 side[name].append(r.measurement.tokens_per_second)
     ours_tps, best_tps = statistics.median(side["ggufpair"]), statistics.median(side["exhaustive"])
+
+    # A second tune of the same pair: the same recommendation, or its note says why not.
+    again = tune(binary, dialect, TuneSpec(base=base, lengths=lengths, target_kv=kv, draft_kv=kv, prompts=prompts,
+                                           **common), read_model_info(target), read_model_info(q4), work / "again")
     print(f"ggufpair search: {ours.launches} launches, {ours_s:.0f} s; pick: {pick.label}")
     print(f"exhaustive sweep: {len(exhaustive)} launches, {all_s:.0f} s; best: {best.label} "
           f"({best.measurement.tokens_per_second:.1f} tok/s in the sweep)")
@@ -97,6 +102,11 @@ def main() -> None:
     print(f"re-measured side by side (3 alternating launches each): ggufpair's pick {ours_tps:.1f} tok/s "
           f"{side['ggufpair']}, exhaustive best {best_tps:.1f} tok/s {side['exhaustive']}")
     print(f"throughput of ggufpair's pick: {ours_tps / best_tps:.1%} of the exhaustive best (target >= 97%)")
+    second = again.recommended
+    print(f"a second ggufpair tune picks: {second.label}; same recommendation: "
+          f"{'yes' if second.config == pick.config else 'NO'}")
+    for name, r in (("first", ours), ("second", again)):
+        print(f"  {name} tune's stability note:{stability_note(r) or ' (none)'}")
     if errors:
         print(f"predictor vs the sweep's measured tok/s at {len(errors)} (KV pair, length) points: "
               f"mean error {statistics.mean(errors):.1%}, largest {max(errors):.1%}")

@@ -169,7 +169,7 @@ def resolve(query: str, *, candidates: list[Candidate] | None = None, download: 
     """A model path for `query`: an existing path, a Hub reference, or a unique short-name match."""
     path = Path(query).expanduser()
     if path.exists():
-        return path
+        return path.absolute()  # profiles and launch scripts must work from any folder
     hub = parse_hub_ref(query)
     if hub is not None:
         if not download:

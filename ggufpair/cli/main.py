@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llama-server", metavar="PATH")
     p.add_argument("--threads", type=int)
     p.add_argument("--dir", action="append", default=[], help="another folder to search for models")
+    p.add_argument("--profile", metavar="PROFILE", help="open a saved profile's tune result")
     p.set_defaults(func=cmd_tui)
 
     p = sub.add_parser("demo", help="the whole job on a built-in real pair: inspect, fix, a short tune, a profile")
@@ -175,8 +176,9 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
     from ggufpair.tui.app import run_tui
 
+    profile = getattr(args, "profile", None)
     return run_tui(getattr(args, "llama_server", None), getattr(args, "threads", None),
-                   [Path(d) for d in getattr(args, "dir", [])])
+                   [Path(d) for d in getattr(args, "dir", [])], Path(profile) if profile else None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -64,6 +64,14 @@ class Measurement:
             "predicted_ms": self.predicted_ms, "stopped_early": self.stopped_early,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Measurement":
+        """The inverse of `to_dict` (derived fields ignored), for measurements read back from a profile."""
+        return cls(bool(d["speculative"]), float(d["tokens_per_second"]), tuple(d.get("tps_runs", ())),
+                   int(d.get("predicted_tokens", 0)), int(d.get("draft_tokens", 0)), int(d.get("accepted_tokens", 0)),
+                   int(d.get("drafts", 0)), tuple(d.get("accept_by_position", ())), dict(d.get("per_category", {})),
+                   float(d.get("predicted_ms", 0.0)), bool(d.get("stopped_early", False)))
+
 
 def _metric_delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)

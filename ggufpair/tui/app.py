@@ -21,6 +21,25 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar
 from ggufpair.errors import GgufpairError
 
 
+def short_path(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it, else from ~."""
+    path = Path(path)
+    for base, shown in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return shown + str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def output_lines(outputs) -> list[str]:
+    """The recommendation, then where the profile, script and llama-swap entry are."""
+    lines = [outputs.recommendation, f"profile: {short_path(outputs.profile)}" if outputs.profile else "no profile written"]
+    lines += [f"{what}: {short_path(path)}" for what, path in (("launch script", outputs.script),
+                                                               ("llama-swap entry", outputs.swap)) if path]
+    return lines
+
+
 def notify_error(app: App, err: Exception) -> None:
     """Errors are notifications with their hint, never tracebacks."""
     if isinstance(err, GgufpairError):
@@ -213,15 +232,20 @@ class ConfigScreen(Screen):
         return {key: self.query_one(f"#f_{key}", Input).value.strip() for key, _, _ in self.FIELDS}
 
     def action_start(self) -> None:
-        self.app.push_screen(TuneScreen(self.values()))
+        self.app.push_screen(TuneScreen(self.values(), runner=self.app.tune_runner))
 
 
 class TuneScreen(Screen):
+    """The live tune. `runner(screen)` runs it in a worker thread, reporting through `post` (plan, events,
+    points) and returning (TuneResult, TuneOutputs), or None when cancelled before a result; the default
+    runs the core tune with the real llama-server."""
+
     BINDINGS = [Binding("c", "cancel", "Cancel tune"), Binding("escape", "back", "Back")]
 
-    def __init__(self, values: dict[str, str]) -> None:
+    def __init__(self, values: dict[str, str], runner=None) -> None:
         super().__init__()
         self.values = values
+        self.runner = runner or TuneScreen.core_tune
         self.cancel_event = threading.Event()
         self.points: list = []
         self.budget = 0
@@ -231,7 +255,7 @@ class TuneScreen(Screen):
 
         with Vertical():
             yield Static("starting", id="status")
-            yield ProgressBar(id="progress", show_eta=True)
+            yield ProgressBar(id="progress", show_eta=False)  # the status line has the ETA from launch times
             yield PlotextPlot(id="chart")
             yield Static("", id="memory")
             yield Static("", id="acceptance")
@@ -241,8 +265,28 @@ class TuneScreen(Screen):
     def on_mount(self) -> None:
         self.run_tune()
 
+    def on_unmount(self) -> None:
+        self.cancel_event.set()  # leaving the app mid-tune stops the server
+
+    def post(self, method, *args) -> None:
+        """Call a method of this screen on the UI thread, from the tune's thread."""
+        self.app.call_from_thread(method, *args)
+
+    def set_plan(self, planned: int, budget: int) -> None:
+        self.budget = budget
+        self.query_one("#progress", ProgressBar).update(total=planned, progress=len(self.points))
+
     @work(thread=True, exclusive=True)
     def run_tune(self) -> None:
+        try:
+            done = self.runner(self)
+        except (GgufpairError, ValueError) as e:
+            self.post(notify_error, self.app, e)
+            return
+        if done is not None:
+            self.post(self.finished, *done)
+
+    def core_tune(self):
         from ggufpair.tune.search import parse_lengths
         from ggufpair.engine.binary import find_llama_server
         from ggufpair.engine.config import ServerConfig
@@ -255,32 +299,25 @@ class TuneScreen(Screen):
 
         s = self.app.session
         v = self.values
-        try:
-            binary = find_llama_server(self.app.llama_server)
-            dialect = probe_dialect(binary.path)
-            devs = devices(binary.path)
-            self.budget = int(sum(d.free_bytes for d in devs) * (1 - float(v["margin"] or 0.1)))
-            base = ServerConfig(target=s.target.path, draft=s.draft.path, ctx=int(v["ctx"] or 4096),
-                                overrides=s.overrides, threads=self.app.threads)
-            if not v["ctx"]:
-                base = base.with_(ctx=largest_context(s.target.info, s.draft.info, base, self.budget))
-            spec = TuneSpec(base=base, lengths=parse_lengths(v["lengths"]), target_kv=tuple(v["kv"].split(",")),
-                            draft_kv=tuple(v["draft_kv"].split(",")),
-                            prompts=tuple(builtin_prompts(v["categories"].split(","), per_category=1)),
-                            n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=self.budget)
-            planned = len(spec.target_kv) * (1 + 2 * len(spec.draft_kv)) + spec.confirm
-            self.app.call_from_thread(self.query_one("#progress", ProgressBar).update, total=planned, progress=0)
-            result = tune(binary, dialect, spec, s.target.info, s.draft.info, state_dir("logs"),
-                          on_event=lambda m: self.app.call_from_thread(self.show_event, m),
-                          on_point=lambda p: self.app.call_from_thread(self.add_point, p),
-                          cancel=self.cancel_event)
-            args = SimpleNamespace(tokens=spec.n_predict, categories=v["categories"], profile=None, script=None,
-                                   format="bash", host="127.0.0.1", port=8080)
-            s.result = result
-            s.outputs = save_outputs(result, binary, dialect, describe(devs), args, "see the verdict screen")
-            self.app.call_from_thread(self.finished, result, s.outputs)
-        except (GgufpairError, ValueError) as e:
-            self.app.call_from_thread(notify_error, self.app, e)
+        binary = find_llama_server(self.app.llama_server)
+        dialect = probe_dialect(binary.path)
+        devs = devices(binary.path)
+        budget = int(sum(d.free_bytes for d in devs) * (1 - float(v["margin"] or 0.1)))
+        base = ServerConfig(target=s.target.path, draft=s.draft.path, ctx=int(v["ctx"] or 4096),
+                            overrides=s.overrides, threads=self.app.threads)
+        if not v["ctx"]:
+            base = base.with_(ctx=largest_context(s.target.info, s.draft.info, base, budget))
+        spec = TuneSpec(base=base, lengths=parse_lengths(v["lengths"]), target_kv=tuple(v["kv"].split(",")),
+                        draft_kv=tuple(v["draft_kv"].split(",")),
+                        prompts=tuple(builtin_prompts(v["categories"].split(","), per_category=1)),
+                        n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=budget)
+        self.post(self.set_plan, len(spec.target_kv) * (1 + 2 * len(spec.draft_kv)) + spec.confirm, budget)
+        result = tune(binary, dialect, spec, s.target.info, s.draft.info, state_dir("logs"),
+                      on_event=lambda m: self.post(self.show_event, m), on_point=lambda p: self.post(self.add_point, p),
+                      cancel=self.cancel_event)
+        args = SimpleNamespace(tokens=spec.n_predict, categories=v["categories"], profile=None, script=None,
+                               format="bash", host="127.0.0.1", port=8080)
+        return result, save_outputs(result, binary, dialect, describe(devs), args, "see the verdict screen")
 
     def show_event(self, message: str) -> None:
         self.query_one("#status", Static).update(message)
@@ -332,11 +369,12 @@ class TuneScreen(Screen):
         self.query_one("#memory", Static).update(f"memory {used / 2**20:.0f} / {self.budget / 2**20:.0f} MiB  [{bar:<40}]")
 
     def finished(self, result, outputs) -> None:
+        self.app.session.result, self.app.session.outputs = result, outputs
         lines = [("CANCELLED, partial results: " if result.cancelled else "") + outputs.recommendation]
         rec = result.recommended
         if rec is not None and rec.measurement.per_category:
             lines += [f"  {c}: {v['tokens_per_second']:.1f} tok/s" for c, v in rec.measurement.per_category.items()]
-        lines += [f"profile: {outputs.profile}", f"launch script: {outputs.script}"] if outputs.profile else []
+        lines += output_lines(outputs)[1:]
         self.query_one("#result", Static).update("\n".join(lines))
         self.query_one("#status", Static).update(f"done: {result.launches} launches in {result.seconds:.0f} s")
         self.set_timer(0.3, lambda: self.app.push_screen(ResultScreen()))
@@ -362,8 +400,7 @@ class ResultScreen(Screen):
     def on_mount(self) -> None:
         s = self.app.session
         o = s.outputs
-        self.query_one("#summary", Static).update(
-            f"{o.recommendation}\nprofile: {o.profile}\nlaunch script: {o.script}" if o else "no result")
+        self.query_one("#summary", Static).update("\n".join(output_lines(o)) if o else "no result")
         table = self.query_one("#points", DataTable)
         table.add_columns("configuration", "tok/s", "spread", "acceptance", "acc/step")
         for p in s.result.points if s.result else []:
@@ -410,9 +447,12 @@ class GgufpairApp(App):
     """
 
     def __init__(self, llama_server: str | None = None, threads: int | None = None,
-                 model_dirs: list[Path] | None = None, cursor_blink: bool = True) -> None:
+                 model_dirs: list[Path] | None = None, cursor_blink: bool = True, profile: Path | None = None,
+                 tune_runner=None) -> None:
         super().__init__()
         self.cursor_blink = cursor_blink
+        self.profile = profile
+        self.tune_runner = tune_runner
         self.session = Session()
         self.llama_server = llama_server
         self.threads = threads
@@ -426,8 +466,22 @@ class GgufpairApp(App):
     def on_mount(self) -> None:
         self.scan()
         self.push_screen(ModelsScreen())
+        if self.profile is not None:
+            self.open_profile(self.profile)
+
+    def open_profile(self, path: Path) -> None:
+        """Show a saved profile's tune: its recommendation, every measured point, the script actions."""
+        from ggufpair.tune.run import result_from_profile
+
+        try:
+            self.session.result, self.session.outputs = result_from_profile(Path(path))
+        except GgufpairError as e:
+            notify_error(self, e)
+            return
+        self.push_screen(ResultScreen())
 
 
-def run_tui(llama_server: str | None = None, threads: int | None = None, model_dirs: list[Path] | None = None) -> int:
-    GgufpairApp(llama_server, threads, model_dirs).run()
+def run_tui(llama_server: str | None = None, threads: int | None = None, model_dirs: list[Path] | None = None,
+            profile: Path | None = None) -> int:
+    GgufpairApp(llama_server, threads, model_dirs, profile=profile).run()
     return 0

@@ -16,7 +16,7 @@ from ggufpair.fix.plan import RouteChoice, plan_pair_fix
 from ggufpair.format.model_info import ModelInfo
 from ggufpair.pairing.verdict import check_pair
 from ggufpair.tune.profile import launch_script, llama_swap_entry, profile_data, save_profile, write_script
-from ggufpair.tune.search import TuneResult
+from ggufpair.tune.search import TuneResult, noise, simplicity
 
 PRESETS = Path(__file__).resolve().parent.parent.parent / "profiles" / "presets.toml"
 MAX_DRAFT_RATIO = 0.3
@@ -93,22 +93,48 @@ class TuneOutputs:
                 **self.data}
 
 
-NOISE_FLOOR = 0.05
-"""Launch-to-launch drift seen on a quiet 2-core machine; differences below it are not a stable ranking."""
-
-
 def stability_note(result: TuneResult) -> str:
-    """Whether another tune would likely pick the same configuration, and if not, why."""
-    ranked = sorted((p for p in result.points if p.ok), key=lambda p: -p.measurement.tokens_per_second)
-    if len(ranked) < 2:
+    """Whether another tune would likely recommend the same configuration, and if not, why."""
+    rec = result.recommended
+    if rec is None:
         return ""
-    first, second = ranked[0], ranked[1]
-    gap = first.measurement.tokens_per_second / second.measurement.tokens_per_second - 1
-    noise = max(NOISE_FLOOR, first.measurement.tps_spread, second.measurement.tps_spread)
-    if gap >= noise:
-        return f" Stable: the next best ({second.label}) is {gap:.0%} slower, beyond the {noise:.0%} noise."
-    return (f" Not a stable ranking: the next best ({second.label}) is only {gap:.1%} slower, within the "
-            f"{noise:.0%} run-to-run noise, so another tune may pick it instead.")
+    tps = lambda p: p.measurement.tokens_per_second  # noqa: E731
+    contenders = result.contenders
+    fastest = max(contenders, key=tps)
+    notes = []
+    if len(contenders) > 1:
+        others = ", ".join(f"{p.label} {tps(p):.1f}" for p in contenders if p is not rec)
+        notes.append(f" {len(contenders)} configurations are within run-to-run noise of each other ({others} tok/s): "
+                     "ggufpair takes the simplest (no draft, then unquantized KV, then the shorter draft), so their "
+                     "order does not decide.")
+    live = [p for p in result.points if p.ok and (p.measurement.speculative or not p.config.has_draft)]
+    outside = sorted((p for p in live if p not in contenders), key=lambda p: -tps(p))
+    if rec.config.has_draft:
+        base = result.best_baseline
+        margin = min(rec.measurement.tps_runs) / max(base.measurement.tps_runs) - 1
+        if margin < noise(rec.measurement, base.measurement):
+            notes.append(f" Not a stable choice: the draft's slowest run beats the fastest baseline run by only "
+                         f"{margin:.1%}, within the noise, so another tune may recommend no draft.")
+    simpler = lambda p: simplicity(p) < simplicity(rec)  # noqa: E731
+    for p in outside:  # the first configuration that noise could make the pick
+        band = noise(fastest.measurement, p.measurement)
+        if tps(p) * (1 + band) >= tps(fastest) or (simpler(p) and tps(p) * (1 + 2 * band) >= tps(fastest)):
+            gap = tps(fastest) / tps(p) - 1
+            how = (f"is only {gap:.1%} slower than the fastest" if gap >= 0 else
+                   f"measured {-gap:.1%} faster than {fastest.label} without beating it beyond the noise")
+            notes.append(f" Not a stable ranking: {p.label} {how}, within "
+                         f"{'' if tps(p) * (1 + band) >= tps(fastest) else 'twice '}the {band:.0%} run-to-run "
+                         "noise, so another tune may pick it instead.")
+            break
+    else:
+        if outside:
+            nxt = outside[0]
+            gap = tps(fastest) / tps(nxt) - 1
+            band = noise(fastest.measurement, nxt.measurement)
+            notes.append(f" Stable: the next best ({nxt.label}) is {gap:.0%} slower, "
+                         + (f"beyond twice the {band:.0%} noise." if gap >= 2 * band else
+                            f"and even if noise closed the gap, the simpler {rec.label} would still be taken."))
+    return "".join(notes)
 
 
 def recommendation_text(result: TuneResult) -> str:
@@ -151,8 +177,10 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                  measure_memory: bool = True) -> TuneOutputs:
     rec = result.recommended
     text = recommendation_text(result)
+    drafted = next((p.config.draft for p in result.points if p.config.has_draft), None)
     data: dict[str, Any] = {
-        "launches": result.launches, "seconds": round(result.seconds, 1), "fix": fix_note,
+        "launches": result.launches, "planned": result.planned, "seconds": round(result.seconds, 1), "fix": fix_note,
+        "cancelled": result.cancelled, "draft_model": str(drafted) if drafted else None,
         "points": [{"label": p.label, "draft_max": p.config.draft_max if p.config.has_draft else 0,
                     "target_kv": p.config.cache_type_k, "draft_kv": p.config.draft_cache_type_k if p.config.has_draft else None,
                     "error": p.error, **(p.measurement.to_dict() if p.measurement else {})} for p in result.points],
@@ -166,7 +194,8 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                            "draft": rec.config.has_draft, "n_predict": args.tokens,
                            "categories": args.categories.split(","),
                            "predicted_memory_bytes": est.total if est else None,
-                           "measured_memory_bytes": measured_memory(binary, dialect, rec.config) if measure_memory else None}
+                           "measured_memory_bytes": (measured_memory(binary, dialect, rec.config)
+                                                     if measure_memory and not result.cancelled else None)}
     config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
     name = f"{config.target.stem}" + (f"+{config.draft.stem}" if config.draft else "")
     profile = save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}))
@@ -180,3 +209,36 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
         swap = profile.with_suffix(".llama-swap.yaml")
         swap.write_text(llama_swap_entry(name, config, binary, dialect))
     return TuneOutputs(profile, script, swap, text, data)
+
+
+def result_from_profile(path: Path) -> tuple[TuneResult, TuneOutputs]:
+    """A saved profile's tune read back: its points (every measurement as recorded) and its outputs."""
+    from ggufpair.engine.measure import Measurement
+    from ggufpair.tune.profile import load_profile
+    from ggufpair.tune.sweep import PointResult
+
+    data, config = load_profile(path)
+    m = data.get("measurements", {})
+    draft = Path(m["draft_model"]) if m.get("draft_model") else config.draft or Path("draft.gguf")
+    base = config.with_(draft=None)
+    result = TuneResult(seconds=float(m.get("seconds", 0.0)), cancelled=bool(m.get("cancelled", False)),
+                        planned=int(m.get("planned", 0)),
+                        pruned=[(x["configuration"], x["why"]) for x in m.get("pruned", [])])
+    try:
+        for p in m.get("points", []):
+            cfg = base.with_(cache_type_k=p["target_kv"], cache_type_v=p["target_kv"])
+            if p.get("draft_max"):
+                cfg = cfg.with_(draft=draft, draft_max=p["draft_max"], draft_cache_type_k=p["draft_kv"],
+                                draft_cache_type_v=p["draft_kv"])
+            measured = Measurement.from_dict(p) if "tokens_per_second" in p else None
+            result.points.append(PointResult(cfg, measured, p.get("error"), 0.0))
+        for key, ranked in m.get("predictions", {}).items():
+            t, d = key.split("/")
+            result.predictions[(t, d)] = [(int(n), float(tps)) for n, tps in ranked]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path}: the profile's measurements are not readable ({type(e).__name__}: {e})") from None
+    script = path.with_suffix(".sh")
+    swap = path.with_suffix(".llama-swap.yaml")
+    outputs = TuneOutputs(path, script if script.exists() else None, swap if swap.exists() else None,
+                          m.get("recommendation", ""), m)
+    return result, outputs

@@ -67,24 +67,57 @@ class TuneResult:
 
     @property
     def best_draft(self) -> PointResult | None:
-        return max(self.measured(True), key=lambda p: p.measurement.tokens_per_second, default=None)
+        """The fastest draft configuration that ran with speculation live."""
+        return max((p for p in self.measured(True) if p.measurement.speculative),
+                   key=lambda p: p.measurement.tokens_per_second, default=None)
 
     @property
     def best_baseline(self) -> PointResult | None:
         return max(self.measured(False), key=lambda p: p.measurement.tokens_per_second, default=None)
 
     @property
+    def contenders(self) -> list[PointResult]:
+        """What the recommendation is chosen from: the draft configurations (speculation live) that beat the
+        best baseline beyond the noise, or else the baselines; of those, the ones within run-to-run noise of
+        the fastest."""
+        base = self.best_baseline
+        if base is None:
+            return []
+        drafts = [p for p in self.measured(True) if p.measurement.speculative and beats(p.measurement, base.measurement)]
+        pool = drafts or self.measured(False)
+        top = max(pool, key=lambda p: p.measurement.tokens_per_second)
+        return [p for p in pool if p.measurement.tokens_per_second * (1 + noise(top.measurement, p.measurement))
+                >= top.measurement.tokens_per_second]
+
+    @property
     def recommended(self) -> PointResult | None:
-        """The best draft configuration if it beats its paired baseline beyond the noise, else the best baseline."""
-        best, base = self.best_draft, self.best_baseline
-        if best is not None and base is not None and beats(best.measurement, base.measurement):
-            return best
-        return base
+        """The simplest of the contenders: measured speeds that noise cannot tell apart do not decide, so two
+        tunes of the same pair agree unless a configuration moves across the noise band."""
+        return min(self.contenders, key=simplicity, default=None)
 
     @property
     def draft_pays_off(self) -> bool:
         rec = self.recommended
         return rec is not None and rec.config.has_draft
+
+
+NOISE_FLOOR = 0.05
+"""Launch-to-launch drift seen on a quiet 2-core machine; differences below it are not a stable ranking."""
+KV_RANK = {"f32": 0, "bf16": 0, "f16": 0, "q8_0": 1, "q5_1": 2, "q5_0": 2, "iq4_nl": 3, "q4_1": 3, "q4_0": 3}
+
+
+def noise(*measurements) -> float:
+    """The relative difference two measurements need before their order means anything."""
+    return max(NOISE_FLOOR, *(m.tps_spread for m in measurements))
+
+
+def simplicity(point: PointResult) -> tuple:
+    """Among equally fast configurations, prefer no draft, then the less quantized KV caches (target first),
+    then the shorter draft."""
+    c = point.config
+    if not c.has_draft:
+        return (0, KV_RANK.get(c.cache_type_k, 9), 0, 0)
+    return (1, KV_RANK.get(c.cache_type_k, 9), KV_RANK.get(c.draft_cache_type_k, 9), c.draft_max)
 
 
 def parse_lengths(text: str) -> tuple[int, ...]:

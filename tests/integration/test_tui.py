@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+from pathlib import Path
 
 import psutil
 import pytest
 
 from ggufpair.tui.app import ConfigScreen, GgufpairApp, ResultScreen, TuneScreen, VerdictScreen
+from ggufpair.tune.run import result_from_profile
 
 pytestmark = pytest.mark.integration
 SIZE = (80, 24)
+RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "profiles" / "demo-tune.toml"
+"""A profile saved by a real `ggufpair tune` of the demo pair (see the file's header): the live and result
+screens are snapshotted from its measurements, so the pictures do not change with this machine's speed."""
 
 
 @pytest.fixture
@@ -20,8 +26,28 @@ def pair_dir(demo_pair_folder):
     return demo_pair_folder
 
 
-def _app() -> GgufpairApp:
-    return GgufpairApp(threads=2, cursor_blink=False)
+def _app(**kw) -> GgufpairApp:
+    return GgufpairApp(threads=2, cursor_blink=False, **kw)
+
+
+def _replay(stop_before_last: bool):
+    """A tune runner that feeds the TUI the recorded tune's points, as the core tune would, instead of
+    measuring again; it holds before the last point (the screen mid-tune) until the screen goes away."""
+    result, outputs = result_from_profile(RECORDED)
+
+    def runner(screen):
+        points = result.points[:-1] if stop_before_last else result.points
+        screen.post(screen.set_plan, result.planned, 8 * 2**30)
+        for i, p in enumerate(points):
+            screen.post(screen.show_event, f"[{i + 1}/{result.planned}] {p.label}")
+            screen.post(screen.add_point, p)
+        if stop_before_last:
+            nxt = result.points[-1]
+            screen.post(screen.show_event, f"[{len(points) + 1}/{result.planned}] measuring {nxt.label} (ETA 25 s)")
+            screen.cancel_event.wait(120)
+            return None
+        return result, outputs
+    return runner, len(result.points)
 
 
 async def _choose_pair(pilot) -> None:
@@ -58,6 +84,51 @@ def test_snapshot_tune_config(pair_dir, snap_compare):
         await _choose_pair(pilot)
         await pilot.press("n")
     assert snap_compare(_app(), terminal_size=SIZE, run_before=before)
+
+
+def test_snapshot_tune_live(pair_dir, snap_compare):
+    runner, n = _replay(stop_before_last=True)
+
+    async def before(pilot):
+        await _choose_pair(pilot)
+        await pilot.press("o", "n", "ctrl+s")
+        await _wait_for(pilot, lambda: isinstance(pilot.app.screen, TuneScreen) and len(pilot.app.screen.points) == n - 1, 10)
+        pilot.app.clear_notifications()  # the fix's toast would time out at a machine-dependent moment
+        await pilot.pause()
+    assert snap_compare(_app(tune_runner=runner), terminal_size=SIZE, run_before=before)
+
+
+def test_snapshot_result_of_a_saved_profile(pair_dir, snap_compare):
+    """`ggufpair tui --profile PROFILE` opens a saved tune's result."""
+    shutil.copy(RECORDED, Path.cwd() / "demo-tune.toml")  # shown relative to the current folder
+    assert snap_compare(_app(profile=Path("demo-tune.toml")), terminal_size=SIZE)
+
+
+def test_a_replayed_tune_ends_on_its_result_screen(pair_dir):
+    runner, n = _replay(stop_before_last=False)
+
+    async def flow():
+        app = _app(tune_runner=runner)
+        async with app.run_test(size=SIZE) as pilot:
+            await _choose_pair(pilot)
+            await pilot.press("o", "n", "ctrl+s")
+            await _wait_for(pilot, lambda: isinstance(app.screen, ResultScreen) and app.screen.is_mounted, 10)
+            await pilot.pause()
+            assert app.screen.query_one("#points").row_count == n
+            assert str(app.screen.query_one("#summary").render()).startswith(app.session.outputs.recommendation[:40])
+    asyncio.run(flow())
+
+
+def test_a_bad_profile_is_a_notification_not_a_traceback(pair_dir):
+    (Path.cwd() / "broken.toml").write_text("[profile\n")
+
+    async def flow():
+        app = _app(profile=Path("broken.toml"))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            assert not isinstance(app.screen, ResultScreen)
+            assert any("broken.toml" in n.message for n in app._notifications)
+    asyncio.run(flow())
 
 
 def test_real_flow_fix_and_tune(pair_dir):

@@ -110,6 +110,53 @@ def test_recommendation_says_whether_another_tune_would_agree():
     assert "Stable: the next best" in recommendation_text(clear)
 
 
+def _kv_point(draft_max, runs, tkv="f16", dkv="f16", draft=True):
+    p = _point(draft_max, runs, draft)
+    cfg = p.config.with_(cache_type_k=tkv, cache_type_v=tkv, draft_cache_type_k=dkv, draft_cache_type_v=dkv)
+    return PointResult(cfg, p.measurement, None, 1.0)
+
+
+@pytest.mark.parametrize("q8_runs", [[41.0, 41.6], [39.6, 40.1]])
+def test_two_tunes_agree_when_noise_reorders_equally_fast_configurations(q8_runs):
+    """The same pair measured twice: KV q8_0 a little faster once, a little slower the other time. Both tunes
+    recommend the simpler f16 cache and say that the two are within noise."""
+    result = TuneResult(points=[_kv_point(0, [40.0, 40.6], draft=False), _kv_point(0, q8_runs, "q8_0", draft=False),
+                                _kv_point(4, [30.0, 30.3])])
+    assert result.recommended.config.cache_type_k == "f16"
+    assert len(result.contenders) == 2
+    text = recommendation_text(result)
+    assert "2 configurations are within run-to-run noise" in text and "KV q8_0/q8_0" in text
+    assert "Stable: the next best (n_max 4" in text
+
+
+def test_equally_fast_drafts_resolve_to_the_shorter_draft_and_unquantized_cache():
+    points = [_kv_point(0, [30.0, 30.2], draft=False), _kv_point(8, [45.0, 45.4]), _kv_point(4, [44.8, 45.1]),
+              _kv_point(4, [45.3, 45.5], "f16", "q8_0"), _kv_point(2, [36.0, 36.1])]
+    for order in (points, points[::-1]):
+        result = TuneResult(points=list(order))
+        rec = result.recommended.config
+        assert (rec.draft_max, rec.draft_cache_type_k) == (4, "f16")
+        assert "Stable: the next best (n_max 2" in recommendation_text(result)
+
+
+def test_a_clearly_faster_configuration_wins_over_a_simpler_one():
+    result = TuneResult(points=[_kv_point(0, [30.0, 30.2], draft=False), _kv_point(0, [36.0, 36.2], "q8_0", draft=False)])
+    assert result.recommended.config.cache_type_k == "q8_0" and len(result.contenders) == 1
+
+
+def test_a_draft_without_live_speculation_is_never_recommended():
+    off = _point(4, [80.0, 81.0])
+    off = PointResult(off.config, Measurement(False, 80.5, (80.0, 81.0), 100, 0, 0, 0, ()), None, 1.0)
+    result = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), off])
+    assert not result.recommended.config.has_draft
+
+
+def test_a_draft_that_barely_beats_the_baseline_says_another_tune_may_not():
+    result = TuneResult(points=[_point(0, [40.0, 40.2], draft=False), _point(4, [40.5, 40.9])])
+    assert result.recommended.config.has_draft
+    assert "another tune may recommend no draft" in recommendation_text(result)
+
+
 def test_name_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("GGUFPAIR_MODEL_DIRS", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-empty"))
