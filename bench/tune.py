@@ -103,8 +103,8 @@ def main() -> None:
           f"{side['ggufpair']}, exhaustive best {best_tps:.1f} tok/s {side['exhaustive']}")
     print(f"throughput of ggufpair's pick: {ours_tps / best_tps:.1%} of the exhaustive best (target >= 97%)")
     second = again.recommended
-    print(f"a second ggufpair tune picks: {second.label}; same recommendation: "
-          f"{'yes' if second.config == pick.config else 'NO'}")
+    print(f"a second ggufpair tune picks: {second.label if second else 'nothing (every run failed)'}; same "
+          f"recommendation: {'yes' if second is not None and second.config == pick.config else 'NO'}")
     for name, r in (("first", ours), ("second", again)):
         print(f"  {name} tune's stability note:{stability_note(r) or ' (none)'}")
     if errors:

@@ -96,7 +96,7 @@ def _gguf_files(folder: Path, max_depth: int = 4) -> list[Path]:
 
 def is_model_file(name: str) -> bool:
     """A GGUF file name that can be a model: not hidden, not a vision projector (mmproj-*.gguf)."""
-    return name.endswith(".gguf") and not name.startswith(".") and not name.lower().startswith("mmproj")
+    return name.endswith(".gguf") and not name.startswith(".") and "mmproj" not in name.lower()
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

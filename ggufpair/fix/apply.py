@@ -317,8 +317,9 @@ def _reserve(fd: int, size: int) -> None:
         import ctypes
 
         err = ctypes.get_errno()
-        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise OSError(err, os.strerror(err))
+        # Anything else (no fallocate on this filesystem, a sandbox refusing it): the copy finds out.
     os.ftruncate(fd, size)
 
 
@@ -327,13 +328,15 @@ def _copy_and_compare(src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, 
     """Copy the tensor data in chunks, each handed to the disk as soon as it is copied (so the final fsync
     finds little left to write) and compared byte for byte with the source by a second thread while the
     next chunk copies. Returns whether every byte compared equal."""
-    method = ["copy_file_range"]
+    method = ["copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"]
     step = REWRITE_CHUNK
     with _open_map(src_path) as a, _open_map(dst_path) as b:
         checker = _Checker(a, src_off, b, dst_off)
         try:
             prev = None
             for pos in range(0, length, step):
+                if checker.error is not None or not checker.equal:
+                    break  # no use copying the rest
                 n = min(step, length - pos)
                 _copy_range(src_fd, dst_fd, src_off + pos, dst_off + pos, n, method)
                 if _SYNC_FILE_RANGE is not None:
@@ -342,6 +345,9 @@ def _copy_and_compare(src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, 
                         _SYNC_FILE_RANGE(dst_fd, dst_off + prev[0], prev[1], WRITEBACK_WAIT)
                     prev = (pos, n)
                 checker.queue.put((pos, n))
+        except BaseException:
+            checker.abort = True  # stop comparing: the copy is abandoned
+            raise
         finally:
             checker.queue.put(None)
             checker.join()
@@ -356,15 +362,15 @@ class _Checker(threading.Thread):
 
         super().__init__(daemon=True)
         self.a, self.a_off, self.b, self.b_off = a, a_off, b, b_off
-        self.queue: queue.Queue = queue.Queue()
-        self.equal, self.error = True, None
+        self.queue: queue.Queue = queue.Queue(maxsize=4)  # the copy runs at most a few chunks ahead
+        self.equal, self.error, self.abort = True, None, False
         self.start()
 
     def run(self) -> None:
         try:
             while (item := self.queue.get()) is not None:
                 pos, n = item
-                if self.equal and not _same_data(self.a, self.a_off + pos, self.b, self.b_off + pos, n):
+                if self.equal and not self.abort and not _same_data(self.a, self.a_off + pos, self.b, self.b_off + pos, n):
                     self.equal = False
         except BaseException as e:  # handed to the joining thread
             self.error = e
@@ -400,7 +406,11 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: b
         if not equal:
             raise FixError(f"{plan.path}: verification of the fixed file failed (tensor data bytes differ from "
                            "the source); the original is left as it was")
-        _verify(header, old_head, read_header(tmp), plan, data_checked=False)
+        written = read_header(tmp)
+        if written.data_offset != len(head) or written.file_size != len(head) + data_len:
+            raise FixError(f"{plan.path}: verification of the fixed file failed (its tensor data is not where it "
+                           "was written); the original is left as it was")
+        _verify(header, old_head, written, plan, data_checked=False)
         backup_path = _make_backup(src) if backup and dest == src else None
         os.replace(tmp, dest)
         fsync_dir(dest.parent)

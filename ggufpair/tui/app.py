@@ -25,6 +25,8 @@ def short_path(path: Path) -> str:
     """A path as the user would type it: relative to the current folder when inside it, else from ~."""
     path = Path(path)
     for base, shown in ((Path.cwd(), ""), (Path.home(), "~/")):
+        if base.resolve() == Path(base.anchor):
+            continue  # relative to / is no shorter, only confusing
         try:
             return shown + str(path.resolve().relative_to(base.resolve()))
         except ValueError:

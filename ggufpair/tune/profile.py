@@ -85,14 +85,17 @@ def load_profile(path: Path) -> tuple[dict, ServerConfig]:
     bad_server = set(data.get("server", {})) - SERVER_KEYS
     if unknown or bad_server:
         raise UsageError(f"{path}: unknown keys {sorted(unknown | bad_server)}")
-    server = dict(data["server"])
-    for key in ("target", "draft"):
-        if server.get(key):
-            server[key] = Path(server[key])
-    for key in ("overrides", "extra"):
-        if key in server:
-            server[key] = tuple(server[key])
-    return data, ServerConfig(**server)
+    try:
+        server = dict(data["server"])
+        for key in ("target", "draft"):
+            if server.get(key):
+                server[key] = Path(server[key])
+        for key in ("overrides", "extra"):
+            if key in server:
+                server[key] = tuple(server[key])
+        return data, ServerConfig(**server)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path}: not a ggufpair profile ({type(e).__name__}: {e})") from None
 
 
 def launch_script(config: ServerConfig, binary: Binary, dialect: Dialect, *, host: str = "127.0.0.1",

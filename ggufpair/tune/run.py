@@ -105,7 +105,7 @@ def stability_note(result: TuneResult) -> str:
     if len(contenders) > 1:
         others = ", ".join(f"{p.label} {tps(p):.1f}" for p in contenders if p is not rec)
         notes.append(f" {len(contenders)} configurations are within run-to-run noise of each other ({others} tok/s): "
-                     "ggufpair takes the simplest (no draft, then unquantized KV, then the shorter draft), so their "
+                     "ggufpair takes the simplest (unquantized KV first, then the shorter draft), so their "
                      "order does not decide.")
     live = [p for p in result.points if p.ok and (p.measurement.speculative or not p.config.has_draft)]
     outside = sorted((p for p in live if p not in contenders), key=lambda p: -tps(p))
@@ -127,7 +127,7 @@ def stability_note(result: TuneResult) -> str:
                          "noise, so another tune may pick it instead.")
             break
     else:
-        if outside:
+        if outside and not any("Not a stable" in n for n in notes):
             nxt = outside[0]
             gap = tps(fastest) / tps(nxt) - 1
             band = noise(fastest.measurement, nxt.measurement)

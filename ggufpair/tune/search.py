@@ -77,17 +77,19 @@ class TuneResult:
 
     @property
     def contenders(self) -> list[PointResult]:
-        """What the recommendation is chosen from: the draft configurations (speculation live) that beat the
-        best baseline beyond the noise, or else the baselines; of those, the ones within run-to-run noise of
-        the fastest."""
+        """What the recommendation is chosen from: the draft configurations (speculation live) whose every run
+        beats every run of the best baseline, by more than the run-to-run noise, or else the baselines; of
+        those, the ones within the fastest's run-to-run noise of it."""
         base = self.best_baseline
         if base is None:
             return []
-        drafts = [p for p in self.measured(True) if p.measurement.speculative and beats(p.measurement, base.measurement)]
+        b = base.measurement
+        drafts = [p for p in self.measured(True) if p.measurement.speculative and beats(p.measurement, b)
+                  and p.measurement.tokens_per_second >= b.tokens_per_second * (1 + noise(p.measurement, b))]
         pool = drafts or self.measured(False)
-        top = max(pool, key=lambda p: p.measurement.tokens_per_second)
-        return [p for p in pool if p.measurement.tokens_per_second * (1 + noise(top.measurement, p.measurement))
-                >= top.measurement.tokens_per_second]
+        top = max(pool, key=lambda p: p.measurement.tokens_per_second).measurement
+        # The band is the fastest's noise: a configuration's own large spread does not widen it.
+        return [p for p in pool if p.measurement.tokens_per_second * (1 + noise(top)) >= top.tokens_per_second]
 
     @property
     def recommended(self) -> PointResult | None:

@@ -235,3 +235,69 @@ def test_eos_fix_by_both_routes(tmp_path):
     assert plan.override_args == ("tokenizer.ggml.add_eos_token=bool:false",)
     apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH))
     assert inspect_pair(t, d).compatible
+
+
+def _token_text_rewrite(tmp_path):
+    tokens = spm_tokens(300)
+    tokens[100] = "<much-longer-name>"
+    t, d = _pair(tmp_path, tokens=tokens, tensors=BIG_TENSORS)
+    return t, d, d.read_bytes()
+
+
+@pytest.mark.parametrize("refused", [(), ("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_rewrite_in_many_chunks_by_each_copy_method(tmp_path, monkeypatch, refused):
+    """Hundreds of chunks, each compared while the next copies; the kernel copy refused (EXDEV, as across
+    filesystems) falls back to sendfile, then to plain reads, and the result is the same."""
+    import errno as errno_
+
+    import ggufpair.fix.apply as apply
+
+    monkeypatch.setattr(apply, "REWRITE_CHUNK", 4096)
+    for name in refused:
+        def refuse(*a, **k):
+            raise OSError(errno_.EXDEV, "refused by the test")
+        monkeypatch.setattr(os, name, refuse)
+    t, d, _ = _token_text_rewrite(tmp_path)
+    tensors_before = _tensor_bytes(d)
+    result = apply_plan(plan_pair_fix(d, t))
+    assert result.mode == "rewrite" and result.data_verified and result.bytes_copied > 100 * 4096
+    assert _tensor_bytes(d) == tensors_before and inspect_pair(t, d).compatible
+
+
+def test_a_byte_corrupted_during_the_copy_fails_verification(tmp_path, monkeypatch):
+    """One byte of one chunk in the middle goes wrong on its way to the new file: the comparison catches it,
+    the original stays byte for byte, no temporary file is left."""
+    import ggufpair.fix.apply as apply
+
+    monkeypatch.setattr(apply, "REWRITE_CHUNK", 4096)
+    real_copy, calls = apply._copy_range, []
+
+    def corrupting(src_fd, dst_fd, src_off, dst_off, length, method):
+        real_copy(src_fd, dst_fd, src_off, dst_off, length, method)
+        calls.append(dst_off)
+        if len(calls) == 40:
+            byte = os.pread(src_fd, 1, src_off + 17)
+            os.pwrite(dst_fd, bytes([byte[0] ^ 0xFF]), dst_off + 17)
+
+    monkeypatch.setattr(apply, "_copy_range", corrupting)
+    t, d, original = _token_text_rewrite(tmp_path)
+    with pytest.raises(FixError, match="tensor data bytes differ"):
+        apply_plan(plan_pair_fix(d, t))
+    assert d.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir() if ".ggufpair-" in p.name] == []
+
+
+def test_an_error_in_the_comparing_thread_leaves_the_original(tmp_path, monkeypatch):
+    import ggufpair.fix.apply as apply
+
+    monkeypatch.setattr(apply, "REWRITE_CHUNK", 4096)
+
+    def broken(*a, **k):
+        raise MemoryError("the comparison failed")
+
+    monkeypatch.setattr(apply, "_same_data", broken)
+    t, d, original = _token_text_rewrite(tmp_path)
+    with pytest.raises(MemoryError):
+        apply_plan(plan_pair_fix(d, t))
+    assert d.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir() if ".ggufpair-" in p.name] == []

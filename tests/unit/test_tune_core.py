@@ -151,8 +151,22 @@ def test_a_draft_without_live_speculation_is_never_recommended():
     assert not result.recommended.config.has_draft
 
 
-def test_a_draft_that_barely_beats_the_baseline_says_another_tune_may_not():
+def test_a_draft_faster_run_for_run_but_within_noise_is_not_recommended():
+    """Every draft run above every baseline run, but by 2%: within launch-to-launch drift, so no draft, and
+    the note says another tune may pick the draft."""
     result = TuneResult(points=[_point(0, [40.0, 40.2], draft=False), _point(4, [40.5, 40.9])])
+    assert not result.recommended.config.has_draft
+    text = recommendation_text(result)
+    assert "Not a stable ranking: n_max 4" in text and "faster than no draft" in text and "Stable:" not in text
+
+
+def test_a_noisy_slow_configuration_does_not_tie_with_a_steady_fast_one():
+    result = TuneResult(points=[_kv_point(0, [26.0, 36.0], draft=False), _kv_point(0, [40.0, 40.2], "q8_0", draft=False)])
+    assert result.recommended.config.cache_type_k == "q8_0" and len(result.contenders) == 1
+
+
+def test_a_draft_clearly_faster_but_barely_beyond_the_noise_says_so():
+    result = TuneResult(points=[_point(0, [40.0, 40.2], draft=False), _point(4, [42.0, 43.0])])
     assert result.recommended.config.has_draft
     assert "another tune may recommend no draft" in recommendation_text(result)
 
