@@ -340,7 +340,7 @@ class TuneScreen(Screen):
         widget = self.query_one("#chart", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
-        plt.title("tok/s by draft length (baseline: dashed)")
+        plt.title("tok/s by draft length (line: the no-draft baseline)")
         series: dict[str, list] = {}
         base = None
         for p in self.points:

@@ -222,3 +222,25 @@ def test_launch_scripts_quote_hostile_paths(name, tmp_path):
     subprocess.run(["bash", str(script), "--extra"], check=True, env=env)
     args = out.read_bytes().split(b"\0")[:-1]
     assert [a.decode() for a in args] == [*config.with_(port=8080).argv(dialect), "--extra"]
+
+
+def test_a_saved_profile_reads_back_to_the_same_recommendation():
+    """The recorded real tune (tests/fixtures/profiles): its points read back give the recommendation and the
+    text it was saved with."""
+    from ggufpair.tune.profile import load_profile
+    from ggufpair.tune.run import result_from_profile
+
+    path = Path(__file__).resolve().parent.parent / "fixtures" / "profiles" / "demo-tune.toml"
+    result, outputs = result_from_profile(path)
+    saved = load_profile(path)[0]["measurements"]
+    assert result.launches == saved["launches"] == len(saved["points"])
+    assert result.recommended.label == saved["recommended"]["label"]
+    assert recommendation_text(result) == outputs.recommendation == saved["recommendation"]
+
+
+def test_a_profile_without_a_server_table_is_a_usage_error(tmp_path):
+    from ggufpair.tune.run import result_from_profile
+
+    (tmp_path / "p.toml").write_text('[profile]\nname = "x"\n')
+    with pytest.raises(UsageError, match="not a ggufpair profile"):
+        result_from_profile(tmp_path / "p.toml")
