@@ -413,14 +413,18 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: b
         _verify(header, old_head, written, plan, data_checked=False)
         backup_path = _make_backup(src) if backup and dest == src else None
         os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-        return data_len, backup_path
     except OSError as e:
         _unlink(tmp)
         raise _os_error(e, tmp, "writing the fixed copy") from None
     except BaseException:
         _unlink(tmp)
         raise
+    try:
+        fsync_dir(dest.parent)
+    except OSError as e:  # the rename is done: the fixed file is in place, only its folder entry is unsynced
+        raise FixError(f"{dest}: fixed and verified, but its folder could not be synced ({e.strerror or e})",
+                       hint="run `sync` before relying on it after a power loss") from None
+    return data_len, backup_path
 
 
 def _unlink(path: Path) -> None:

@@ -151,6 +151,9 @@ def recommendation_text(result: TuneResult) -> str:
 def _recommendation(result: TuneResult) -> str:
     rec, base = result.recommended, result.best_baseline
     if rec is None:
+        if result.measured(True):
+            return ("no recommendation: no no-draft baseline could be measured, so no speedup can be claimed "
+                    "(see the log lines above for why the baselines failed)")
         return "nothing could be measured: every configuration failed (see the log lines above)"
     if not rec.config.has_draft:
         best = result.best_draft

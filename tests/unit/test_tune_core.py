@@ -244,3 +244,10 @@ def test_a_profile_without_a_server_table_is_a_usage_error(tmp_path):
     (tmp_path / "p.toml").write_text('[profile]\nname = "x"\n')
     with pytest.raises(UsageError, match="not a ggufpair profile"):
         result_from_profile(tmp_path / "p.toml")
+
+
+def test_drafts_without_a_baseline_are_not_recommended():
+    failed = PointResult(ServerConfig(target=Path("t")), None, "out of memory", 1.0)
+    result = TuneResult(points=[failed, _point(4, [50.0, 51.0])])
+    assert result.recommended is None
+    assert recommendation_text(result).startswith("no recommendation: no no-draft baseline could be measured")
