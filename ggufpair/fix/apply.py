@@ -1,8 +1,10 @@
 """Carrying out a `FixPlan` without ever risking the model file.
 
 - No copy: the `--override-kv` arguments are recorded for the profile and launch script; no file changes.
-- In place, when every new value occupies exactly the bytes of the old one: the original bytes go to a
-  journal first (fsync'd), then the patch is written and fsync'd, then the journal is deleted. A fix that
+- In place, when every new value occupies exactly the bytes of the old one, or when the new header still
+  ends within the padding before the tensor data (GGUF aligns the data, so a few bytes more or less of token
+  text fit): the original bytes go to a journal first (fsync'd), then the patch is written and fsync'd, then
+  the journal is deleted. A fix that
   dies in between is rolled back by the next run (`recover_interrupted`).
 - Otherwise a rewrite: a temporary file in the same folder, its blocks reserved first (a full disk fails
   before any copying), receives the new header, then the tensor data copied by the kernel
@@ -173,7 +175,11 @@ def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = F
                            "nothing was written", hint="run the fix again to plan it on the current file")
         header = read_header(src)
         # A backup is a hard link to the original inode, so it needs a rewrite (a new inode) to stay intact.
-        patches = None if output or backup else _same_size_patches(header, plan.changes)
+        patches = None
+        if not (output or backup):
+            patches = _same_size_patches(header, plan.changes)
+            if patches is None:
+                patches = _slack_patch(header, plan.changes)
         if patches is not None:
             _patch_in_place(src, header, patches, plan)
             result = FixResult(src, plan.route, "in-place", None, False, sum(len(n) for _, _, n in patches),
@@ -216,6 +222,26 @@ def _same_size_patches(header: GGUFHeader, changes) -> list[tuple[int, bytes, by
     return out
 
 
+def _slack_patch(header: GGUFHeader, changes) -> list[tuple[int, bytes, bytes]] | None:
+    """One patch from the first changed header byte to the tensor data, when the new header still ends within
+    the padding GGUF puts before the data (up to `alignment` bytes): a few bytes more or less of token text
+    then move no tensor data at all."""
+    import numpy as np
+
+    if not header.tensors:
+        return None
+    head = new_header_bytes(header, changes)
+    if len(head) != header.data_offset:
+        return None
+    with _open_map(header.path) as buf:
+        old = bytes(buf[:header.data_offset])
+    differ = np.flatnonzero(np.frombuffer(old, np.uint8) != np.frombuffer(head, np.uint8))
+    if not len(differ):
+        return []
+    first = int(differ[0])
+    return [(first, old[first:], head[first:])]
+
+
 def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> None:
     old_head = header_snapshot(header)
     try:
@@ -236,7 +262,11 @@ def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> N
             recover_interrupted(path)
             raise _os_error(e, path, "patching in place") from None
     try:
-        _verify(header, old_head, read_header(path), plan, data_checked=False)
+        written = read_header(path)
+        if written.data_offset != header.data_offset:
+            raise FixError(f"{path}: verification of the patch failed (the tensor data would have moved); "
+                           "the original is restored")
+        _verify(header, old_head, written, plan, data_checked=False)
     except BaseException:
         recover_interrupted(path)
         raise

@@ -396,21 +396,29 @@ class ResultScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Label("Result: w = write the launch script, l = a llama-swap entry", id="help")
-        yield VerticalScroll(Static("", id="summary", markup=False), DataTable(id="points", zebra_stripes=True))
+        yield VerticalScroll(Static("", id="summary", markup=False), DataTable(id="categories"),
+                             DataTable(id="points", zebra_stripes=True))
         yield Footer()
 
     def on_mount(self) -> None:
         s = self.app.session
         o = s.outputs
         self.query_one("#summary", Static).update("\n".join(output_lines(o)) if o else "no result")
+        rec = s.result.recommended if s.result else None
+        cats = self.query_one("#categories", DataTable)
+        cats.add_columns("recommended, by category", "tok/s", "acceptance")
+        for name, c in (rec.measurement.per_category.items() if rec else ()):
+            acc = c.get("acceptance_rate")
+            cats.add_row(name, f"{c['tokens_per_second']:.1f}", "-" if acc is None else f"{acc:.0%}")
         table = self.query_one("#points", DataTable)
-        table.add_columns("configuration", "tok/s", "spread", "acceptance", "acc/step")
+        table.add_columns("configuration (* recommended)", "tok/s", "spread", "acceptance", "acc/step")
         for p in s.result.points if s.result else []:
             m = p.measurement
+            label = ("* " if p is rec else "  ") + p.label
             if m is None:
-                table.add_row(p.label, "failed", "", "", "")
+                table.add_row(label, "failed", "", "", "")
             else:
-                table.add_row(p.label, f"{m.tokens_per_second:.1f}", f"{m.tps_spread:.0%}",
+                table.add_row(label, f"{m.tokens_per_second:.1f}", f"{m.tps_spread:.0%}",
                               "-" if m.acceptance_rate is None else f"{m.acceptance_rate:.0%}",
                               "-" if m.mean_accepted_per_step is None else f"{m.mean_accepted_per_step:.2f}")
 
@@ -444,6 +452,7 @@ class GgufpairApp(App):
     CSS = """
     #models { height: 1fr; }
     #chart { height: 12; }
+    #categories { height: auto; margin-bottom: 1; }
     .field { height: 3; }
     .field Label { padding-top: 1; }
     """

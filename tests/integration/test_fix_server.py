@@ -17,8 +17,11 @@ BREAKS = {
     "add_eos": lambda p: set_scalar(p, "tokenizer.ggml.add_eos_token", True),
     "bos_id": lambda p: set_scalar(p, "tokenizer.ggml.bos_token_id", 3),
     "token_text": lambda p: set_token_text(p, 5, b"[MULTIMODAL]"),
-    "token_text_longer": None,  # made by with_token_text: a different length forces a rewrite
+    "token_text_in_padding": None,  # made by with_token_text: 7 bytes longer, which the header's padding absorbs
+    "token_text_longer": None,  # made by with_token_text: 40 bytes longer forces a rewrite
 }
+LONGER = {"token_text_in_padding": b"[multimodal-longer]",
+          "token_text_longer": b"[multimodal-a-text-longer-than-any-header-padding]"}
 CASES = [(name, route) for name in BREAKS for route in (RouteChoice.OVERRIDE, RouteChoice.PATCH)
          if not (name.startswith("token_text") and route == RouteChoice.OVERRIDE)]
 
@@ -29,7 +32,7 @@ def broken_drafts(gemma_q4, model_copy, llama_server, tmp_path_factory):
     drafts = {}
     for name, brk in BREAKS.items():
         path = model_copy(gemma_q4, f"broken-{name}.gguf") if brk else with_token_text(
-            gemma_q4, tmp_path_factory.mktemp("longer") / f"broken-{name}.gguf", 5, b"[multimodal-longer]")
+            gemma_q4, tmp_path_factory.mktemp("longer") / f"broken-{name}.gguf", 5, LONGER[name])
         if brk:
             brk(path)
         live, log = speculation_live(llama_server, gemma_q4, path, log_path=tmp_path_factory.mktemp(name) / "server.log")

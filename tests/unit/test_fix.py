@@ -239,7 +239,7 @@ def test_eos_fix_by_both_routes(tmp_path):
 
 def _token_text_rewrite(tmp_path):
     tokens = spm_tokens(300)
-    tokens[100] = "<much-longer-name>"
+    tokens[100] = "<" + "a-name-longer-than-the-header-padding-" * 2 + ">"
     t, d = _pair(tmp_path, tokens=tokens, tensors=BIG_TENSORS)
     return t, d, d.read_bytes()
 
@@ -301,3 +301,24 @@ def test_an_error_in_the_comparing_thread_leaves_the_original(tmp_path, monkeypa
         apply_plan(plan_pair_fix(d, t))
     assert d.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir() if ".ggufpair-" in p.name] == []
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_header_that_still_fits_its_padding_is_patched_in_place(tmp_path, delta):
+    """A token text one byte shorter or longer than the target's, where the header's padding before the
+    (32-aligned) tensor data absorbs the difference: patched in place, no tensor byte moves."""
+    t, _ = _pair(tmp_path, tensors=BIG_TENSORS)
+    h = read_header(t)
+    end = h.header_end - delta  # the draft's header end, so that the fix moves it back to the target's
+    if not (h.data_offset - h.alignment < end <= h.data_offset):
+        pytest.skip("this model's padding cannot absorb the change")
+    tokens = spm_tokens(300)
+    tokens[100] = "Q" * (len(tokens[100].encode()) - delta)
+    t, d = _pair(tmp_path, tokens=tokens, tensors=BIG_TENSORS)
+    assert read_header(d).data_offset == read_header(t).data_offset and read_header(d).header_end != h.header_end
+    tensors_before, inode = _tensor_bytes(d), d.stat().st_ino
+    result = apply_plan(plan_pair_fix(d, t))
+    assert result.mode == "in-place" and d.stat().st_ino == inode
+    assert _tensor_bytes(d) == tensors_before and read_header(d).data_offset == h.data_offset
+    assert _fields(d)["tokenizer.ggml.tokens"] == tuple(spm_tokens(300)) and inspect_pair(t, d).compatible
+    assert not _journal_path(d).exists()
