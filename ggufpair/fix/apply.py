@@ -21,6 +21,7 @@ verdict compatible. If a check fails the original stays as it was.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -175,17 +176,19 @@ def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = F
                            "nothing was written", hint="run the fix again to plan it on the current file")
         header = read_header(src)
         # A backup is a hard link to the original inode, so it needs a rewrite (a new inode) to stay intact.
-        patches = None
-        if not (output or backup):
-            patches = _same_size_patches(header, plan.changes)
-            if patches is None:
-                patches = _slack_patch(header, plan.changes)
+        in_place_allowed = not (output or backup)
+        patches = _same_size_patches(header, plan.changes) if in_place_allowed else None
+        head = b""
+        if patches is None:
+            head = new_header_bytes(header, plan.changes)  # computed once: for the padding check and the rewrite
+            if in_place_allowed:
+                patches = _slack_patch(header, head)
         if patches is not None:
             _patch_in_place(src, header, patches, plan)
             result = FixResult(src, plan.route, "in-place", None, False, sum(len(n) for _, _, n in patches),
                                time.perf_counter() - start)
         else:
-            copied, backup_path = _rewrite(src, dest, header, plan, backup)
+            copied, backup_path = _rewrite(src, dest, header, head, plan, backup)
             result = FixResult(dest, plan.route, "rewrite", backup_path, True, copied, time.perf_counter() - start)
     return result
 
@@ -222,16 +225,13 @@ def _same_size_patches(header: GGUFHeader, changes) -> list[tuple[int, bytes, by
     return out
 
 
-def _slack_patch(header: GGUFHeader, changes) -> list[tuple[int, bytes, bytes]] | None:
-    """One patch from the first changed header byte to the tensor data, when the new header still ends within
-    the padding GGUF puts before the data (up to `alignment` bytes): a few bytes more or less of token text
-    then move no tensor data at all."""
+def _slack_patch(header: GGUFHeader, head: bytes) -> list[tuple[int, bytes, bytes]] | None:
+    """One patch from the first changed header byte to the tensor data, when the new header `head` still ends
+    within the padding GGUF puts before the data (up to `alignment` bytes): a few bytes more or less of token
+    text then move no tensor data at all."""
     import numpy as np
 
-    if not header.tensors:
-        return None
-    head = new_header_bytes(header, changes)
-    if len(head) != header.data_offset:
+    if not header.tensors or len(head) != header.data_offset:
         return None
     with _open_map(header.path) as buf:
         old = bytes(buf[:header.data_offset])
@@ -262,11 +262,7 @@ def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> N
             recover_interrupted(path)
             raise _os_error(e, path, "patching in place") from None
     try:
-        written = read_header(path)
-        if written.data_offset != header.data_offset:
-            raise FixError(f"{path}: verification of the patch failed (the tensor data would have moved); "
-                           "the original is restored")
-        _verify(header, old_head, written, plan, data_checked=False)
+        _verify(header, old_head, read_header(path), plan, data_offset=header.data_offset)
     except BaseException:
         recover_interrupted(path)
         raise
@@ -322,21 +318,18 @@ def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: in
         copied += n
 
 
-def _kernel_call(name: str):
+def _kernel_call(name: str, *argtypes):
     """A libc function by name (Linux), or None."""
     try:
-        import ctypes
-
         fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64] if name == "fallocate" else \
-        [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.argtypes = list(argtypes)
     return fn
 
 
-_FALLOCATE = _kernel_call("fallocate")
-_SYNC_FILE_RANGE = _kernel_call("sync_file_range")
+_FALLOCATE = _kernel_call("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_SYNC_FILE_RANGE = _kernel_call("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 WRITEBACK_START, WRITEBACK_WAIT = 2, 1 | 2 | 4  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
 
 
@@ -344,8 +337,6 @@ def _reserve(fd: int, size: int) -> None:
     """Give the new file its final size, its blocks reserved where the filesystem can: a full disk fails here,
     before gigabytes are copied."""
     if _FALLOCATE is not None and _FALLOCATE(fd, 0, 0, size) != 0:
-        import ctypes
-
         err = ctypes.get_errno()
         if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise OSError(err, os.strerror(err))
@@ -413,8 +404,8 @@ class _Checker(threading.Thread):
             raise self.error
 
 
-def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: bool) -> tuple[int, Path | None]:
-    head = new_header_bytes(header, plan.changes)
+def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPlan,
+             backup: bool) -> tuple[int, Path | None]:
     old_head = header_snapshot(header)
     data_len = header.file_size - header.data_offset
     tmp = temp_name(dest)
@@ -433,14 +424,7 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, plan: FixPlan, backup: b
             os.fsync(fd)
         finally:
             os.close(fd)
-        if not equal:
-            raise FixError(f"{plan.path}: verification of the fixed file failed (tensor data bytes differ from "
-                           "the source); the original is left as it was")
-        written = read_header(tmp)
-        if written.data_offset != len(head) or written.file_size != len(head) + data_len:
-            raise FixError(f"{plan.path}: verification of the fixed file failed (its tensor data is not where it "
-                           "was written); the original is left as it was")
-        _verify(header, old_head, written, plan, data_checked=False)
+        _verify(header, old_head, read_header(tmp), plan, data_offset=len(head), data_equal=equal)
         backup_path = _make_backup(src) if backup and dest == src else None
         os.replace(tmp, dest)
     except OSError as e:
@@ -491,15 +475,23 @@ def header_snapshot(header: GGUFHeader) -> bytes:
         return bytes(buf[:header.header_end])
 
 
-def _verify(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixPlan, data_checked: bool) -> None:
-    """Check the written file against the source and the plan; raise FixError on any difference."""
+def _verify(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixPlan, data_offset: int,
+            data_equal: bool = True) -> None:
+    """Check the written file against the source and the plan; raise FixError on any difference.
+
+    `data_offset`: where the tensor data was written; `data_equal`: whether its bytes compared equal to the
+    source's (the rewrite compares them while copying; an in-place patch does not touch them)."""
     problems = []
+    if new.data_offset != data_offset or new.file_size - new.data_offset != old.file_size - old.data_offset:
+        problems.append("its tensor data is not where it was written")
+    if not data_equal:
+        problems.append("tensor data bytes differ from the source")
     if [(t.name, t.shape, t.type, t.offset) for t in old.tensors] != [(t.name, t.shape, t.type, t.offset) for t in new.tensors]:
         problems.append("tensor infos differ from the source")
     if new.alignment != old.alignment or new.data_offset % new.alignment:
         problems.append("tensor data is not aligned as in the source")
     by_key = {c.key: c for c in plan.changes}
-    with _open_map(old.path) as ob, _open_map(new.path) as nb:
+    with _open_map(new.path) as nb:
         for key in set(old.kv) | set(new.kv):
             change = by_key.get(key)
             if change is None:
@@ -510,10 +502,6 @@ def _verify(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixPlan, da
                     problems.append(f"key {key} is still present")
             elif key not in new.kv or _value_bytes(new, key, nb) != _encoded_change(change):
                 problems.append(f"key {key} does not hold its planned value")
-        if data_checked and not problems:
-            length = old.file_size - old.data_offset
-            if new.file_size - new.data_offset != length or not _same_data(ob, old.data_offset, nb, new.data_offset, length):
-                problems.append("tensor data bytes differ from the source")
     if problems:
         raise FixError(f"{plan.path}: verification of the fixed file failed ({'; '.join(problems)}); "
                        "the original is left as it was")
