@@ -313,7 +313,7 @@ class TuneScreen(Screen):
                         draft_kv=tuple(v["draft_kv"].split(",")),
                         prompts=tuple(builtin_prompts(v["categories"].split(","), per_category=1)),
                         n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=budget)
-        self.post(self.set_plan, len(spec.target_kv) * (1 + 2 * len(spec.draft_kv)) + spec.confirm, budget)
+        self.post(self.set_plan, spec.planned_launches(with_draft=True), budget)
         result = tune(binary, dialect, spec, s.target.info, s.draft.info, state_dir("logs"),
                       on_event=lambda m: self.post(self.show_event, m), on_point=lambda p: self.post(self.add_point, p),
                       cancel=self.cancel_event)

@@ -101,20 +101,20 @@ def stability_note(result: TuneResult) -> str:
     tps = lambda p: p.measurement.tokens_per_second  # noqa: E731
     contenders = result.contenders
     fastest = max(contenders, key=tps)
-    notes = []
+    notes, unstable = [], False
     if len(contenders) > 1:
         others = ", ".join(f"{p.label} {tps(p):.1f}" for p in contenders if p is not rec)
         notes.append(f" {len(contenders)} configurations are within run-to-run noise of each other ({others} tok/s): "
                      "ggufpair takes the simplest (unquantized KV first, then the shorter draft), so their "
                      "order does not decide.")
-    live = [p for p in result.points if p.ok and (p.measurement.speculative or not p.config.has_draft)]
-    outside = sorted((p for p in live if p not in contenders), key=lambda p: -tps(p))
+    outside = sorted((p for p in result.live(False) + result.live(True) if p not in contenders), key=lambda p: -tps(p))
     if rec.config.has_draft:
         base = result.best_baseline
         margin = min(rec.measurement.tps_runs) / max(base.measurement.tps_runs) - 1
         if margin < noise(rec.measurement, base.measurement):
             notes.append(f" Not a stable choice: the draft's slowest run beats the fastest baseline run by only "
                          f"{margin:.1%}, within the noise, so another tune may recommend no draft.")
+            unstable = True
     simpler = lambda p: simplicity(p) < simplicity(rec)  # noqa: E731
     for p in outside:  # the first configuration that noise could make the pick
         band = noise(fastest.measurement)
@@ -132,7 +132,7 @@ def stability_note(result: TuneResult) -> str:
                          "noise, so another tune may pick it instead.")
             break
     else:
-        if outside and not any("Not a stable" in n for n in notes):
+        if outside and not unstable:
             nxt = outside[0]
             gap = tps(fastest) / tps(nxt) - 1
             band = noise(fastest.measurement, nxt.measurement)

@@ -43,6 +43,12 @@ class TuneSpec:
     early_stop: float = 0.85  # stop a run whose first repetition is below this fraction of the best so far
     device: str = "cpu"
 
+    def planned_launches(self, with_draft: bool) -> int:
+        """Launches the search plans: a baseline per target KV type; with a draft, a long and a short run per
+        (target KV, draft KV) pair, and the confirmations."""
+        combos = len(self.target_kv) * len(self.draft_kv) if with_draft else 0
+        return len(self.target_kv) + 2 * combos + (self.confirm if combos else 0)
+
 
 @dataclass
 class TuneResult:
@@ -61,6 +67,10 @@ class TuneResult:
     def measured(self, draft: bool) -> list[PointResult]:
         return [p for p in self.points if p.ok and p.config.has_draft == draft]
 
+    def live(self, draft: bool) -> list[PointResult]:
+        """The measured points that count: baselines, and draft runs with speculation live."""
+        return [p for p in self.measured(draft) if p.measurement.speculative or not draft]
+
     def baseline_for(self, config: ServerConfig) -> PointResult | None:
         return next((p for p in self.measured(False) if p.config.cache_type_k == config.cache_type_k
                      and p.config.cache_type_v == config.cache_type_v), None)
@@ -68,8 +78,7 @@ class TuneResult:
     @property
     def best_draft(self) -> PointResult | None:
         """The fastest draft configuration that ran with speculation live."""
-        return max((p for p in self.measured(True) if p.measurement.speculative),
-                   key=lambda p: p.measurement.tokens_per_second, default=None)
+        return max(self.live(True), key=lambda p: p.measurement.tokens_per_second, default=None)
 
     @property
     def best_baseline(self) -> PointResult | None:
@@ -84,7 +93,7 @@ class TuneResult:
         if base is None:
             return []
         b = base.measurement
-        drafts = [p for p in self.measured(True) if p.measurement.speculative and beats(p.measurement, b)
+        drafts = [p for p in self.live(True) if beats(p.measurement, b)
                   and p.measurement.tokens_per_second >= b.tokens_per_second * (1 + noise(p.measurement, b))]
         pool = drafts or self.measured(False)
         top = max(pool, key=lambda p: p.measurement.tokens_per_second).measurement
@@ -188,7 +197,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
     base_cfg = spec.base.without_draft()
     lengths = sorted(set(spec.lengths))
     combos = [(t, d) for t in spec.target_kv for d in (spec.draft_kv if draft is not None else ())]
-    planned = len(spec.target_kv) + 2 * len(combos) + (spec.confirm if combos else 0)
+    planned = spec.planned_launches(draft is not None)
     result.planned = planned
     launch_times: list[float] = []
 
