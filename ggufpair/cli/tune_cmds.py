@@ -9,10 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rich.table import Table
-
 from ggufpair.errors import UsageError
-from ggufpair.tune.search import parse_lengths
 
 MIB = 1 << 20
 
@@ -78,6 +75,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                            "where": c.where} for c in found], indent=2))
         return 0
     console = _console(args)
+    from rich.table import Table
+
     table = Table("model", "size", "quant", "file", "vocab", "context", "path", box=None, header_style="bold")
     for c in found:
         i = c.info
@@ -98,7 +97,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ggufpair.state import state_dir
     from ggufpair.tune.prompts import builtin_prompts, load_prompts
     from ggufpair.tune.run import prepare_pair, save_outputs, suggest_drafts
-    from ggufpair.tune.search import TuneSpec, largest_context, tune
+    from ggufpair.tune.search import TuneSpec, largest_context, parse_lengths, tune
 
     console = _console(args)
     say = lambda msg: console.print(f"  {msg}", style="dim")  # noqa: E731
