@@ -7,8 +7,11 @@
   the journal is deleted. A fix that
   dies in between is rolled back by the next run (`recover_interrupted`).
 - Otherwise a rewrite: a temporary file in the same folder, its blocks reserved first (a full disk fails
-  before any copying), receives the new header, then the tensor data copied by the kernel
-  (`os.copy_file_range`, which reflinks where the filesystem can; `sendfile` or plain reads as fallbacks)
+  before any copying), receives the tensor data copied by the kernel (`os.copy_file_range`; `sendfile` or
+  plain reads as fallbacks), then the new header. A reflink (btrfs, XFS) needs the source and the copy at the
+  same offset within a filesystem block: when the data keeps its offset (a same-size header written to
+  `--output` or with `--backup`) or moves by whole blocks, the copy starts at a block boundary and every call
+  is block-aligned, so such a filesystem shares the blocks instead of writing them. The copy goes
   in chunks: each chunk is handed to the disk as soon as it is copied and compared byte for byte with the
   source by a second thread while the next one copies, so the fsync and the verification overlap the copy.
   Then fsync, the header checks, and an atomic rename over the original (or to `--output`). The original is
@@ -45,6 +48,7 @@ from ggufpair.state import fsync_dir, state_dir, write_json_atomic
 TMP_MARK = ".ggufpair-"
 CHUNK = 8 << 20
 REWRITE_CHUNK = 128 << 20  # copied, handed to the disk and compared at a time
+REFLINK_BLOCK = 4096  # the block size at which btrfs and XFS can share a copy's blocks (their usual one)
 
 
 class FixError(GgufpairError):
@@ -333,15 +337,27 @@ _SYNC_FILE_RANGE = _kernel_call("sync_file_range", ctypes.c_int, ctypes.c_int64,
 WRITEBACK_START, WRITEBACK_WAIT = 2, 1 | 2 | 4  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
 
 
-def _reserve(fd: int, size: int) -> None:
+def _reserve(fd: int, size: int, required: bool = True) -> None:
     """Give the new file its final size, its blocks reserved where the filesystem can: a full disk fails here,
-    before gigabytes are copied."""
+    before gigabytes are copied. Not `required` when the copy may share blocks (a reflink needs no space):
+    a refusal then leaves it to the copy to find out."""
     if _FALLOCATE is not None and _FALLOCATE(fd, 0, 0, size) != 0:
         err = ctypes.get_errno()
-        if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if required and err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise OSError(err, os.strerror(err))
         # Anything else (no fallocate on this filesystem, a sandbox refusing it): the copy finds out.
     os.ftruncate(fd, size)
+
+
+def _copy_span(src_data: int, dst_data: int, length: int) -> tuple[int, int, int]:
+    """(source offset, new-file offset, length) of the kernel copy of the tensor data. When the data moves by
+    a whole number of reflink blocks (0 included), the span starts at the block holding the data's first
+    byte, so every copy call is block-aligned and reflinks can happen; the header written afterwards covers
+    the header bytes copied with that first block."""
+    if (dst_data - src_data) % REFLINK_BLOCK:
+        return src_data, dst_data, length
+    lead = dst_data % REFLINK_BLOCK
+    return src_data - lead, dst_data - lead, length + lead
 
 
 def _copy_and_compare(src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, src_off: int, dst_off: int,
@@ -350,7 +366,7 @@ def _copy_and_compare(src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, 
     finds little left to write) and compared byte for byte with the source by a second thread while the
     next chunk copies. Returns whether every byte compared equal."""
     method = ["copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"]
-    step = REWRITE_CHUNK
+    step = max(REFLINK_BLOCK, REWRITE_CHUNK // REFLINK_BLOCK * REFLINK_BLOCK)  # chunks keep aligned spans aligned
     with _open_map(src_path) as a, _open_map(dst_path) as b:
         checker = _Checker(a, src_off, b, dst_off)
         try:
@@ -415,12 +431,14 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
         raise _os_error(e, dest.parent, "creating a temporary file") from None
     try:
         try:
-            _reserve(fd, len(head) + data_len)
-            view = memoryview(head)
+            src_off, dst_off, length = _copy_span(header.data_offset, len(head), data_len)
+            shareable = (len(head) - header.data_offset) % REFLINK_BLOCK == 0  # the span is block-aligned
+            _reserve(fd, len(head) + data_len, required=not shareable)
+            with open(src, "rb") as sf:
+                equal = _copy_and_compare(src, sf.fileno(), tmp, fd, src_off, dst_off, length)
+            view = memoryview(head)  # after the copy: it overwrites the header bytes an aligned span copied
             while view:
                 view = view[os.pwrite(fd, view, len(head) - len(view)):]
-            with open(src, "rb") as sf:
-                equal = _copy_and_compare(src, sf.fileno(), tmp, fd, header.data_offset, len(head), data_len)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -19,6 +19,7 @@ from gguf import GGUFValueType as T
 
 from ggufpair.fix.plan import RouteChoice, plan_pair_fix
 from tests.ggufmake import model_kv, spm_tokens, vocab_kv, write_gguf
+from tests.pair_cases import ADD_BOS
 
 pytestmark = pytest.mark.integration
 KILLS = 24
@@ -95,9 +96,18 @@ def _umount(folder: Path) -> None:
     subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-def test_full_disk_gives_a_clear_error_and_keeps_the_original(tmp_path):
+@pytest.mark.parametrize("aligned", [False, True], ids=["data-moves", "data-keeps-its-offset"])
+def test_full_disk_gives_a_clear_error_and_keeps_the_original(tmp_path, aligned):
+    """The data moving (a longer token text): the block reservation fails before any copying. The data
+    keeping its offset (add_bos flipped, kept with --backup): the copy could share blocks on a reflink
+    filesystem, so the reservation is not required and the copy itself runs out of space."""
     disk = tmp_path / "disk"
     target, draft = _make_pair(tmp_path, (1024, 2048))  # an 8 MiB draft
+    extra = ()
+    if aligned:
+        draft = write_gguf(tmp_path / "draft.gguf", {**model_kv(), **vocab_kv(), ADD_BOS: (T.BOOL, False)},
+                           [("token_embd.weight", (1024, 2048))])
+        extra = ("--route", "patch", "--backup")
     mounted = _mount_tmpfs(disk, 12 << 20)  # room for the draft, not for a second copy
     try:
         if mounted:
@@ -111,12 +121,12 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_original(tmp_path):
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
         before = _crc(draft)
-        out = subprocess.run(_fix_cmd(draft, target), capture_output=True, text=True, preexec_fn=preexec)
+        out = subprocess.run(_fix_cmd(draft, target, *extra), capture_output=True, text=True, preexec_fn=preexec)
         assert out.returncode == 6, out.stderr
         assert "no space left" in out.stderr and "the original is untouched" in out.stderr
         assert "Traceback" not in out.stderr
         assert _crc(draft) == before
-        assert _temps(disk) == []
+        assert _temps(disk) == [] and list(disk.glob("*.bak*")) == []
     finally:
         if mounted:
             _umount(disk)

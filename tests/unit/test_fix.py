@@ -322,3 +322,47 @@ def test_a_header_that_still_fits_its_padding_is_patched_in_place(tmp_path, delt
     assert _tensor_bytes(d) == tensors_before and read_header(d).data_offset == h.data_offset
     assert _fields(d)["tokenizer.ggml.tokens"] == tuple(spm_tokens(300)) and inspect_pair(t, d).compatible
     assert not _journal_path(d).exists()
+
+
+@pytest.mark.parametrize("case", ["same-size header to --output", "header moved by a whole block", "header moved"])
+def test_the_kernel_copy_is_block_aligned_when_the_data_moves_by_whole_blocks(tmp_path, monkeypatch, case):
+    """A reflink (btrfs, XFS) needs the source and the copy at the same offset within a block. When the tensor
+    data keeps its offset, or moves by a multiple of 4096 bytes, every copy call starts and (but for the
+    file's end) ends on a block boundary; otherwise the data is copied from where it starts. Either way the
+    result holds the new header and the same tensors."""
+    import ggufpair.fix.apply as apply
+
+    monkeypatch.setattr(apply, "REWRITE_CHUNK", 3 * 4096 + 100)  # not a multiple of the block: rounded down
+    tokens = spm_tokens(300)
+    if case == "same-size header to --output":
+        t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
+    else:
+        h = read_header(_pair(tmp_path, tensors=BIG_TENSORS)[0])
+        grow = 4096 if case == "header moved by a whole block" else 40
+        tokens[100] = "Q" * (len(tokens[100].encode()) + grow)  # the draft's header is `grow` bytes longer
+        t, d = _pair(tmp_path, tokens=tokens, tensors=BIG_TENSORS)
+        moved = read_header(d).data_offset - h.data_offset
+        assert moved == 4096 if grow == 4096 else moved % 4096
+    src_data = read_header(d).data_offset
+    calls = []
+    real = os.copy_file_range
+
+    def spy(src_fd, dst_fd, count, offset_src, offset_dst):
+        calls.append((offset_src, offset_dst, count))
+        return real(src_fd, dst_fd, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", spy)
+    before, tensors_before = d.read_bytes(), _tensor_bytes(d)
+    out = tmp_path / "out.gguf"
+    result = apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), output=out)
+    new_data = read_header(out).data_offset
+    assert result.mode == "rewrite" and result.data_verified and len(calls) > 3
+    size = out.stat().st_size
+    if (new_data - src_data) % 4096 == 0:
+        assert case != "header moved"
+        assert all(s % 4096 == 0 and o % 4096 == 0 and (o + n == size or n % 4096 == 0) for s, o, n in calls), calls
+        assert calls[0][1] == new_data // 4096 * 4096 < new_data  # from the block holding the data's first byte
+    else:
+        assert case == "header moved" and calls[0][:2] == (src_data, new_data)
+    assert _tensor_bytes(out) == tensors_before and inspect_pair(t, out).compatible
+    assert d.read_bytes() == before
