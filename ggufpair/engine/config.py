@@ -57,6 +57,12 @@ class ServerConfig:
             raise UsageError(f"draft length must satisfy 0 <= min <= max and max >= 1 (got {self.draft_min}..{self.draft_max})")
 
     @property
+    def kv_unified(self) -> bool:
+        """One KV buffer shared by all slots: only when asked for in `extra` (the last of -kvu/-no-kvu wins)."""
+        flags = [a for a in self.extra if a in ("-kvu", "--kv-unified", "-no-kvu", "--no-kv-unified")]
+        return bool(flags) and flags[-1] in ("-kvu", "--kv-unified")
+
+    @property
     def has_draft(self) -> bool:
         return self.draft is not None
 

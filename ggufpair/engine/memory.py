@@ -73,7 +73,9 @@ def _flash_attn_on(config: ServerConfig) -> bool:
 def kv_bytes(info: ModelInfo, *, ctx: int, parallel: int, type_k: str, type_v: str, flash_attn: bool,
              unified: bool | None = None, swa_full: bool = False) -> tuple[int, int]:
     n_seq = max(1, parallel)
-    unified = (n_seq > 1) if unified is None else unified  # llama-server: kv_unified for several slots
+    # llama-server turns kv_unified on only for an automatic slot count (-np -1, server.cpp:N168-173); an
+    # explicit -np, as ggufpair always passes, keeps one stream of PAD256(n_ctx / n_seq) cells per slot.
+    unified = False if unified is None else unified
     n_ctx = pad256(ctx)
     n_ctx_seq = n_ctx if unified else pad256(n_ctx // n_seq)
     n_stream = 1 if unified else n_seq
@@ -120,7 +122,8 @@ def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False
     """One model's memory for `config` (`draft` picks the draft's KV types; the draft shares the target's context)."""
     fa = _flash_attn_on(config) or config.cache_type_v in QUANTIZED_KV or config.draft_cache_type_v in QUANTIZED_KV
     tk, tv = (config.draft_cache_type_k, config.draft_cache_type_v) if draft else (config.cache_type_k, config.cache_type_v)
-    k, v = kv_bytes(info, ctx=config.ctx, parallel=config.parallel, type_k=tk, type_v=tv, flash_attn=fa)
+    k, v = kv_bytes(info, ctx=config.ctx, parallel=config.parallel, type_k=tk, type_v=tv, flash_attn=fa,
+                    unified=config.kv_unified, swa_full="--swa-full" in config.extra)
     weights = info.weight_bytes
     if device == "cpu":
         weights += sum(t.n_bytes for t in info.header.tensors

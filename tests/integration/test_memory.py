@@ -12,11 +12,17 @@ from ggufpair.format.model_info import read_model_info
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("tkv,dkv,ctx,parallel", [("f16", "q4_0", 4096, 1), ("q8_0", "f16", 1024, 2)])
-def test_kv_estimate_is_exact_and_total_close(tkv, dkv, ctx, parallel, gemma_f16, gemma_q4, llama_server, dialect):
+@pytest.mark.parametrize("tkv,dkv,ctx,parallel,extra", [
+    ("f16", "q4_0", 4096, 1, ()),
+    ("q8_0", "f16", 1024, 2, ()),
+    ("q8_0", "f16", 4096, 4, ()),  # an explicit -np: one KV stream per slot (the window no longer hides it)
+    ("q8_0", "f16", 4096, 4, ("-kvu",)),  # one buffer shared by the slots
+])
+def test_kv_estimate_is_exact_and_total_close(tkv, dkv, ctx, parallel, extra, gemma_f16, gemma_q4, llama_server,
+                                              dialect):
     config = ServerConfig(target=gemma_f16, draft=gemma_q4, draft_max=4, ctx=ctx, parallel=parallel, threads=2,
                           cache_type_k=tkv, cache_type_v=tkv, draft_cache_type_k=dkv, draft_cache_type_v=dkv,
-                          flash_attn="on", extra=("-lv", "4"))
+                          flash_attn="on", extra=("-lv", "4", *extra))
     with LlamaServer(llama_server, config, dialect=dialect) as server:
         measured = measured_from_log(server.log_text())
     est = estimate_pair(read_model_info(gemma_f16), read_model_info(gemma_q4), config)
