@@ -66,6 +66,7 @@ CASES: list[Case] = [
     Case("add_bos_missing_spm_default_true", Side(), Side(changes={ADD_BOS: DROP}), None),
     Case("add_bos_missing_bpe_default_false", _bpe(**{ADD_BOS: (T.BOOL, True)}), _bpe(**{ADD_BOS: DROP}), "add_bos"),
     Case("bos_id_differs", Side(), Side(changes={BOS: (T.UINT32, 3)}), "bos_id"),
+    Case("add_bos_and_bos_id_differ", Side(), Side(changes={ADD_BOS: (T.BOOL, False), BOS: (T.UINT32, 3)}), "add_bos"),
     Case("bos_id_differs_without_add_bos", Side(changes={ADD_BOS: (T.BOOL, False)}),
          Side(changes={ADD_BOS: (T.BOOL, False), BOS: (T.UINT32, 3)}), None),
     Case("bos_id_missing_spm_default_1", Side(), Side(changes={BOS: DROP}), None),

@@ -192,9 +192,12 @@ def _compatibility_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, dra
                 message=f"{flag_key} differs: target {_b(t_add)}, draft {_b(d_add)}"
                         f"{_stored_note(getattr(dv, f'add_{name}_stored'))}",
                 fixes=_flag_fixes(flag_key, t_add, target, draft, overrides))
-        elif t_add and t_id != d_id:
+        # Once the flag agrees (the fix makes it the target's), llama.cpp compares the ids when it is set: a
+        # mismatch there is reported too, or fixing the flag alone would leave the pair incompatible.
+        if t_add and t_id != d_id:
+            after_flag = " (compared once the flags agree)" if t_add != d_add else ""
             add(check=f"{name}_id", keys=(id_key,), target_value=t_id, draft_value=d_id,
-                message=f"{name.upper()} ids differ: target {t_id}, draft {d_id}"
+                message=f"{name.upper()} ids differ: target {t_id}, draft {d_id}{after_flag}"
                         f"{_stored_note(getattr(dv, f'{name}_id_stored'))}",
                 fixes=_id_fixes(id_key, t_id, target, draft, overrides))
 

@@ -16,6 +16,9 @@ BREAKS = {
     "add_bos": lambda p: set_scalar(p, "tokenizer.ggml.add_bos_token", False),
     "add_eos": lambda p: set_scalar(p, "tokenizer.ggml.add_eos_token", True),
     "bos_id": lambda p: set_scalar(p, "tokenizer.ggml.bos_token_id", 3),
+    # both at once: llama.cpp reports add_bos only, and compares the ids once the flags agree
+    "add_bos_and_bos_id": lambda p: (set_scalar(p, "tokenizer.ggml.add_bos_token", False),
+                                     set_scalar(p, "tokenizer.ggml.bos_token_id", 3)),
     "token_text": lambda p: set_token_text(p, 5, b"[MULTIMODAL]"),
     "token_text_in_padding": None,  # made by with_token_text: 7 bytes longer, which the header's padding absorbs
     "token_text_longer": None,  # made by with_token_text: 40 bytes longer forces a rewrite

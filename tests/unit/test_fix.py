@@ -14,7 +14,7 @@ from ggufpair.fix.apply import FixError, _journal_path, apply_plan, recover_inte
 from ggufpair.fix.plan import Action, RouteChoice, plan_pair_fix, plan_self_fix
 from ggufpair.format.model_info import read_model_info
 from ggufpair.format.reader import read_header
-from ggufpair.pairing.verdict import Route, inspect_pair
+from ggufpair.pairing.verdict import Route, inspect_pair, parse_override
 from ggufpair.state import state_dir
 from tests.ggufmake import DROP, model_kv, spm_tokens, tiny_model, vocab_kv, write_gguf
 from tests.pair_cases import ADD_BOS, ADD_EOS, BOS
@@ -366,3 +366,17 @@ def test_the_kernel_copy_is_block_aligned_when_the_data_moves_by_whole_blocks(tm
         assert case == "header moved" and calls[0][:2] == (src_data, new_data)
     assert _tensor_bytes(out) == tensors_before and inspect_pair(t, out).compatible
     assert d.read_bytes() == before
+
+
+@pytest.mark.parametrize("route", [RouteChoice.OVERRIDE, RouteChoice.PATCH])
+def test_a_bos_id_mismatch_behind_an_add_bos_mismatch_is_fixed_too(tmp_path, route):
+    """llama.cpp reports only add_bos, but once the flag is the target's (true) it compares the BOS ids: the
+    verdict names both and the fix sets both, by either route."""
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False), BOS: (T.UINT32, 3)})
+    verdict = inspect_pair(t, d)
+    assert [(f.check, f.llama_reports) for f in verdict.blockers] == [("add_bos", True), ("bos_id", False)]
+    plan = plan_pair_fix(d, t, route)
+    assert {c.key for c in plan.changes} == {ADD_BOS, BOS}
+    result = apply_plan(plan)
+    overrides = dict(parse_override(a) for a in result.override_args)
+    assert inspect_pair(t, d, overrides).compatible
