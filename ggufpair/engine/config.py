@@ -18,6 +18,15 @@ QUANTIZED_KV = frozenset({"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
 FLASH_ATTN = ("on", "off", "auto")
 
 
+# Drafts llama.cpp runs by their own --spec-type (they read the target's hidden states; llama.cpp does not
+# compare vocabularies for them). Any other draft, MTP-carrying ones included, runs as draft-simple.
+SPEC_TYPE_FOR_DRAFT_KIND = {"eagle3": "draft-eagle3", "dflash": "draft-dflash", "dspark": "draft-dspark"}
+
+
+def spec_type_for(draft_kind: str | None) -> str:
+    return SPEC_TYPE_FOR_DRAFT_KIND.get(draft_kind or "", "draft-simple")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     target: Path

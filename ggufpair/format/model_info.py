@@ -51,7 +51,7 @@ class ModelInfo:
     context_length: int | None
     vocab: VocabInfo
     chat_template_sha256: str | None
-    draft_kind: str | None  # "eagle3", "mtp" (NextN layers) or "dflash", for special drafts
+    draft_kind: str | None  # "eagle3", "mtp" (NextN layers), "dflash" or "dspark", for special drafts
     header: GGUFHeader
 
     @property
@@ -192,8 +192,9 @@ def _quant_name(file_type: int | None, tensors) -> str:
 def _draft_kind(header: GGUFHeader, arch: str | None, n_layers: int | None, tensors) -> str | None:
     if arch == EAGLE3_ARCH:
         return "eagle3"
-    if arch and arch.startswith(("dflash", "dspark")) or any(k.startswith(("dflash.", "dspark.")) for k in header.kv):
-        return "dflash"
+    for kind in ("dspark", "dflash"):
+        if arch and arch.startswith(kind) or any(k.startswith(kind + ".") for k in header.kv):
+            return kind
     if n_layers and any(t.name == f"blk.{n_layers - 1}.nextn.eh_proj.weight" for t in tensors):
         return "mtp"
     return None

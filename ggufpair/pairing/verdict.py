@@ -21,6 +21,9 @@ VOCAB_CHECK_START_TOKEN_ID = 5  # SPEC_VOCAB_CHECK_START_TOKEN_ID
 TOKENS_KEY = "tokenizer.ggml.tokens"
 MODEL_KEY = "tokenizer.ggml.model"
 TEXT_PATCH_MAX_FRACTION = 0.01
+# Only draft-simple calls common_speculative_are_compatible (speculative.cpp:N283); EAGLE-3, DFlash and DSpark
+# drafts read the target's hidden states and may carry a reduced vocabulary.
+VOCAB_UNCHECKED_KINDS = frozenset({"eagle3", "dflash", "dspark"})
 """Token texts are patchable when at most this fraction of the compared ids differ; more is another tokenizer."""
 DRAFT_SIZE_WARN_RATIO = 0.3
 
@@ -127,7 +130,7 @@ def check_pair(target: ModelInfo, draft: ModelInfo, overrides: Mapping[str, Any]
     tv = read_vocab(target.header, overrides) if overrides else target.vocab
     dv = read_vocab(draft.header, overrides) if overrides else draft.vocab
     findings = _load_findings(tv, dv, target, draft)
-    if not findings:
+    if not findings and draft.draft_kind not in VOCAB_UNCHECKED_KINDS:
         findings = _compatibility_findings(tv, dv, target, draft, overrides)
     findings += _special_draft_findings(target, draft)
     findings += _advisory_findings(target, draft)
@@ -286,13 +289,17 @@ def _id_fixes(key: str, value: int, target: ModelInfo, draft: ModelInfo, overrid
 def _special_draft_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
     if draft.draft_kind == "eagle3":
         hidden = draft.header.get("eagle3.target_hidden_size")
-        msg = ("the draft is an EAGLE-3 head: it needs `--spec-type draft-eagle3`, reads the target's hidden "
+        msg = ("the draft is an EAGLE-3 head: it needs `--spec-type draft-eagle3` (ggufpair passes it), reads the target's hidden "
                "states, and llama.cpp does not run the vocabulary checks for it")
         if isinstance(hidden, int) and target.n_embd and hidden != target.n_embd:
             return [Finding("eagle3_target", Severity.BLOCKER, msg + f"; but it was trained for a hidden size of "
                             f"{hidden}, and the target's is {target.n_embd}", ("eagle3.target_hidden_size",),
                             target.n_embd, hidden)]
         return [Finding("eagle3", Severity.INFO, msg)]
+    if draft.draft_kind in ("dflash", "dspark"):
+        return [Finding(draft.draft_kind, Severity.INFO, f"the draft is a {draft.draft_kind.upper()} draft: it needs "
+                        f"`--spec-type draft-{draft.draft_kind}` (ggufpair passes it), reads the target's hidden "
+                        "states, and llama.cpp does not run the vocabulary checks for it")]
     if draft.draft_kind == "mtp":
         return [Finding("mtp", Severity.INFO, "the draft has NextN (MTP) layers: llama.cpp switches to draft-mtp "
                         "when no --spec-type is given; ggufpair passes --spec-type explicitly")]

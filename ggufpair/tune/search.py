@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from ggufpair.engine.binary import Binary
-from ggufpair.engine.config import QUANTIZED_KV, ServerConfig
+from ggufpair.engine.config import QUANTIZED_KV, ServerConfig, spec_type_for
 from ggufpair.engine.dialect import Dialect
 from ggufpair.engine.measure import Prompt
 from ggufpair.engine.memory import PairMemory, estimate_pair, pad256
@@ -192,7 +192,16 @@ def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, dr
     return result
 
 
+def with_draft_kind(spec: TuneSpec, draft: ModelInfo | None) -> TuneSpec:
+    """The spec with the --spec-type a special draft (EAGLE-3, DFlash, DSpark) runs by; unchanged otherwise."""
+    kind = spec_type_for(draft.draft_kind) if draft is not None else "draft-simple"
+    if kind == "draft-simple" or spec.base.spec_type != "draft-simple":
+        return spec
+    return replace(spec, base=spec.base.with_(spec_type=kind))
+
+
 def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, cancel, result) -> None:
+    spec = with_draft_kind(spec, draft)
     prompts = list(spec.prompts)
     base_cfg = spec.base.without_draft()
     lengths = sorted(set(spec.lengths))

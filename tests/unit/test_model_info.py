@@ -37,6 +37,9 @@ def test_special_drafts_are_recognised(tmp_path):
     mtp = read_model_info(write_gguf(tmp_path / "m.gguf", {**model_kv(n_layers=2), **vocab_kv()},
                                      [("token_embd.weight", (8, 4)), ("blk.1.nextn.eh_proj.weight", (8, 8))]))
     assert mtp.draft_kind == "mtp"
+    for kind in ("dflash", "dspark"):
+        info = read_model_info(write_gguf(tmp_path / f"{kind}.gguf", {**model_kv(arch=kind), **vocab_kv()}))
+        assert info.draft_kind == kind
 
 
 def test_quant_falls_back_to_dominant_tensor_type(tmp_path):

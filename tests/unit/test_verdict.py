@@ -118,3 +118,36 @@ def test_override_arguments_round_trip(value, text):
 def test_bad_override_is_a_usage_error(bad):
     with pytest.raises(UsageError):
         parse_override(bad)
+
+
+@pytest.mark.parametrize("kind", ["eagle3", "dflash", "dspark"])
+def test_drafts_llama_cpp_runs_without_the_vocab_checks_get_none(kind, tmp_path):
+    """Only draft-simple calls common_speculative_are_compatible: an EAGLE-3/DFlash/DSpark draft with a reduced
+    vocabulary and other special ids is not blocked (a plain draft with the same vocabulary is), and the
+    verdict says which --spec-type it needs."""
+    from tests.ggufmake import model_kv, vocab_kv, write_gguf
+
+    target = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv(n_tokens=1000)})
+    small_vocab = {**vocab_kv(n_tokens=300), BOS: (T.UINT32, 3), ADD_BOS: (T.BOOL, False)}
+    plain = write_gguf(tmp_path / "plain.gguf", {**model_kv(), **small_vocab})
+    special = write_gguf(tmp_path / "special.gguf", {**model_kv(arch=kind), **small_vocab})
+    assert not inspect_pair(target, plain).compatible
+    verdict = inspect_pair(target, special)
+    assert verdict.compatible and not verdict.blockers
+    assert any(f"draft-{kind}" in f.message for f in verdict.findings)
+
+
+def test_a_tune_runs_special_drafts_by_their_own_spec_type(tmp_path):
+    from ggufpair.engine.config import ServerConfig, spec_type_for
+    from tests.ggufmake import model_kv, vocab_kv, write_gguf
+
+    assert [spec_type_for(k) for k in (None, "mtp", "eagle3", "dflash", "dspark")] == [
+        "draft-simple", "draft-simple", "draft-eagle3", "draft-dflash", "draft-dspark"]
+    from ggufpair.tune.search import TuneSpec, with_draft_kind
+
+    eagle = read_model_info(write_gguf(tmp_path / "e.gguf", {**model_kv(arch="eagle3"), **vocab_kv()}))
+    plain = read_model_info(write_gguf(tmp_path / "p.gguf", {**model_kv(), **vocab_kv()}))
+    spec = TuneSpec(base=ServerConfig(tmp_path / "t.gguf", eagle.path), lengths=(2,), target_kv=("f16",),
+                    draft_kv=("f16",), n_predict=8, repeats=1)
+    assert with_draft_kind(spec, eagle).base.spec_type == "draft-eagle3"
+    assert with_draft_kind(spec, plain) is spec and with_draft_kind(spec, None) is spec
