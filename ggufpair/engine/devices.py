@@ -4,6 +4,7 @@ library are present, and host RAM (psutil) as the budget on a CPU-only machine."
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -97,13 +98,29 @@ _NO_DEVICES: set[Path] = set()
 
 
 def devices(binary: Path | None) -> list[Device]:
-    """GPUs as llama.cpp sees them (NVML's numbers where it has them), else the host as a CPU device."""
+    """GPUs as llama.cpp sees them (NVML's numbers where they surely are the same card), else the host as a
+    CPU device."""
     found = list_devices(binary) if binary and binary not in _NO_DEVICES else []
     if binary and not found:
         _NO_DEVICES.add(binary)
-    nvml = {d.name: d for d in nvml_devices()}
-    found = [nvml.get(d.name, d) for d in found]
+    if found and any(d.name.startswith("CUDA") for d in found):
+        found = with_nvml(found, nvml_devices(), os.environ)
     return found or [host_memory()]
+
+
+def with_nvml(found: list[Device], nvml: list[Device], env) -> list[Device]:
+    """llama.cpp's CUDA devices, each with NVML's memory figures when NVML's device of the same index is the
+    same card. NVML numbers GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES, CUDA numbers the fastest first
+    and honours it: with either variable set the indices may name different cards, so llama.cpp's own figures
+    (cudaMemGetInfo, from --list-devices) are kept; and a device whose name differs from NVML's is kept too."""
+    if env.get("CUDA_VISIBLE_DEVICES") is not None or env.get("CUDA_DEVICE_ORDER"):
+        return found
+    by_name = {d.name: d for d in nvml}
+    out = []
+    for d in found:
+        n = by_name.get(d.name)
+        out.append(n if n is not None and n.description.strip() == d.description.strip() else d)
+    return out
 
 
 def describe(devs: list[Device]) -> str:

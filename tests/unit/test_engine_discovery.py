@@ -10,7 +10,7 @@ import pytest
 
 from ggufpair.cli.main import main
 from ggufpair.engine.binary import find_llama_server
-from ggufpair.engine.devices import MIB, parse_list_devices
+from ggufpair.engine.devices import MIB, Device, parse_list_devices, with_nvml
 from ggufpair.errors import EngineError
 
 CUDA_LISTING = """ggml_cuda_init: found 2 CUDA devices:
@@ -61,6 +61,19 @@ def test_cuda_listing_is_parsed():
     assert [(d.name, d.total_bytes // MIB, d.free_bytes // MIB) for d in devs] == [
         ("CUDA0", 24080, 23452), ("CUDA1", 48539, 47901)]
     assert devs[0].description == "NVIDIA GeForce RTX 4090"
+
+
+def test_nvml_figures_only_for_the_same_card():
+    """NVML numbers GPUs in PCI order, CUDA the fastest first: here NVML's GPU 0 is the A6000, which llama.cpp
+    calls CUDA1. Names that disagree keep llama.cpp's figures; CUDA_VISIBLE_DEVICES keeps them all."""
+    found = parse_list_devices(CUDA_LISTING)
+    pci_order = [Device("CUDA0", "NVIDIA RTX A6000", 48539 * MIB, 40000 * MIB, "nvml"),
+                 Device("CUDA1", "NVIDIA GeForce RTX 4090", 24080 * MIB, 20000 * MIB, "nvml")]
+    assert with_nvml(found, pci_order, {}) == found
+    same_order = [Device("CUDA0", "NVIDIA GeForce RTX 4090", 24080 * MIB, 20000 * MIB, "nvml")]
+    merged = with_nvml(found, same_order, {})
+    assert [d.source for d in merged] == ["nvml", "list-devices"] and merged[0].free_bytes == 20000 * MIB
+    assert with_nvml(found, same_order, {"CUDA_VISIBLE_DEVICES": "1,0"}) == found
 
 
 def test_cpu_listing_has_no_devices():
