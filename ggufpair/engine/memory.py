@@ -26,8 +26,48 @@ MIB = 1 << 20
 N_UBATCH = 512
 BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
                      "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
-# Weight types the CPU backend repacks into an extra buffer for its matrix kernels (not on GPUs).
-CPU_REPACK_TYPES = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.IQ4_NL}
+# Weight types the CPU backend repacks into an extra buffer for its matrix kernels (not on GPUs), by the CPU
+# features it needs and the row count they must divide (ggml-cpu/repack.cpp:N4974-5135,
+# ggml_repack_get_optimal_repack_type; RISC-V's vector-length-dependent kernels are left out).
+_Q = GGMLQuantizationType
+X86_REPACK = {_Q.Q4_0: ("avx2", 8), _Q.Q4_K: ("avx2", 8), _Q.IQ4_NL: ("avx2", 8), _Q.MXFP4: ("avx2", 8),
+              _Q.Q2_K: ("avx512f", 8)}
+ARM_REPACK = {_Q.Q4_0: 4, _Q.Q4_K: 8, _Q.Q5_K: 8, _Q.Q6_K: 8, _Q.Q8_0: 4, _Q.IQ4_NL: 4, _Q.MXFP4: 4}
+
+
+def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (x86 `flags`, ARM `Features`)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def repacked_on_cpu(ttype: GGMLQuantizationType, rows: int, features: frozenset[str], machine: str) -> bool:
+    """Whether llama.cpp's CPU backend keeps a repacked copy of a weight of this type and row count."""
+    if machine in ("x86_64", "amd64", "i686"):
+        need = X86_REPACK.get(ttype)
+        return need is not None and need[0] in features and rows % need[1] == 0
+    if machine in ("aarch64", "arm64"):
+        multiple = ARM_REPACK.get(ttype)
+        dot = "asimddp" in features or "i8mm" in features  # dotprod / matmul_int8
+        return multiple is not None and dot and rows % multiple == 0
+    return False
+
+
+def repack_bytes(info: ModelInfo, features: frozenset[str] | None = None, machine: str | None = None) -> int:
+    """Bytes of the CPU backend's repacked weight copies (the token embedding is only looked up, not repacked)."""
+    import platform
+
+    features = cpu_features() if features is None else features
+    machine = (machine or platform.machine()).lower()
+    return sum(t.n_bytes for t in info.header.tensors
+               if len(t.shape) >= 2 and t.name != "token_embd.weight"
+               and repacked_on_cpu(t.type, int(t.shape[1]), features, machine))
 
 
 def pad256(n: int) -> int:
@@ -126,8 +166,7 @@ def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False
                     unified=config.kv_unified, swa_full="--swa-full" in config.extra)
     weights = info.weight_bytes
     if device == "cpu":
-        weights += sum(t.n_bytes for t in info.header.tensors
-                       if t.type in CPU_REPACK_TYPES and len(t.shape) >= 2 and t.name != "token_embd.weight")
+        weights += repack_bytes(info)
     output = info.vocab.n_tokens * 4 * max(1, config.parallel)
     return ModelMemory(weights, k, v, output, compute_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa))
 

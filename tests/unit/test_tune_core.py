@@ -251,3 +251,22 @@ def test_drafts_without_a_baseline_are_not_recommended():
     result = TuneResult(points=[failed, _point(4, [50.0, 51.0])])
     assert result.recommended is None
     assert recommendation_text(result).startswith("no recommendation: no no-draft baseline could be measured")
+
+
+def test_cpu_repacking_depends_on_the_cpu_and_the_row_count():
+    """ggml-cpu repacks Q4_0/Q4_K/IQ4_NL/MXFP4 with AVX2 and Q2_K with AVX-512 on x86, the K-quants and Q8_0
+    with dotprod/i8mm on ARM, and only when the rows divide the kernel's tile."""
+    from gguf import GGMLQuantizationType as Q
+
+    from ggufpair.engine.memory import repacked_on_cpu
+
+    avx2, avx512 = frozenset({"avx2"}), frozenset({"avx2", "avx512f"})
+    assert repacked_on_cpu(Q.Q4_K, 1024, avx2, "x86_64") and repacked_on_cpu(Q.MXFP4, 1024, avx2, "x86_64")
+    assert not repacked_on_cpu(Q.Q4_K, 1020, avx2, "x86_64")  # 1020 rows: not a multiple of 8
+    assert not repacked_on_cpu(Q.Q4_K, 1024, frozenset({"sse4_2"}), "x86_64")
+    assert not repacked_on_cpu(Q.Q2_K, 1024, avx2, "x86_64") and repacked_on_cpu(Q.Q2_K, 1024, avx512, "x86_64")
+    assert not repacked_on_cpu(Q.Q6_K, 1024, avx512, "x86_64")
+    dot = frozenset({"asimd", "asimddp"})
+    assert all(repacked_on_cpu(t, 1024, dot, "aarch64") for t in (Q.Q5_K, Q.Q6_K, Q.Q8_0, Q.Q4_K))
+    assert not repacked_on_cpu(Q.Q6_K, 1024, frozenset({"asimd"}), "aarch64")
+    assert not repacked_on_cpu(Q.Q2_K, 1024, dot, "aarch64")
