@@ -157,14 +157,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ggufpair.engine.dialect import probe_dialect
     from ggufpair.state import state_dir
     from ggufpair.tune.profile import load_profile
-    from ggufpair.tune.prompts import builtin_prompts
+    from ggufpair.tune.prompts import builtin_prompts, saved_prompts
     from ggufpair.tune.sweep import run_point
 
     data, config = load_profile(Path(args.profile))
     saved = data.get("measurements", {}).get("recommended", {})
     binary = find_llama_server(args.llama_server)
     console = render.make_console()
-    prompts = builtin_prompts(saved.get("categories") or ["chat", "code"], per_category=2)
+    prompts = saved_prompts(saved.get("prompts")) or builtin_prompts(saved.get("categories") or ["chat", "code"],
+                                                                     per_category=2)
     if not saved.get("tokens_per_second"):
         raise UsageError(f"{args.profile}: the profile holds no measured throughput to compare with")
     point = run_point(binary, probe_dialect(binary.path), config, prompts, n_predict=int(saved.get("n_predict", 128)),

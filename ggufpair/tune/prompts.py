@@ -78,3 +78,19 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     if not out:
         raise UsageError(f"{path}: no prompts")
     return out
+
+
+def saved_prompts(items) -> list[Prompt]:
+    """Prompts as a profile records them (`id`, `category`, `messages`: chat messages or a raw string)."""
+    out = []
+    for item in items or ():
+        try:
+            messages = item["messages"]
+            if isinstance(messages, list):
+                messages = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages)
+            elif not isinstance(messages, str):
+                raise TypeError("messages must be a list or a string")
+        except (KeyError, TypeError) as e:
+            raise UsageError(f"the profile's saved prompt {len(out) + 1} is malformed ({e})") from None
+        out.append(Prompt(str(item.get("id", f"saved-{len(out) + 1}")), str(item.get("category", "custom")), messages))
+    return out

@@ -200,7 +200,10 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     est = result.estimates.get((rec.config.cache_type_k, rec.config.draft_cache_type_k if rec.config.has_draft else None))
     data["recommended"] = {"label": rec.label, "tokens_per_second": rec.measurement.tokens_per_second,
                            "draft": rec.config.has_draft, "n_predict": args.tokens,
-                           "categories": args.categories.split(","),
+                           "categories": sorted({q.category for q in result.prompts}) or args.categories.split(","),
+                           # the prompts themselves, so that `ggufpair check` re-measures on the same ones
+                           "prompts": [{"id": q.id, "category": q.category, "messages": q.payload()}
+                                       for q in result.prompts],
                            "predicted_memory_bytes": est.total if est else None,
                            "measured_memory_bytes": (measured_memory(binary, dialect, rec.config)
                                                      if measure_memory and not result.cancelled else None)}

@@ -59,6 +59,7 @@ class TuneResult:
     seconds: float = 0.0
     cancelled: bool = False
     planned: int = 0
+    prompts: tuple[Prompt, ...] = ()  # what every point was measured on
 
     @property
     def launches(self) -> int:
@@ -203,6 +204,7 @@ def with_draft_kind(spec: TuneSpec, draft: ModelInfo | None) -> TuneSpec:
 def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, cancel, result) -> None:
     spec = with_draft_kind(spec, draft)
     prompts = list(spec.prompts)
+    result.prompts = tuple(prompts)
     base_cfg = spec.base.without_draft()
     lengths = sorted(set(spec.lengths))
     combos = [(t, d) for t in spec.target_kv for d in (spec.draft_kv if draft is not None else ())]

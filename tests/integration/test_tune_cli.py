@@ -3,6 +3,7 @@ defect fixed by the no-copy route before any launch, a short search, profile, sc
 
 from __future__ import annotations
 
+import json
 import tomllib
 
 import pytest
@@ -13,9 +14,12 @@ from ggufpair.state import state_dir
 pytestmark = pytest.mark.integration
 
 
-def test_tune_command(demo_pair_folder, capsys):
+def test_tune_command(demo_pair_folder, capsys, tmp_path, monkeypatch):
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(json.dumps({"category": "support", "messages": [
+        {"role": "user", "content": "Explain in two sentences how to reset a router."}]}) + "\n")
     code = main(["tune", "--target", "270M F16", "--draft", "270M Q4_K_M", "--lengths", "2,4", "--kv", "f16",
-                 "--draft-kv", "f16", "--tokens", "16", "--repeats", "1", "--categories", "chat", "--ctx", "1024",
+                 "--draft-kv", "f16", "--tokens", "16", "--repeats", "1", "--prompts", str(prompts), "--ctx", "1024",
                  "--threads", "2", "--format", "llama-swap"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -28,6 +32,15 @@ def test_tune_command(demo_pair_folder, capsys):
     assert data["measurements"]["recommended"]["measured_memory_bytes"] > 0
     assert profile.with_suffix(".sh").exists() and profile.with_suffix(".llama-swap.yaml").exists()
     assert "${PORT}" in profile.with_suffix(".llama-swap.yaml").read_text()
+    # The user's prompts are kept, and `check` re-measures on them, not on built-in ones.
+    rec = data["measurements"]["recommended"]
+    assert rec["categories"] == ["support"] and rec["prompts"][0]["messages"][0]["content"].startswith("Explain")
+    import ggufpair.tune.sweep as sweep
+
+    seen, real = [], sweep.run_point
+    monkeypatch.setattr(sweep, "run_point", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    main(["check", str(profile), "--tolerance", "0.99"])
+    assert [q.category for q in seen[0]] == ["support"]
 
 
 def test_tune_without_draft_suggests_and_ambiguous_names_list_candidates(models_folder, gemma_f16, gemma_q4, capsys):
