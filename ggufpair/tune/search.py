@@ -193,6 +193,21 @@ def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, dr
     return result
 
 
+QUANT_BLOCK = 32  # elements per block of every quantized KV type llama.cpp accepts (q8_0 ... iq4_nl)
+
+
+def kv_type_misfit(info: ModelInfo, type_k: str, type_v: str, whose: str = "the target") -> str | None:
+    """Why llama.cpp would refuse these KV types for this model (a quantized cache needs head sizes that are
+    a multiple of its block: llama-context.cpp:N3853-3872), or None."""
+    for name, ttype, dims in (("K", type_k, (info.head_dim_k, info.head_dim_k_swa)),
+                              ("V", type_v, (info.head_dim_v, info.head_dim_v_swa))):
+        bad = [d for d in dims if ttype in QUANTIZED_KV and d and d % QUANT_BLOCK]
+        if bad:
+            return (f"{whose}'s {name} head size {bad[0]} is not a multiple of {QUANT_BLOCK}, so llama.cpp refuses "
+                    f"a {ttype} {name} cache for it")
+    return None
+
+
 def with_draft_kind(spec: TuneSpec, draft: ModelInfo | None) -> TuneSpec:
     """The spec with the --spec-type a special draft (EAGLE-3, DFlash, DSpark) runs by; unchanged otherwise."""
     kind = spec_type_for(draft.draft_kind) if draft is not None else "draft-simple"
@@ -220,6 +235,13 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
     def fits(config: ServerConfig, what: str, key) -> bool:
         if config.flash_attn == "off" and (config.cache_type_v in QUANTIZED_KV or config.draft_cache_type_v in QUANTIZED_KV):
             result.pruned.append((what, "a quantized V cache needs flash attention, which is off"))
+            return False
+        misfit = kv_type_misfit(target, config.cache_type_k, config.cache_type_v) or (
+            config.has_draft and draft is not None
+            and kv_type_misfit(draft, config.draft_cache_type_k, config.draft_cache_type_v, "the draft"))
+        if misfit:
+            result.pruned.append((what, misfit))
+            on_event(f"skipped {what}: {misfit}")
             return False
         est = estimate_pair(target, draft if config.has_draft else None, config, spec.device)
         result.estimates[key] = est

@@ -270,3 +270,23 @@ def test_cpu_repacking_depends_on_the_cpu_and_the_row_count():
     assert all(repacked_on_cpu(t, 1024, dot, "aarch64") for t in (Q.Q5_K, Q.Q6_K, Q.Q8_0, Q.Q4_K))
     assert not repacked_on_cpu(Q.Q6_K, 1024, frozenset({"asimd"}), "aarch64")
     assert not repacked_on_cpu(Q.Q2_K, 1024, dot, "aarch64")
+
+
+def test_a_kv_type_the_model_cannot_take_is_not_called_out_of_memory(tmp_path):
+    """llama.cpp refuses a quantized cache whose block does not divide the head size, then logs 'failed to
+    create context' (as it does for a failed allocation): that is a configuration, not memory, and a tune
+    prunes it before launching."""
+    from ggufpair.engine.runner import classify_start_failure
+    from ggufpair.format.model_info import read_model_info
+    from ggufpair.tune.search import kv_type_misfit
+    from tests.ggufmake import model_kv, vocab_kv, write_gguf
+
+    log = ("llama_init_from_model: K cache type q8_0 with block size 32 does not divide n_embd_head_k=48\n"
+           "common_init_from_params: failed to create context with model '/m/x.gguf'\n")
+    assert classify_start_failure(log)[0] == "config"
+    assert classify_start_failure("common_init_from_params: failed to create context with model 'x'\n"
+                                  "ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer\n")[0] == "oom"
+    head48 = read_model_info(write_gguf(tmp_path / "h48.gguf", {**model_kv(n_embd=192, n_head=4), **vocab_kv()}))
+    head64 = read_model_info(write_gguf(tmp_path / "h64.gguf", {**model_kv(n_embd=256, n_head=4), **vocab_kv()}))
+    assert "48 is not a multiple of 32" in kv_type_misfit(head48, "q8_0", "f16")
+    assert kv_type_misfit(head48, "f16", "f16") is None and kv_type_misfit(head64, "q4_0", "q4_0") is None
