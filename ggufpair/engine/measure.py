@@ -126,7 +126,12 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
                "acceptance_rate": c["accepted"] / c["draft_n"] if c["draft_n"] else None}
         for name, c in cats.items()
     }
-    return Measurement(bool(server.speculative), statistics.median(runs), tuple(runs), totals["pred"],
+    # Live speculation needs more than /slots saying so at start: these very requests must have drafted. The
+    # server omits timings.draft_n when nothing was drafted; without /metrics either, /slots is all there is.
+    counted = "spec_decode_num_drafts_total" in after
+    drafted = totals["draft"] > 0 or drafts > 0
+    live = bool(server.speculative) and (drafted or not counted)
+    return Measurement(live, statistics.median(runs), tuple(runs), totals["pred"],
                        totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped)
 
 

@@ -40,6 +40,10 @@ def test_baseline_and_draft_runs_with_speculation_live(gemma_f16, gemma_q4, llam
         assert spec.speculative is True
         m_spec = measure(spec, PROMPTS, n_predict=48, repeats=1)
         out_spec = greedy_outputs(spec, PROMPTS, 48)
+        # One token per request leaves nothing to draft: /slots says speculative, but these requests did not
+        # speculate, and the measurement says so.
+        m_one = measure(spec, PROMPTS, n_predict=1, repeats=1, warmup=False)
+    assert m_spec.speculative and not m_one.speculative and m_one.draft_tokens == 0
     assert m_base.draft_tokens == 0 and m_base.tokens_per_second > 0
     assert m_spec.draft_tokens > 0 and m_spec.accepted_tokens > 0 and m_spec.acceptance_rate > 0
     assert m_spec.drafts > 0 and len(m_spec.accept_by_position) == 4
