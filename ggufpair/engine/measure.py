@@ -26,7 +26,7 @@ class Prompt:
 @dataclass(frozen=True)
 class Measurement:
     speculative: bool
-    tokens_per_second: float  # median over repetitions of sum(predicted tokens) / sum(predicted time)
+    tokens_per_second: float  # median over repetitions of sum(generated tokens but each first) / sum(their time)
     tps_runs: tuple[float, ...]
     predicted_tokens: int
     draft_tokens: int
@@ -96,14 +96,18 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
             if cancel is not None and cancel.is_set():
                 break
             c = server.complete(p.payload(), n_predict=n_predict, temperature=temperature)
-            pred_n += c.predicted_n
+            # An answer's first token comes from the prompt's logits, its time counted in the prompt's: the
+            # generation rate counts the tokens after it (as llama-server's own predicted_per_second does since
+            # it stopped counting that free token).
+            steps = max(c.predicted_n - 1, 0)
+            pred_n += steps
             pred_ms += c.predicted_ms
             totals["pred"] += c.predicted_n
             totals["draft"] += c.draft_n
             totals["acc"] += c.draft_accepted
             totals["ms"] += c.predicted_ms
             cat = cats.setdefault(p.category, {"predicted_n": 0, "predicted_ms": 0.0, "draft_n": 0, "accepted": 0})
-            cat["predicted_n"] += c.predicted_n
+            cat["predicted_n"] += steps
             cat["predicted_ms"] += c.predicted_ms
             cat["draft_n"] += c.draft_n
             cat["accepted"] += c.draft_accepted
