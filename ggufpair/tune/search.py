@@ -293,7 +293,10 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
                 continue
             s1 = step_sample(short_n, short_pt.measurement, short_pt.measurement.predicted_ms)
             s2 = step_sample(long_n, long_pt.measurement, long_pt.measurement.predicted_ms)
-            if s1 is None or s2 is None:
+            if s1 is None or s2 is None or not long_pt.measurement.accept_by_position:
+                on_event(f"  no prediction for KV {tkv}/{dkv}: this build's /metrics has no speculative counters "
+                         f"(spec_decode_*), so only n_max {short_n} and {long_n} were measured; name other lengths "
+                         "with --lengths to measure them")
                 continue
             predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position)
             ranked = predictor.best(lengths)
