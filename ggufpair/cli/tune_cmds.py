@@ -123,7 +123,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                         gpu_layers=args.gpu_layers, draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
                         overrides=overrides)
     if not args.ctx:
-        ctx = largest_context(target, draft, base, budget, device_kind)
+        ctx = largest_context(target, draft, base, budget, device_kind, dialect.fa_takes_value)
         if ctx == 0:
             raise UsageError(f"the pair does not fit the memory budget ({budget / MIB:.0f} MiB) even at a 512 context")
         base = base.with_(ctx=ctx)

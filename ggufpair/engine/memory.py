@@ -105,9 +105,13 @@ class PairMemory:
         return self.target.total + (self.draft.total if self.draft else 0)
 
 
-def _flash_attn_on(config: ServerConfig) -> bool:
-    """`auto` resolves to on where the backend supports it (CPU and CUDA do); a quantized V forces it."""
-    return config.flash_attn != "off"
+def _flash_attn_on(config: ServerConfig, fa_takes_value: bool = True) -> bool:
+    """`auto` resolves to on where the backend supports it (CPU and CUDA do) on builds whose -fa takes a value;
+    older builds have a bare -fa switch, off unless given (ggufpair gives it for a quantized V cache)."""
+    quantized_v = config.cache_type_v in QUANTIZED_KV or config.draft_cache_type_v in QUANTIZED_KV
+    if config.flash_attn == "auto" and not fa_takes_value:
+        return quantized_v
+    return config.flash_attn != "off" or quantized_v
 
 
 def kv_bytes(info: ModelInfo, *, ctx: int, parallel: int, type_k: str, type_v: str, flash_attn: bool,
@@ -158,9 +162,10 @@ def compute_bytes(info: ModelInfo, *, ctx: int, parallel: int, flash_attn: bool)
     return int(fixed + n_kv * N_UBATCH * (4 * n_head + 4))
 
 
-def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False, device: str = "cpu") -> ModelMemory:
+def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False, device: str = "cpu",
+                   fa_takes_value: bool = True) -> ModelMemory:
     """One model's memory for `config` (`draft` picks the draft's KV types; the draft shares the target's context)."""
-    fa = _flash_attn_on(config) or config.cache_type_v in QUANTIZED_KV or config.draft_cache_type_v in QUANTIZED_KV
+    fa = _flash_attn_on(config, fa_takes_value)
     tk, tv = (config.draft_cache_type_k, config.draft_cache_type_v) if draft else (config.cache_type_k, config.cache_type_v)
     k, v = kv_bytes(info, ctx=config.ctx, parallel=config.parallel, type_k=tk, type_v=tv, flash_attn=fa,
                     unified=config.kv_unified, swa_full="--swa-full" in config.extra)
@@ -171,9 +176,12 @@ def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False
     return ModelMemory(weights, k, v, output, compute_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa))
 
 
-def estimate_pair(target: ModelInfo, draft: ModelInfo | None, config: ServerConfig, device: str = "cpu") -> PairMemory:
-    return PairMemory(estimate_model(target, config, device=device),
-                      estimate_model(draft, config, draft=True, device=device) if draft is not None else None)
+def estimate_pair(target: ModelInfo, draft: ModelInfo | None, config: ServerConfig, device: str = "cpu",
+                  fa_takes_value: bool = True) -> PairMemory:
+    """`fa_takes_value`: the build's -fa takes on|off|auto (the dialect's), which decides what `auto` means."""
+    return PairMemory(estimate_model(target, config, device=device, fa_takes_value=fa_takes_value),
+                      estimate_model(draft, config, draft=True, device=device, fa_takes_value=fa_takes_value)
+                      if draft is not None else None)
 
 
 # ------------------------------------------------------------------------------------------------ measured

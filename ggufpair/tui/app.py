@@ -308,7 +308,8 @@ class TuneScreen(Screen):
         base = ServerConfig(target=s.target.path, draft=s.draft.path, ctx=int(v["ctx"] or 4096),
                             overrides=s.overrides, threads=self.app.threads)
         if not v["ctx"]:
-            base = base.with_(ctx=largest_context(s.target.info, s.draft.info, base, budget))
+            base = base.with_(ctx=largest_context(s.target.info, s.draft.info, base, budget,
+                                                  fa_takes_value=dialect.fa_takes_value))
         spec = TuneSpec(base=base, lengths=parse_lengths(v["lengths"]), target_kv=tuple(v["kv"].split(",")),
                         draft_kv=tuple(v["draft_kv"].split(",")),
                         prompts=tuple(builtin_prompts(v["categories"].split(","), per_category=1)),

@@ -149,17 +149,17 @@ def parse_lengths(text: str) -> tuple[int, ...]:
 
 
 def largest_context(target: ModelInfo, draft: ModelInfo | None, base: ServerConfig, budget: int | None,
-                    device: str = "cpu") -> int:
+                    device: str = "cpu", fa_takes_value: bool = True) -> int:
     """The largest context (multiple of 256, up to the target's training context) whose f16 KV fits."""
     limit = pad256(target.context_length or 4096)
     if budget is None:
         return limit
     lo, hi = MIN_CTX // 256, limit // 256
-    if estimate_pair(target, draft, base.with_(ctx=MIN_CTX), device).total > budget:
+    if estimate_pair(target, draft, base.with_(ctx=MIN_CTX), device, fa_takes_value).total > budget:
         return 0
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if estimate_pair(target, draft, base.with_(ctx=mid * 256), device).total <= budget:
+        if estimate_pair(target, draft, base.with_(ctx=mid * 256), device, fa_takes_value).total <= budget:
             lo = mid
         else:
             hi = mid - 1
@@ -243,7 +243,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
             result.pruned.append((what, misfit))
             on_event(f"skipped {what}: {misfit}")
             return False
-        est = estimate_pair(target, draft if config.has_draft else None, config, spec.device)
+        est = estimate_pair(target, draft if config.has_draft else None, config, spec.device, dialect.fa_takes_value)
         result.estimates[key] = est
         if spec.budget_bytes is not None and est.total > spec.budget_bytes:
             result.pruned.append((what, f"needs about {est.total / 2**20:.0f} MiB, the budget is "

@@ -290,3 +290,14 @@ def test_a_kv_type_the_model_cannot_take_is_not_called_out_of_memory(tmp_path):
     head64 = read_model_info(write_gguf(tmp_path / "h64.gguf", {**model_kv(n_embd=256, n_head=4), **vocab_kv()}))
     assert "48 is not a multiple of 32" in kv_type_misfit(head48, "q8_0", "f16")
     assert kv_type_misfit(head48, "f16", "f16") is None and kv_type_misfit(head64, "q4_0", "q4_0") is None
+
+
+def test_flash_attention_auto_means_off_on_builds_with_a_bare_switch():
+    """On builds whose -fa is a bare switch, `auto` sends nothing and flash attention stays off, so the
+    estimate takes the larger attention-score buffer; a quantized V cache makes ggufpair send -fa there."""
+    from ggufpair.engine.memory import _flash_attn_on
+
+    auto = ServerConfig(target=Path("t.gguf"))
+    assert _flash_attn_on(auto, fa_takes_value=True) and not _flash_attn_on(auto, fa_takes_value=False)
+    assert _flash_attn_on(auto.with_(cache_type_v="q8_0"), fa_takes_value=False)
+    assert not _flash_attn_on(auto.with_(flash_attn="off"), fa_takes_value=True)
