@@ -98,6 +98,12 @@ def load_profile(path: Path) -> tuple[dict, ServerConfig]:
         raise UsageError(f"{path}: not a ggufpair profile ({type(e).__name__}: {e})") from None
 
 
+def dialect_summary(dialect: Dialect) -> str:
+    draft = dialect.draft_max_flag or "no draft flags"
+    spec = "--spec-type" if dialect.has_spec_type else "no --spec-type"
+    return f"{draft}, {spec}"
+
+
 def launch_script(config: ServerConfig, binary: Binary, dialect: Dialect, *, host: str = "127.0.0.1",
                   port: int = 8080, profile: Path | None = None) -> str:
     """A bash script that starts llama-server with this configuration; every argument shell-quoted."""
@@ -109,8 +115,16 @@ def launch_script(config: ServerConfig, binary: Binary, dialect: Dialect, *, hos
         + (f" from profile {profile}" if profile else "") + ".",
         f"# Binds {host} only" + (" (set by the user)." if host != "127.0.0.1" else "; edit --host to serve others."),
         "set -euo pipefail",
+        f"# The flags below are this build's dialect ({dialect_summary(dialect)}); another build may name them",
+        "# differently: `ggufpair launch PROFILE --llama-server PATH` writes them for that one.",
         f"default_server={shlex.quote(str(binary.path))}",
         'LLAMA_SERVER="${LLAMA_SERVER:-$default_server}"',
+        f"profile_path={shlex.quote(str(profile)) if profile else 'PROFILE'}",
+        'if [ "$LLAMA_SERVER" != "$default_server" ]; then',
+        "  printf 'note: %s is not the build these flags were written for (%s); if it rejects one, run:\\n"
+        "  ggufpair launch %q --llama-server %q\\n' \"$LLAMA_SERVER\" \"$default_server\" \"$profile_path\""
+        " \"$LLAMA_SERVER\" >&2",
+        "fi",
         "exec \"$LLAMA_SERVER\" \\",
     ]
     groups: list[list[str]] = []

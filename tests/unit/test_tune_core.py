@@ -213,15 +213,28 @@ def test_launch_scripts_quote_hostile_paths(name, tmp_path):
     config = ServerConfig(target=target, draft=draft, overrides=("tokenizer.ggml.add_bos_token=bool:true",))
     dialect = parse_help(HELP.read_text())
     script = tmp_path / "launch.sh"
-    script.write_text(launch_script(config, Binary(fake, "flag"), dialect))
+    profile = folder / f"{name} profile.toml"
+    script.write_text(launch_script(config, Binary(fake, "flag"), dialect, profile=profile))
     check = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     out = tmp_path / "args"
     env = {**os.environ, "ARGS_OUT": str(out)}
     env.pop("LLAMA_SERVER", None)
-    subprocess.run(["bash", str(script), "--extra"], check=True, env=env)
+    run = subprocess.run(["bash", str(script), "--extra"], check=True, env=env, capture_output=True, text=True)
     args = out.read_bytes().split(b"\0")[:-1]
-    assert [a.decode() for a in args] == [*config.with_(port=8080).argv(dialect), "--extra"]
+    assert [a.decode() for a in args] == [*config.with_(port=8080).argv(dialect), "--extra"] and run.stderr == ""
+    # Another build through $LLAMA_SERVER: a note with the command that rewrites the flags for it, the
+    # profile's path quoted for the shell; the arguments are passed unchanged.
+    other = tmp_path / f"other {name} server"
+    other.write_bytes(fake.read_bytes())
+    other.chmod(0o755)
+    run = subprocess.run(["bash", str(script)], check=True, env={**env, "LLAMA_SERVER": str(other)},
+                         capture_output=True, text=True)
+    assert "is not the build these flags were written for" in run.stderr
+    quoted = run.stderr.split("ggufpair launch ", 1)[1].split(" --llama-server ")[0]
+    echoed = subprocess.run(["bash", "-c", f"printf '%s' {quoted}"], capture_output=True, text=True).stdout
+    assert echoed == str(profile)
+    assert [a.decode() for a in out.read_bytes().split(b"\0")[:-1]] == config.with_(port=8080).argv(dialect)
 
 
 def test_a_saved_profile_reads_back_to_the_same_recommendation():
