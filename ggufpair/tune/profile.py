@@ -147,5 +147,9 @@ def write_script(text: str, path: Path) -> Path:
 def llama_swap_entry(name: str, config: ServerConfig, binary: Binary, dialect: Dialect) -> str:
     """A llama-swap `models:` entry; llama-swap fills ${PORT}."""
     argv = [str(binary.path), *config.with_(host="127.0.0.1", port=None).argv(dialect)]
+    bad = next((a for a in argv if "${" in a or "\n" in a or "\r" in a), None)
+    if bad is not None:  # llama-swap expands ${...} macros even inside quotes; a newline ends the YAML block
+        raise UsageError(f"cannot write a llama-swap entry: {bad!r} contains '${{' or a line break",
+                         hint="rename or link the file to a plain path, or use the bash launch script")
     cmd = " ".join(shlex.quote(a) for a in argv) + " --port ${PORT}"
     return f"models:\n  {name}:\n    cmd: |\n      {cmd}\n"

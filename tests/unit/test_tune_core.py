@@ -314,3 +314,15 @@ def test_flash_attention_auto_means_off_on_builds_with_a_bare_switch():
     assert _flash_attn_on(auto, fa_takes_value=True) and not _flash_attn_on(auto, fa_takes_value=False)
     assert _flash_attn_on(auto.with_(cache_type_v="q8_0"), fa_takes_value=False)
     assert not _flash_attn_on(auto.with_(flash_attn="off"), fa_takes_value=True)
+
+
+@pytest.mark.parametrize("name", ["macro ${PORT}", "two\nlines"])
+def test_llama_swap_refuses_paths_it_would_rewrite(name, tmp_path):
+    from ggufpair.errors import UsageError
+    from ggufpair.tune.profile import llama_swap_entry
+
+    config = ServerConfig(target=tmp_path / f"{name}.gguf")
+    with pytest.raises(UsageError, match="llama-swap"):
+        llama_swap_entry("m", config, Binary(tmp_path / "llama-server", "flag"), parse_help(HELP.read_text()))
+    assert "--port ${PORT}" in llama_swap_entry("m", ServerConfig(target=tmp_path / "ok.gguf"),
+                                                Binary(tmp_path / "llama-server", "flag"), parse_help(HELP.read_text()))
