@@ -77,12 +77,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     console = render.make_console()
     overrides = dict(parse_override(o) for o in args.override_kv)
     if args.draft is None:
+        from ggufpair.format.vocab import load_problem
+
         info = read_model_info(args.model, overrides)
+        problem = load_problem(info.vocab)
         if args.json:
-            print(json.dumps(model_dict(info), indent=2))
+            data = model_dict(info)
+            data["vocab"]["load_error"] = problem
+            print(json.dumps(data, indent=2))
         else:
-            render.print_model(console, info)
-        return 0 if info.vocab.load_error is None else INCOMPATIBLE_EXIT
+            render.print_model(console, info, problem)
+        return 0 if problem is None else INCOMPATIBLE_EXIT
     verdict = check_pair(read_model_info(args.model), read_model_info(args.draft), overrides)
     data = verdict_dict(verdict)
     if args.llama:

@@ -138,10 +138,11 @@ def print_verdict(console: Console, verdict: Verdict) -> None:
             console.print(finding_text(f))
 
 
-def print_model(console: Console, info: ModelInfo) -> None:
-    v = info.vocab
-    if v.load_error:
-        console.print(Text("llama.cpp cannot load this vocabulary: ", style="bold red") + Text(v.load_error))
+def print_model(console: Console, info: ModelInfo, problem: str | None = None) -> None:
+    """`problem`: why llama.cpp cannot load the vocabulary (format.vocab.load_problem), or None."""
+    problem = problem or info.vocab.load_error
+    if problem:
+        console.print(Text("llama.cpp cannot load this vocabulary: ", style="bold red") + Text(problem))
     else:
         console.print(Text("Loadable by llama.cpp", style="bold green"))
     console.print()

@@ -18,7 +18,7 @@ from gguf import GGUFValueType
 from ggufpair.errors import UsageError
 from ggufpair.format.model_info import ModelInfo, read_model_info
 from ggufpair.format.reader import ArrayValue
-from ggufpair.format.vocab import ADD_BOS_KEY, BOS_KEY, EOS_KEY
+from ggufpair.format.vocab import ADD_BOS_KEY, BOS_KEY, EOS_KEY, load_problem
 from ggufpair.pairing.verdict import TOKENS_KEY, Route, Verdict, check_pair
 
 TOKEN_TYPE_KEY = "tokenizer.ggml.token_type"
@@ -187,8 +187,12 @@ def plan_self_fix(path: str | Path) -> FixPlan:
     v = info.vocab
     changes: list[KeyChange] = []
     unfixable: list[str] = []
-    if v.load_error:
-        unfixable.append(f"llama.cpp cannot load this vocabulary: {v.load_error}")
+    problem = load_problem(v)
+    if problem:
+        # A vocabulary llama.cpp cannot load stays unloadable whatever else is repaired: nothing is written.
+        unfixable.append(f"llama.cpp cannot load this vocabulary: {problem}")
+        size, mtime = _stat(info.path)
+        return FixPlan(info.path, None, (), (), "nothing metadata can fix", size, mtime, None, tuple(unfixable))
     texts = v.tokens.load() if v.tokens is not None else ()
     for key, stored, candidates in ((BOS_KEY, v.bos_id_stored, BOS_TEXTS), (EOS_KEY, v.eos_id_stored, EOS_TEXTS)):
         if stored is not None and stored >= v.n_tokens:

@@ -96,6 +96,20 @@ def _load_texts(array: ArrayValue, _size: int, _mtime_ns: int) -> tuple[bytes, .
     return tuple(t if t and b"\0" not in t else _as_llama_text(t, i) for i, t in enumerate(array.items()))
 
 
+def load_problem(vocab: "VocabInfo") -> str | None:
+    """Why llama.cpp's loader would refuse or abort on this vocabulary, or None: what `read_vocab` found, then
+    duplicate token texts (checked here, not at read time: it means reading every text)."""
+    if vocab.load_error:
+        return vocab.load_error
+    if vocab.tokens is not None:
+        texts = vocab.tokens.load()
+        dup = first_duplicate(texts)
+        if dup:
+            return (f"token ids {dup[0]} and {dup[1]} have the same text ({texts[dup[1]][:32]!r}): llama.cpp's "
+                    "loader aborts on this (GGML_ASSERT in llama_vocab::load)")
+    return None
+
+
 def first_duplicate(texts: tuple[bytes, ...]) -> tuple[int, int] | None:
     """The first pair of ids with the same text: llama.cpp's loader aborts on it (GGML_ASSERT)."""
     if len(set(texts)) == len(texts):

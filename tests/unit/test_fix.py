@@ -380,3 +380,24 @@ def test_a_bos_id_mismatch_behind_an_add_bos_mismatch_is_fixed_too(tmp_path, rou
     result = apply_plan(plan)
     overrides = dict(parse_override(a) for a in result.override_args)
     assert inspect_pair(t, d, overrides).compatible
+
+
+@pytest.mark.parametrize("defect", ["no tokens", "duplicate texts"])
+def test_a_vocabulary_llama_cpp_cannot_load_is_not_touched(tmp_path, defect, capsys):
+    """No tokens (every special id is then 'outside the vocabulary'), or two ids with one text (llama.cpp
+    aborts): metadata cannot make the file loadable, so fix writes nothing, and inspect does not call it loadable."""
+    from ggufpair.cli.main import main
+
+    kv = {**model_kv(), **vocab_kv()}
+    if defect == "no tokens":
+        kv["tokenizer.ggml.tokens"] = DROP
+    else:
+        tokens = spm_tokens(300)
+        tokens[200] = tokens[100]
+        kv = {**model_kv(), **vocab_kv(tokens=tokens)}
+    path = write_gguf(tmp_path / "m.gguf", kv)
+    before = path.read_bytes()
+    assert main(["fix", str(path)]) == 10
+    assert path.read_bytes() == before and "rewritten" not in capsys.readouterr().out
+    assert main(["inspect", str(path)]) == 10
+    assert "cannot load" in capsys.readouterr().out
