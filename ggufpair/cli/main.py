@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Sequence
@@ -111,7 +112,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_fix(args: argparse.Namespace) -> int:
     from ggufpair.cli import render
-    from ggufpair.fix.apply import apply_plan, recover_interrupted
+    from ggufpair.fix.apply import apply_plan, recover_interrupted, resolve_output
     from ggufpair.fix.plan import RouteChoice, plan_pair_fix, plan_self_fix, verdict_after
     from ggufpair.format.shards import shard_paths
     from ggufpair.report import plain
@@ -120,12 +121,21 @@ def cmd_fix(args: argparse.Namespace) -> int:
     recovered = recover_interrupted(shard_paths(args.model)[0])
     for line in recovered:
         console.print(line, style="yellow")
+    output = resolve_output(shard_paths(args.model)[0], args.output)
+    route = RouteChoice(args.route)
+    if args.output and route == RouteChoice.OVERRIDE:
+        raise UsageError("--output writes a fixed copy of the file, and the no-copy route writes none",
+                         hint="drop --route override to write the copy, or drop --output")
+    if output is not None:
+        route = RouteChoice.PATCH  # a copy to write is asked for
     if args.reference:
-        plan = plan_pair_fix(args.model, args.reference, RouteChoice(args.route))
+        plan = plan_pair_fix(args.model, args.reference, route)
     else:
-        if args.route == "override":
+        if route == RouteChoice.OVERRIDE:
             raise UsageError("--route override needs --reference: overrides are judged against the target")
         plan = plan_self_fix(args.model)
+    if output is not None and plan.route is not None:
+        plan = dataclasses.replace(plan, why=f"a fixed copy is written to {output}; {plan.path.name} stays as it is")
     render.print_plan(console, plan)
     data = {"plan": plain(plan), "applied": None}
     data["plan"].pop("array_edits", None)
@@ -133,7 +143,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(data, indent=2))
         return 0 if not plan.unfixable else INCOMPATIBLE_EXIT
-    result = apply_plan(plan, output=args.output, backup=args.backup)
+    result = apply_plan(plan, output=output, backup=args.backup)
     data["applied"] = plain(result)
     after = verdict_after(plan) if result.mode == "override" else None
     render.print_fix_result(console, result, after)

@@ -153,6 +153,28 @@ def _os_error(e: OSError, where: Path, what: str) -> FixError:
 # ----------------------------------------------------------------------------------------------- apply
 
 
+def resolve_output(src: Path, output: str | Path | None) -> Path | None:
+    """Where `--output` puts the fixed copy: a folder gets the model's own name in it. An existing file is
+    refused (a fixed copy never replaces a file ggufpair did not make); the model itself means no copy."""
+    if output is None:
+        return None
+    out = Path(output)
+    if out.is_dir():
+        out = out / Path(src).name
+    if out.exists() and out.resolve() == Path(src).resolve():
+        return None
+    if out.exists():
+        from ggufpair.errors import UsageError
+
+        raise UsageError(f"{out}: already exists; a fixed copy never replaces an existing file",
+                         hint="remove it first, or give another --output path")
+    if not out.parent.is_dir():
+        from ggufpair.errors import UsageError
+
+        raise UsageError(f"{out.parent}: no such folder for --output")
+    return out
+
+
 def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = False) -> FixResult:
     start = time.perf_counter()
     if plan.route is None or plan.empty:
@@ -167,9 +189,8 @@ def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = F
         return FixResult(plan.path, plan.route, "override", None, False, 0, time.perf_counter() - start,
                          plan.override_args)
     src = plan.path
-    dest = Path(output) if output else src
-    if output and dest.resolve() == src.resolve():
-        dest, output = src, None
+    output = resolve_output(src, output)
+    dest = output or src
     with _Lock(src):
         recover_interrupted(src)
         if output:

@@ -401,3 +401,25 @@ def test_a_vocabulary_llama_cpp_cannot_load_is_not_touched(tmp_path, defect, cap
     assert path.read_bytes() == before and "rewritten" not in capsys.readouterr().out
     assert main(["inspect", str(path)]) == 10
     assert "cannot load" in capsys.readouterr().out
+
+
+def test_output_writes_the_fixed_copy_whatever_the_route_asked(tmp_path, capsys):
+    """--output asks for a fixed copy: the automatic route writes it (it chose the no-copy route and wrote
+    nothing), the no-copy route with it is refused, a folder gets the model's name, an existing file is kept."""
+    from ggufpair.cli.main import main
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    before = d.read_bytes()
+    out = tmp_path / "fixed.gguf"
+    assert main(["fix", str(d), "-r", str(t), "--output", str(out)]) == 0
+    assert "a fixed copy is written to" in capsys.readouterr().out
+    assert inspect_pair(t, out).compatible and d.read_bytes() == before
+    assert main(["fix", str(d), "-r", str(t), "--route", "override", "--output", str(tmp_path / "x.gguf")]) == 2
+    assert not (tmp_path / "x.gguf").exists()
+    kept = out.read_bytes()
+    assert main(["fix", str(d), "-r", str(t), "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == kept
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    assert main(["fix", str(d), "-r", str(t), "--output", str(folder)]) == 0
+    assert inspect_pair(t, folder / d.name).compatible and d.read_bytes() == before
