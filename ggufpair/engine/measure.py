@@ -23,6 +23,9 @@ class Prompt:
         return self.messages if isinstance(self.messages, str) else [dict(m) for m in self.messages]
 
 
+STALL_FACTOR = 3.0
+
+
 @dataclass(frozen=True)
 class Measurement:
     speculative: bool
@@ -36,6 +39,17 @@ class Measurement:
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)
     predicted_ms: float = 0.0  # generation time summed over every measured request
     stopped_early: bool = False
+    request_tps: tuple[float, ...] = ()  # each request's own rate, in the order they ran
+
+    @property
+    def stalls(self) -> int:
+        """Requests that ran at under a third of the median request's rate: the machine, not the configuration
+        (a draft's rate moves with its acceptance, by far less than that)."""
+        rates = [r for r in self.request_tps if r > 0]
+        if len(rates) < 2:
+            return 0
+        typical = statistics.median(rates)
+        return sum(r < typical / STALL_FACTOR for r in rates)
 
     @property
     def tps_spread(self) -> float:
@@ -62,6 +76,7 @@ class Measurement:
             "acceptance_rate": self.acceptance_rate, "mean_accepted_per_step": self.mean_accepted_per_step,
             "accept_by_position": list(self.accept_by_position), "per_category": self.per_category,
             "predicted_ms": self.predicted_ms, "stopped_early": self.stopped_early,
+            "request_tps": [round(r, 2) for r in self.request_tps], "stalls": self.stalls,
         }
 
     @classmethod
@@ -70,7 +85,8 @@ class Measurement:
         return cls(bool(d["speculative"]), float(d["tokens_per_second"]), tuple(d.get("tps_runs", ())),
                    int(d.get("predicted_tokens", 0)), int(d.get("draft_tokens", 0)), int(d.get("accepted_tokens", 0)),
                    int(d.get("drafts", 0)), tuple(d.get("accept_by_position", ())), dict(d.get("per_category", {})),
-                   float(d.get("predicted_ms", 0.0)), bool(d.get("stopped_early", False)))
+                   float(d.get("predicted_ms", 0.0)), bool(d.get("stopped_early", False)),
+                   tuple(float(r) for r in d.get("request_tps", ())))
 
 
 def _metric_delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
@@ -90,6 +106,7 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     totals = {"pred": 0, "draft": 0, "acc": 0, "ms": 0.0}
     stopped = False
     cats: dict[str, dict[str, float]] = {}
+    request_tps: list[float] = []
     for _ in range(max(1, repeats)):
         pred_n, pred_ms = 0, 0.0
         for p in prompts:
@@ -100,6 +117,8 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
             # generation rate counts the tokens after it (as llama-server's own predicted_per_second does since
             # it stopped counting that free token).
             steps = max(c.predicted_n - 1, 0)
+            if c.predicted_ms > 0:
+                request_tps.append(steps / (c.predicted_ms / 1000))
             pred_n += steps
             pred_ms += c.predicted_ms
             totals["pred"] += c.predicted_n
@@ -136,7 +155,8 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     drafted = totals["draft"] > 0 or drafts > 0
     live = bool(server.speculative) and (drafted or not counted)
     return Measurement(live, statistics.median(runs), tuple(runs), totals["pred"],
-                       totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped)
+                       totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped,
+                       tuple(request_tps))
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,16 @@ def stability_note(result: TuneResult) -> str:
             notes.append(f" Not a stable choice: the draft's slowest run beats the fastest baseline run by only "
                          f"{margin:.1%}, within the noise, so another tune may recommend no draft.")
             unstable = True
+    involved = [*contenders, *([result.best_baseline] if result.best_baseline else []), *outside[:1]]
+    stalled = sum(1 for p in involved if p.measurement.stalls)
+    if stalled:
+        notes.append(f" Unreliable: {stalled} of the measurements that decide this had requests running at under a "
+                     "third of the others' rate (something else used the machine); run the tune again when it is quiet.")
+        unstable = True
+    if all(len(p.measurement.tps_runs) < 2 for p in involved):
+        notes.append(" One repetition each: the run-to-run noise was not measured (5% assumed), so this ranking is "
+                     "not proven stable; use --repeats 2 or more.")
+        unstable = True
     simpler = lambda p: simplicity(p) < simplicity(rec)  # noqa: E731
     for p in outside:  # the first configuration that noise could make the pick
         band = noise(fastest.measurement)

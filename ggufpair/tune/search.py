@@ -119,8 +119,13 @@ KV_RANK = {"f32": 0, "bf16": 0, "f16": 0, "q8_0": 1, "q5_1": 2, "q5_0": 2, "iq4_
 
 
 def noise(*measurements) -> float:
-    """The relative difference two measurements need before their order means anything."""
-    return max(NOISE_FLOOR, *(m.tps_spread for m in measurements))
+    """The relative difference two measurements need before their order means anything: the floor, each one's
+    spread over repetitions, and for one with stalled requests the spread of its requests."""
+    def stalled_spread(m) -> float:
+        rates = sorted(r for r in m.request_tps if r > 0)
+        return (rates[-1] - rates[0]) / rates[len(rates) // 2] if m.stalls and rates else 0.0
+
+    return max(NOISE_FLOOR, *(m.tps_spread for m in measurements), *(stalled_spread(m) for m in measurements))
 
 
 def simplicity(point: PointResult) -> tuple:

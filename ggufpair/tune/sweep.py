@@ -50,11 +50,19 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
     try:
         with LlamaServer(binary, config, dialect=dialect, log_path=log_dir / f"{name}.log") as server:
             m = measure(server, prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early, cancel=cancel)
+            if m.stalls and not (cancel is not None and cancel.is_set()):
+                # A request far slower than the others: something else had the machine. Measure once more on the
+                # same server and keep the run without stalls; a second stalled run is kept and flagged.
+                on_event(f"  {m.stalls} request(s) ran at under a third of the median rate: measuring again")
+                again = measure(server, prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early,
+                                cancel=cancel, warmup=False)
+                m = again if again.stalls <= m.stalls else m
     except EngineError as e:
         on_event(f"  failed: {e.message}")
         return PointResult(config, None, e.message, time.perf_counter() - start)
     extra = f", acceptance {m.acceptance_rate:.0%}" if m.acceptance_rate is not None else ""
     extra += " (stopped early: clearly slower)" if m.stopped_early else ""
+    extra += f" ({m.stalls} stalled request(s): unreliable)" if m.stalls else ""
     on_event(f"  {m.tokens_per_second:.1f} tok/s (spread {m.tps_spread:.0%}){extra}")
     return PointResult(config, m, None, time.perf_counter() - start)
 

@@ -326,3 +326,22 @@ def test_llama_swap_refuses_paths_it_would_rewrite(name, tmp_path):
         llama_swap_entry("m", config, Binary(tmp_path / "llama-server", "flag"), parse_help(HELP.read_text()))
     assert "--port ${PORT}" in llama_swap_entry("m", ServerConfig(target=tmp_path / "ok.gguf"),
                                                 Binary(tmp_path / "llama-server", "flag"), parse_help(HELP.read_text()))
+
+
+def test_stalled_requests_and_single_repetitions_are_never_called_stable():
+    """A request at under a third of the others' rate is a stall (the machine, not the configuration); a
+    tune that measured one with stalls, or measured each configuration once, does not claim a stable ranking."""
+    from dataclasses import replace
+
+    stalled = Measurement(False, 20.0, (20.0,), 100, 0, 0, 0, (), request_tps=(22.1, 21.5, 2.2, 22.0))
+    assert stalled.stalls == 1 and Measurement(True, 20.0, (20.0,), 100, 0, 0, 0, (),
+                                               request_tps=(25.0, 12.0, 20.0)).stalls == 0
+    steady = TuneResult(points=[_point(0, [20.0, 20.5], draft=False), _point(4, [30.0, 31.0])])
+    assert "Stable" in recommendation_text(steady) and "Unreliable" not in recommendation_text(steady)
+    once = TuneResult(points=[_point(0, [20.0], draft=False), _point(4, [30.0])])
+    assert "One repetition each" in recommendation_text(once) and "Stable" not in recommendation_text(once)
+    base = _point(0, [20.0, 20.5], draft=False)
+    base = replace(base, measurement=replace(base.measurement, request_tps=(22.0, 2.1, 21.0, 22.5)))
+    busy = TuneResult(points=[base, _point(4, [30.0, 31.0])])
+    text = recommendation_text(busy)
+    assert "Unreliable" in text and "Stable" not in text
