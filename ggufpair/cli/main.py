@@ -189,6 +189,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_tui(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("the TUI needs a terminal (standard input and output are not one here)",
+                         hint="run it in a terminal, or use the commands: ggufpair --help")
     from ggufpair.tui.app import run_tui
 
     profile = getattr(args, "profile", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import shlex
 import sys
 from pathlib import Path
 
@@ -101,6 +101,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     console = _console(args)
     say = lambda msg: console.print(f"  {msg}", style="dim")  # noqa: E731
+    lengths = _validate_tune_args(args)
     candidates = None
     if not os.path.exists(args.target) or (args.draft and not os.path.exists(args.draft)) or not args.draft:
         candidates = discover()
@@ -111,6 +112,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         render.print_suggestions(console, target, suggestions)
         return 0 if suggestions else 1
     draft_path = resolve(args.draft, candidates=candidates, on_event=say)
+    if Path(draft_path).resolve() == Path(target_path).resolve():
+        raise UsageError(f"{draft_path}: the target and the draft are the same file",
+                         hint="a draft is a smaller model of the target's family (`ggufpair tune --target ...` suggests some)")
     binary = find_llama_server(args.llama_server)
     dialect = probe_dialect(binary.path)
     overrides, fix_note = prepare_pair(target_path, draft_path, args.route, say)
@@ -128,7 +132,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise UsageError(f"the pair does not fit the memory budget ({budget / MIB:.0f} MiB) even at a 512 context")
         base = base.with_(ctx=ctx)
     say(f"memory budget {budget / MIB:.0f} MiB on {describe(devs)}; context {base.ctx}")
-    spec = TuneSpec(base=base, lengths=parse_lengths(args.lengths), target_kv=tuple(args.kv.split(",")),
+    spec = TuneSpec(base=base, lengths=lengths, target_kv=tuple(args.kv.split(",")),
                     draft_kv=tuple(args.draft_kv.split(",")), prompts=tuple(prompts), n_predict=args.tokens,
                     repeats=args.repeats, budget_bytes=budget, device=device_kind)
     result = tune(binary, dialect, spec, target, draft, state_dir("logs"), say)
@@ -136,7 +140,32 @@ def cmd_tune(args: argparse.Namespace) -> int:
     render.print_tune(console, result, outputs)
     if args.json:
         print(json.dumps(outputs.to_dict(), indent=2))
-    return 0
+    if result.cancelled:
+        return 130
+    return 0 if result.recommended is not None else 1  # nothing measured, or no baseline to compare with
+
+
+def _validate_tune_args(args: argparse.Namespace) -> tuple[int, ...]:
+    """Every argument checked before anything is loaded or launched; the draft lengths, parsed."""
+    from ggufpair.engine.config import KV_TYPES
+    from ggufpair.tune.search import parse_lengths
+
+    if args.tokens < 1:
+        raise UsageError(f"--tokens {args.tokens}: at least one token per prompt is needed to measure anything")
+    if args.repeats < 1:
+        raise UsageError(f"--repeats {args.repeats}: at least one repetition is needed")
+    if not 0 <= args.margin < 1:
+        raise UsageError(f"--margin {args.margin}: a fraction of the memory budget kept free, from 0 to below 1")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: not a TCP port (1-65535)")
+    if args.ctx is not None and args.ctx < 256:
+        raise UsageError(f"--ctx {args.ctx}: llama.cpp pads the context to 256; give at least 256")
+    for flag, value in (("--kv", args.kv), ("--draft-kv", args.draft_kv)):
+        bad = [t for t in value.split(",") if t not in KV_TYPES]
+        if bad:
+            raise UsageError(f"{flag} {value}: {', '.join(bad)} is not a KV cache type llama.cpp accepts",
+                             hint=f"one of {', '.join(KV_TYPES)}")
+    return parse_lengths(args.lengths)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -144,11 +173,47 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from ggufpair.engine.dialect import probe_dialect
     from ggufpair.tune.profile import load_profile
 
-    _, config = load_profile(Path(args.profile))
+    _, config = load_profile(find_profile(args.profile))
+    _check_models(config)
     binary = find_llama_server(args.llama_server)
     argv = [str(binary.path), *config.with_(host=args.host, port=args.port).argv(probe_dialect(binary.path))]
-    print(" ".join(argv), file=sys.stderr)
-    return subprocess.call(argv)
+    print(shlex.join(argv), file=sys.stderr, flush=True)
+    # llama-server takes this process's place: signals (Ctrl-C, a service manager's SIGTERM) reach it directly.
+    os.execv(argv[0], argv)
+    return 1  # not reached
+
+
+def find_profile(name: str) -> Path:
+    """A profile by path, or by the name `tune` saved it under (with or without .toml)."""
+    from ggufpair.state import state_dir
+
+    path = Path(name)
+    if path.exists():
+        return path
+    for candidate in (state_dir("profiles") / name, state_dir("profiles") / f"{name}.toml"):
+        if candidate.is_file():
+            return candidate
+    saved = sorted(p.stem for p in state_dir("profiles").glob("*.toml"))
+    raise UsageError(f"{name}: no such profile (neither a file nor a saved profile's name)",
+                     hint=f"saved profiles: {', '.join(saved)}" if saved else "run `ggufpair tune` to make one")
+
+
+def _check_models(config, identities: dict | None = None) -> None:
+    """The profile's models exist (a missing one is exit 3, before any server starts); one whose header changed
+    since the profile was made is said, since the measurements were of the old file."""
+    from ggufpair.errors import ModelFileError
+    from ggufpair.tune.profile import model_identity
+
+    for role, path in (("target", config.target), ("draft", config.draft)):
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise ModelFileError(path, f"the profile's {role} model is missing",
+                                 hint="move it back, or run `ggufpair tune` again for the model where it is now")
+        saved = (identities or {}).get(role, {}).get("header_sha256")
+        if saved and model_identity(Path(path))["header_sha256"] != saved:
+            print(f"note: the {role} {path} has changed since the profile was made (its metadata differs); "
+                  "its measurements are of the old file", file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -160,7 +225,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ggufpair.tune.prompts import builtin_prompts, saved_prompts
     from ggufpair.tune.sweep import run_point
 
-    data, config = load_profile(Path(args.profile))
+    data, config = load_profile(find_profile(args.profile))
+    _check_models(config, data.get("models"))
     saved = data.get("measurements", {}).get("recommended", {})
     binary = find_llama_server(args.llama_server)
     console = render.make_console()

@@ -142,14 +142,19 @@ def parse_lengths(text: str) -> tuple[int, ...]:
     try:
         for part in text.split(","):
             if "-" in part:
-                lo, hi = part.split("-")
-                out.update(range(int(lo), int(hi) + 1))
+                lo, hi = (int(x) for x in part.split("-"))
+                if hi < lo:
+                    raise UsageError(f"bad draft lengths {text!r}: the range {part.strip()} is empty",
+                                     hint=f"write it low-high: {hi}-{lo}")
+                out.update(range(lo, hi + 1))
             elif part.strip():
                 out.add(int(part))
     except ValueError:
         raise UsageError(f"bad draft lengths {text!r}", hint="use 1-16 or 2,4,8") from None
-    if not out or min(out) < 1:
-        raise UsageError(f"bad draft lengths {text!r}: they start at 1")
+    if not out:
+        raise UsageError("no draft lengths given", hint="use 1-16 or 2,4,8")
+    if min(out) < 1:
+        raise UsageError(f"bad draft lengths {text!r}: a draft is at least 1 token long")
     return tuple(sorted(out))
 
 

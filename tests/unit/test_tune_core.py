@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,31 @@ def test_stalled_requests_and_single_repetitions_are_never_called_stable():
     busy = TuneResult(points=[base, _point(4, [30.0, 31.0])])
     text = recommendation_text(busy)
     assert "Unreliable" in text and "Stable" not in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tokens", "0"], "--tokens 0"), (["--margin", "2"], "--margin 2"), (["--port", "99999"], "not a TCP port"),
+    (["--lengths", "4-2"], "the range 4-2 is empty"), (["--lengths", ""], "no draft lengths"),
+    (["--kv", "f16,q9"], "q9 is not a KV cache type"), (["--repeats", "0"], "--repeats 0"),
+])
+def test_bad_tune_arguments_are_refused_before_any_work(args, message, tmp_path, capsys):
+    """Checked before any model is read or server found: a missing target does not mask them."""
+    from ggufpair.cli.main import main
+
+    assert main(["tune", "--target", str(tmp_path / "none.gguf"), "--draft", "x.gguf", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_same_file_as_target_and_draft_is_refused(tmp_path, capsys):
+    from ggufpair.cli.main import main
+
+    model = write_gguf(tmp_path / "m.gguf", {**model_kv(), **vocab_kv()})
+    assert main(["tune", "--target", str(model), "--draft", str(tmp_path / "." / "m.gguf")]) == 2
+    assert "the target and the draft are the same file" in capsys.readouterr().err
+
+
+def test_the_tui_without_a_terminal_is_a_clear_error():
+    """Not a hang writing escape codes into a pipe."""
+    out = subprocess.run([sys.executable, "-m", "ggufpair.cli.main", "tui"], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "needs a terminal" in out.stderr and out.stdout == ""
