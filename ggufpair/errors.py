@@ -71,6 +71,7 @@ EXIT_CODES: dict[str, int] = {
     "GGUF format": GGUFFormatError.exit_code,
     "engine": EngineError.exit_code,
     "fix not applied": 6,
+    "incompatible pair, fixable (inspect)": 9,
     "incompatible pair (inspect)": 10,
     "interrupted": 130,
 }

@@ -12,6 +12,7 @@ from ggufpair import __version__
 from ggufpair.errors import EXIT_CODES, GgufpairError, UsageError
 
 INCOMPATIBLE_EXIT = EXIT_CODES["incompatible pair (inspect)"]
+FIXABLE_EXIT = EXIT_CODES["incompatible pair, fixable (inspect)"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +108,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                           f"{'' if lv.compatible else f' ({lv.failed_check})'}; "
                           f"{'agrees' if agree else 'DISAGREES'} with ggufpair",
                           style="green" if agree else "bold red")
-    return 0 if verdict.compatible else INCOMPATIBLE_EXIT
+    if verdict.compatible:
+        return 0
+    return FIXABLE_EXIT if all(f.fixes for f in verdict.blockers) else INCOMPATIBLE_EXIT
 
 
 def cmd_fix(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ def test_incompatible_pair_verdict_first_with_fix(tmp_path):
     t = tiny_model(tmp_path / "t.gguf")
     d = tiny_model(tmp_path / "d.gguf", changes={ADD_BOS: (T.BOOL, False)})
     out = _run("inspect", str(t), str(d))
-    assert out.returncode == EXIT_CODES["incompatible pair (inspect)"]
+    assert out.returncode == EXIT_CODES["incompatible pair, fixable (inspect)"] == 9
     first = out.stdout.splitlines()[0]
     assert first.startswith("Verdict: incompatible (add_bos)")
     assert "WITHOUT speculation" in out.stdout
@@ -70,3 +70,10 @@ def test_missing_file_and_bad_override(tmp_path, capsys):
     m = str(tiny_model(tmp_path / "m.gguf"))
     assert main(["inspect", m, m, "--override-kv", "k=bool:maybe"]) == EXIT_CODES["usage"]
     assert "is not a valid bool" in capsys.readouterr().err
+
+
+def test_a_pair_metadata_cannot_fix_exits_10(tmp_path):
+    t = tiny_model(tmp_path / "t.gguf")
+    d = tiny_model(tmp_path / "d.gguf", tokenizer="gpt2")
+    out = _run("inspect", str(t), str(d))
+    assert out.returncode == EXIT_CODES["incompatible pair (inspect)"] == 10, out.stdout
