@@ -173,7 +173,8 @@ def resolve(query: str, *, candidates: list[Candidate] | None = None, download: 
     hub = parse_hub_ref(query)
     if hub is not None:
         if not download:
-            raise ModelNotFoundError(f"{query} is a Hub reference; downloading is off")
+            raise ModelNotFoundError(f"{query} is a Hub reference, and this command does not download",
+                                     hint="`ggufpair tune --target ...` downloads; or pass the local file")
         return hub_download(hub, on_event)
     if query.endswith(".gguf") or "/" in query:
         raise ModelFileError(path, "no such file")

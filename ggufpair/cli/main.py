@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _local_model(query: str | None) -> str | None:
+    """A path as given, or a local model's short name resolved to its path (`270M`, "gemma-3 Q4_K_M"); Hub
+    references are not downloaded here."""
+    import os
+
+    if query is None or os.path.exists(query):
+        return query
+    from ggufpair.locate import resolve
+
+    return str(resolve(query, download=False))
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ggufpair.cli import render
     from ggufpair.format.model_info import read_model_info
@@ -78,6 +90,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     console = render.make_console()
     overrides = dict(parse_override(o) for o in args.override_kv)
+    args.model, args.draft = _local_model(args.model), _local_model(args.draft)
     if args.draft is None:
         from ggufpair.format.vocab import load_problem
 
@@ -121,6 +134,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     from ggufpair.report import plain
 
     console = render.make_console(stderr=args.json)
+    args.model, args.reference = _local_model(args.model), _local_model(args.reference)
     recovered = recover_interrupted(shard_paths(args.model)[0])
     for line in recovered:
         console.print(line, style="yellow")

@@ -189,6 +189,13 @@ def test_name_resolution(tmp_path, monkeypatch):
     assert len(err.value.candidates) == 2 and "Q8_0" in err.value.message and "Q4_K_M" in err.value.message
     with pytest.raises(ModelNotFoundError):
         resolve("70B", candidates=found)
+    # inspect and fix take the same short names (local files only: they do not download)
+    from ggufpair.cli.main import main
+
+    assert main(["inspect", "31B Q8_0", "E2B"]) == 0
+    assert main(["fix", "E2B", "--reference", "31B Q4_K_M", "--dry-run"]) == 0
+    assert main(["inspect", "31B"]) == 2  # ambiguous: the candidates are listed
+    assert main(["inspect", "org/some-GGUF:Q4_K_M"]) == 2
 
 
 @pytest.mark.parametrize("text,ref", [
