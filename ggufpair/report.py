@@ -86,3 +86,21 @@ def verdict_dict(verdict: Verdict) -> dict[str, Any]:
         "target": model_dict(verdict.target),
         "draft": model_dict(verdict.draft),
     }
+
+
+def plan_dict(plan) -> dict[str, Any]:
+    """A fix plan as JSON: array values are summarised (their length, and the ids that change with their old
+    and new values) instead of two copies of a 262k-token vocabulary."""
+    changes = []
+    for c in plan.changes:
+        d = {"key": c.key, "action": plain(c.action), "type": plain(c.type), "reason": c.reason}
+        edits = plan.array_edits.get(c.key)
+        if edits is not None or isinstance(c.new, (list, tuple)) or isinstance(c.old, (list, tuple)):
+            d["items"] = len(c.new) if isinstance(c.new, (list, tuple)) else None
+            d["changed_ids"] = {str(i): {"old": plain(old), "new": plain(new)} for i, (old, new) in sorted((edits or {}).items())}
+        else:
+            d["old"], d["new"] = plain(c.old), plain(c.new)
+        changes.append(d)
+    return {"path": str(plan.path), "route": plain(plan.route), "why": plan.why, "changes": changes,
+            "override_args": list(plan.override_args), "unfixable": list(plan.unfixable),
+            "reference": str(plan.reference) if plan.reference else None}

@@ -131,7 +131,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     from ggufpair.fix.apply import apply_plan, recover_interrupted, resolve_output
     from ggufpair.fix.plan import RouteChoice, plan_pair_fix, plan_self_fix, verdict_after
     from ggufpair.format.shards import shard_paths
-    from ggufpair.report import plain
+    from ggufpair.report import plain, plan_dict
 
     console = render.make_console(stderr=args.json)
     args.model, args.reference = _local_model(args.model), _local_model(args.reference)
@@ -154,8 +154,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if output is not None and plan.route is not None:
         plan = dataclasses.replace(plan, why=f"a fixed copy is written to {output}; {plan.path.name} stays as it is")
     render.print_plan(console, plan)
-    data = {"plan": plain(plan), "applied": None}
-    data["plan"].pop("array_edits", None)
+    data = {"plan": plan_dict(plan), "applied": None}
     if plan.empty or args.dry_run:
         if args.json:
             print(json.dumps(data, indent=2))

@@ -423,3 +423,18 @@ def test_output_writes_the_fixed_copy_whatever_the_route_asked(tmp_path, capsys)
     folder.mkdir()
     assert main(["fix", str(d), "-r", str(t), "--output", str(folder)]) == 0
     assert inspect_pair(t, folder / d.name).compatible and d.read_bytes() == before
+
+
+def test_json_plan_summarises_arrays(tmp_path, capsys):
+    """Two copies of the vocabulary are no plan: the JSON names the array's length and the ids that change."""
+    from ggufpair.cli.main import main
+
+    tokens = spm_tokens(3000)
+    tokens[100] = "<other>"
+    t = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv(n_tokens=3000)})
+    d = write_gguf(tmp_path / "d.gguf", {**model_kv(), **vocab_kv(tokens=tokens)})
+    assert main(["fix", str(d), "-r", str(t), "--dry-run", "--json"]) == 0
+    out = capsys.readouterr().out
+    change = json.loads(out)["plan"]["changes"][0]
+    assert change["key"] == "tokenizer.ggml.tokens" and change["items"] == 3000
+    assert change["changed_ids"]["100"]["old"] == "<other>" and len(out) < 5000
