@@ -89,7 +89,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ggufpair.report import model_dict, verdict_dict
 
     console = render.make_console()
-    overrides = dict(parse_override(o) for o in args.override_kv)
+    # llama-server takes several in one argument, comma-separated (arg.cpp's string_split on ',')
+    overrides = dict(parse_override(o) for arg in args.override_kv for o in arg.split(",") if o)
     args.model, args.draft = _local_model(args.model), _local_model(args.draft)
     if args.draft is None:
         from ggufpair.format.vocab import load_problem

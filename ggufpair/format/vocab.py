@@ -163,11 +163,15 @@ class _Meta:
         self.overrides = dict(overrides)
         self.errors = errors
         self.used: list[str] = []
+        self.ignored: list[str] = []
 
     def get(self, key: str, expected: GGUFValueType) -> tuple[bool, Any]:
-        if key in self.overrides and _override_kind(self.overrides[key]) == _KINDS[expected]:
-            self.used.append(key)
-            return True, self.overrides[key]
+        if key in self.overrides:
+            kind = _override_kind(self.overrides[key])
+            if kind == _KINDS[expected]:
+                self.used.append(key)
+                return True, self.overrides[key]
+            self.ignored.append(f"--override-kv {key} is {kind}:, llama.cpp expects {_KINDS[expected]}: and ignores it")
         entry = self.header.kv.get(key)
         if entry is None:
             return False, None
@@ -259,6 +263,7 @@ def read_vocab(header: GGUFHeader, overrides: Mapping[str, Any] | None = None) -
         flags[ADD_BOS_KEY] = True
         notes.append(f"llama.cpp forces {ADD_BOS_KEY} to true for the Gemma 4 pre-tokenizer")
 
+    notes.extend(dict.fromkeys(meta.ignored))
     load_error = "; ".join(errors) if errors else None
     return VocabInfo(
         tokenizer_model=model,

@@ -134,6 +134,8 @@ def check_pair(target: ModelInfo, draft: ModelInfo, overrides: Mapping[str, Any]
         findings = _compatibility_findings(tv, dv, target, draft, overrides)
     findings += _special_draft_findings(target, draft)
     findings += _advisory_findings(target, draft)
+    ignored = dict.fromkeys(n for n in (*tv.notes, *dv.notes) if n.startswith("--override-kv"))
+    findings += [Finding("override_ignored", Severity.WARNING, n) for n in ignored]
     return Verdict(target, draft, tuple(findings), overrides)
 
 

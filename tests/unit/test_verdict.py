@@ -151,3 +151,16 @@ def test_a_tune_runs_special_drafts_by_their_own_spec_type(tmp_path):
                     draft_kv=("f16",), n_predict=8, repeats=1)
     assert with_draft_kind(spec, eagle).base.spec_type == "draft-eagle3"
     assert with_draft_kind(spec, plain) is spec and with_draft_kind(spec, None) is spec
+
+
+def test_override_of_the_wrong_kind_is_ignored_and_said(tmp_path):
+    """llama.cpp ignores an --override-kv whose kind differs from the key's (with a warning): so does the
+    verdict, and it says so; several overrides in one comma-separated argument are read as llama-server does."""
+    from ggufpair.cli.main import main
+
+    t = tiny_model(tmp_path / "t.gguf")
+    d = tiny_model(tmp_path / "d.gguf", changes={ADD_BOS: (T.BOOL, False)})
+    verdict = inspect_pair(t, d, {ADD_BOS: 1})
+    assert not verdict.compatible
+    assert any(f.check == "override_ignored" and "expects bool" in f.message for f in verdict.findings)
+    assert main(["inspect", str(t), str(d), "--override-kv", f"{ADD_BOS}=bool:true,tokenizer.ggml.add_eos_token=bool:false"]) == 0
