@@ -146,7 +146,8 @@ def _os_error(e: OSError, where: Path, what: str) -> FixError:
                         hint="free some space, or write the fixed copy elsewhere with --output PATH")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return FixError(f"{where}: not writable ({e.strerror}) while {what}; the original is untouched",
-                        hint="use the no-copy route (--route override) or --output PATH in a writable folder")
+                        hint="write the fixed copy elsewhere with --output PATH; a fix of flags or special ids can also "
+                             "take the no-copy route (--route override)")
     return FixError(f"{where}: {e.strerror or e} while {what}; the original is untouched")
 
 

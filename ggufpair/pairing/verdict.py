@@ -314,6 +314,10 @@ def _family(arch: str | None) -> str:
 
 def _advisory_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
     out = []
+    if target.path.resolve() == draft.path.resolve():
+        out.append(Finding("same_file", Severity.WARNING, "the target and the draft are the same file: llama.cpp "
+                           "would speculate, but a draft as large as its target can only slow it down"))
+        return out
     if target.weight_bytes and draft.weight_bytes / target.weight_bytes > DRAFT_SIZE_WARN_RATIO:
         out.append(Finding(
             "draft_size", Severity.WARNING, keys=(),

@@ -164,3 +164,9 @@ def test_override_of_the_wrong_kind_is_ignored_and_said(tmp_path):
     assert not verdict.compatible
     assert any(f.check == "override_ignored" and "expects bool" in f.message for f in verdict.findings)
     assert main(["inspect", str(t), str(d), "--override-kv", f"{ADD_BOS}=bool:true,tokenizer.ggml.add_eos_token=bool:false"]) == 0
+
+
+def test_the_same_file_as_both_is_warned(tmp_path):
+    t = tiny_model(tmp_path / "t.gguf")
+    verdict = inspect_pair(t, tmp_path / "." / "t.gguf")
+    assert verdict.compatible and [f.check for f in verdict.findings] == ["same_file"]
