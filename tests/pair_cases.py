@@ -18,7 +18,7 @@ from tests.ggufmake import DROP, bpe_tokens, spm_tokens, tiny_model
 LLAMA_CHECK = {
     None: None, "vocab_type": "vocab_type", "add_bos": "add_bos", "bos_id": "add_bos", "add_eos": "add_eos",
     "eos_id": "add_eos", "vocab_size": "vocab_size", "token_text": "token_text",
-    "draft_vocab_load": "load", "target_vocab_load": "load", "draft_duplicate_tokens": "load",
+    "draft_vocab_load": "load", "target_vocab_load": "load", "draft_duplicate_tokens": "load", "draft_key_type": "load",
 }
 
 
@@ -90,8 +90,8 @@ CASES: list[Case] = [
          _bpe(**{**GEMMA4, ADD_BOS: (T.BOOL, True), BOS: (T.UINT32, 1)}), None),
     Case("gemma4_vs_gpt2_add_bos", _bpe(**{**GEMMA4, ADD_BOS: (T.BOOL, False), BOS: (T.UINT32, 1)}),
          _bpe(**{ADD_BOS: (T.BOOL, False), BOS: (T.UINT32, 1)}), "add_bos"),
-    Case("add_bos_wrong_type", Side(), Side(changes={ADD_BOS: (T.UINT8, 1)}), "draft_vocab_load"),
-    Case("bos_id_wrong_type", Side(), Side(changes={BOS: (T.INT32, 1)}), "draft_vocab_load"),
+    Case("add_bos_wrong_type", Side(), Side(changes={ADD_BOS: (T.UINT8, 1)}), "draft_key_type"),
+    Case("bos_id_wrong_type", Side(), Side(changes={BOS: (T.INT32, 1)}), "draft_key_type"),
     Case("tokenizer_model_missing", Side(), Side(changes={"tokenizer.ggml.model": DROP}), "draft_vocab_load"),
     Case("tokenizer_model_unknown", Side(), Side(changes={"tokenizer.ggml.model": (T.STRING, "nonsense")}), "draft_vocab_load"),
     Case("bpe_without_merges", _bpe(), _bpe(**{"tokenizer.ggml.merges": DROP}), "draft_vocab_load"),

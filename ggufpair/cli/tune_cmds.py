@@ -107,6 +107,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         candidates = discover()
     target_path = resolve(args.target, candidates=candidates, on_event=say)
     target = read_model_info(target_path)
+    if args.ctx and target.context_length and args.ctx > target.context_length:
+        console.print(f"note: --ctx {args.ctx} is above the target's training context ({target.context_length}); "
+                      "llama.cpp allows it, but the model was not trained for it", style="yellow")
     if not args.draft:
         suggestions = suggest_drafts(target, candidates or [])
         render.print_suggestions(console, target, suggestions)

@@ -238,8 +238,8 @@ def _same_size_patches(header: GGUFHeader, changes) -> list[tuple[int, bytes, by
     with _open_map(header.path) as buf:
         for change in changes:
             entry = header.kv.get(change.key)
-            if change.action != Action.SET or entry is None:
-                return None
+            if change.action != Action.SET or entry is None or entry.type != change.type:
+                return None  # a new key, a removal, or a new type (its type field must change too)
             new = _encoded_change(change)
             if len(new) != entry.end - entry.value_offset:
                 return None

@@ -19,7 +19,7 @@ from ggufpair.errors import UsageError
 from ggufpair.format.model_info import ModelInfo, read_model_info
 from ggufpair.format.reader import ArrayValue
 from ggufpair.format.vocab import ADD_BOS_KEY, BOS_KEY, EOS_KEY, load_problem
-from ggufpair.pairing.verdict import TOKENS_KEY, Route, Verdict, check_pair
+from ggufpair.pairing.verdict import TOKENS_KEY, WRONG_TYPE_ATTRS, Route, Verdict, check_pair
 
 TOKEN_TYPE_KEY = "tokenizer.ggml.token_type"
 # Architectures whose tokenizers need a BOS token at the start of every sequence.
@@ -181,6 +181,20 @@ def _token_changes(target: ModelInfo, draft: ModelInfo) -> tuple[list[KeyChange]
     return changes, edits
 
 
+def _meant_value(stored: Any, flag: bool) -> bool | int | None:
+    """What a wrongly typed flag or id was meant to hold, when that is clear."""
+    if flag:
+        if isinstance(stored, (bytes, str)):
+            text = stored.decode(errors="replace") if isinstance(stored, bytes) else stored
+            return {"true": True, "1": True, "false": False, "0": False}.get(text.strip().lower())
+        if isinstance(stored, (int, float)) and stored in (0, 1):
+            return bool(stored)
+        return None
+    if isinstance(stored, bool) or not isinstance(stored, (int, float)):
+        return None
+    return int(stored) if stored >= 0 and float(stored).is_integer() else None
+
+
 def plan_self_fix(path: str | Path) -> FixPlan:
     """Repairs inside one file: special ids outside the vocabulary, a missing BOS its tokenizer needs."""
     info = read_model_info(path)
@@ -188,6 +202,17 @@ def plan_self_fix(path: str | Path) -> FixPlan:
     changes: list[KeyChange] = []
     unfixable: list[str] = []
     problem = load_problem(v)
+    if problem and v.only_wrong_types and set(v.wrong_type_keys) <= set(WRONG_TYPE_ATTRS):
+        # Flags or special ids stored with a type the loader refuses: rewritten with the right type, keeping the
+        # value they meant ("true" -> true, an INT32 id -> the same UINT32 id), else the tokenizer's default.
+        for key in v.wrong_type_keys:
+            attr = WRONG_TYPE_ATTRS[key]
+            meant = _meant_value(info.header.get(key), attr.startswith("add_"))
+            value = meant if meant is not None else getattr(v, attr)
+            changes.append(_scalar_change(info, key, value, f"stored as {info.header.kv[key].type.name}, which "
+                                          "llama.cpp's loader refuses" + ("" if meant is not None else
+                                                                         "; the tokenizer's default")))
+        problem = None
     if problem:
         # A vocabulary llama.cpp cannot load stays unloadable whatever else is repaired: nothing is written.
         unfixable.append(f"llama.cpp cannot load this vocabulary: {problem}")
@@ -208,6 +233,7 @@ def plan_self_fix(path: str | Path) -> FixPlan:
     if (info.architecture or "") in NEEDS_BOS and not v.add_bos:
         change = _scalar_change(info, ADD_BOS_KEY, True, f"{info.architecture} models need a BOS token at the start")
         changes.append(change)
+    changes = list({c.key: c for c in changes}.values())  # a later repair of the same key (add_bos) wins
     size, mtime = _stat(info.path)
     route = Route.PATCH if changes else None
     why = "repairs inside the file" if changes else (

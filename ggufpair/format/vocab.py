@@ -147,6 +147,8 @@ class VocabInfo:
     load_error: str | None = None  # why llama.cpp's vocab loader would refuse this file
     overridden: tuple[str, ...] = ()  # keys whose value came from --override-kv
     notes: tuple[str, ...] = ()  # how effective values departed from stored ones
+    wrong_type_keys: tuple[str, ...] = ()  # scalar keys stored with a type llama.cpp's loader refuses
+    only_wrong_types: bool = False  # the load error is nothing but those keys: a metadata fix can repair it
 
     @property
     def vocab_type_name(self) -> str:
@@ -164,6 +166,7 @@ class _Meta:
         self.errors = errors
         self.used: list[str] = []
         self.ignored: list[str] = []
+        self.wrong: list[str] = []
 
     def get(self, key: str, expected: GGUFValueType) -> tuple[bool, Any]:
         if key in self.overrides:
@@ -177,6 +180,7 @@ class _Meta:
             return False, None
         if entry.type != expected:
             self.errors.append(f"key {key} has wrong type {entry.type.name}, llama.cpp expects {expected.name}")
+            self.wrong.append(key)
             return False, None
         return True, entry.value
 
@@ -283,6 +287,8 @@ def read_vocab(header: GGUFHeader, overrides: Mapping[str, Any] | None = None) -
         load_error=load_error,
         overridden=tuple(dict.fromkeys(meta.used)),
         notes=tuple(notes),
+        wrong_type_keys=tuple(dict.fromkeys(meta.wrong)),
+        only_wrong_types=bool(errors) and len(errors) == len(meta.wrong),
     )
 
 

@@ -129,9 +129,14 @@ def check_pair(target: ModelInfo, draft: ModelInfo, overrides: Mapping[str, Any]
     overrides = dict(overrides or {})
     tv = read_vocab(target.header, overrides) if overrides else target.vocab
     dv = read_vocab(draft.header, overrides) if overrides else draft.vocab
-    findings = _load_findings(tv, dv, target, draft)
-    if not findings and draft.draft_kind not in VOCAB_UNCHECKED_KINDS:
-        findings = _compatibility_findings(tv, dv, target, draft, overrides)
+    findings = _load_findings(tv, dv, target, draft, overrides)
+    if findings and all(f.fixes for f in findings):
+        # Only wrongly typed keys in the draft, each fixable: judge the rest as it will be once they hold the
+        # target's values, so the plan fixes everything in one go.
+        fixed = {**overrides, **{f.keys[0]: f.target_value for f in findings}}
+        dv = read_vocab(draft.header, fixed)
+    if (not findings or all(f.fixes for f in findings)) and draft.draft_kind not in VOCAB_UNCHECKED_KINDS:
+        findings += _compatibility_findings(tv, dv, target, draft, overrides, after_load_fix=bool(findings))
     findings += _special_draft_findings(target, draft)
     findings += _advisory_findings(target, draft)
     ignored = dict.fromkeys(n for n in (*tv.notes, *dv.notes) if n.startswith("--override-kv"))
@@ -143,10 +148,30 @@ def inspect_pair(target_path, draft_path, overrides: Mapping[str, Any] | None = 
     return check_pair(read_model_info(target_path), read_model_info(draft_path), overrides)
 
 
-def _load_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: ModelInfo) -> list[Finding]:
+WRONG_TYPE_ATTRS = {ADD_BOS_KEY: "add_bos", ADD_EOS_KEY: "add_eos", BOS_KEY: "bos_id", EOS_KEY: "eos_id"}
+
+
+def _load_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: ModelInfo,
+                   overrides: Mapping[str, Any] | None = None) -> list[Finding]:
     """What makes llama.cpp fail to load either model, before any compatibility check runs."""
     out = []
     same_tokens = tv.tokens is not None and dv.tokens is not None and tv.tokens.raw_bytes() == dv.tokens.raw_bytes()
+    if (not tv.load_error and dv.only_wrong_types and target.vocab.vocab_type is not None
+            and set(dv.wrong_type_keys) <= set(WRONG_TYPE_ATTRS)):
+        # The draft stores a flag or a special id with a type the loader refuses: the target's value, with the
+        # right type, repairs it (an override of the right kind wins over the stored key; a patch rewrites it).
+        for key in dv.wrong_type_keys:
+            attr = WRONG_TYPE_ATTRS[key]
+            value = getattr(tv, attr)
+            fix = _flag_fixes if attr.startswith("add_") else _id_fixes
+            out.append(Finding(
+                check="draft_key_type", severity=Severity.BLOCKER, keys=(key,), llama_reports=not out,
+                target_value=value, draft_value=draft.header.get(key),
+                message=f"the draft stores {key} as {draft.header.kv[key].type.name}, which llama.cpp's loader "
+                        f"refuses (it expects {'BOOL' if attr.startswith('add_') else 'UINT32'}); the target's "
+                        f"value is {value}",
+                fixes=fix(key, value, target, draft, overrides or {})))
+        return out
     for role, vocab in (("target", tv), ("draft", dv)):
         if vocab.load_error:
             out.append(Finding(
@@ -171,13 +196,15 @@ def _keys_in(text: str) -> tuple[str, ...]:
 
 
 def _compatibility_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: ModelInfo,
-                            overrides: Mapping[str, Any]) -> list[Finding]:
+                            overrides: Mapping[str, Any], after_load_fix: bool = False) -> list[Finding]:
+    """`after_load_fix`: the draft's vocabulary as it will be once its wrongly typed keys are fixed (llama.cpp
+    reports the load failure first, so none of these is what it reports)."""
     out: list[Finding] = []
 
     def add(**kw) -> None:
         kw.setdefault("severity", Severity.BLOCKER)
         kw.setdefault("speculation_off", True)
-        kw["llama_reports"] = not any(f.severity == Severity.BLOCKER for f in out)
+        kw["llama_reports"] = not after_load_fix and not any(f.severity == Severity.BLOCKER for f in out)
         out.append(Finding(**kw))
 
     if tv.vocab_type != dv.vocab_type:
@@ -214,7 +241,7 @@ def _compatibility_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, dra
                     "Metadata cannot fix this: the draft's embedding and output layers have their own size")
         return out
 
-    out.extend(_text_findings(tv, dv, already_failed=any(f.severity == Severity.BLOCKER for f in out)))
+    out.extend(_text_findings(tv, dv, already_failed=after_load_fix or any(f.severity == Severity.BLOCKER for f in out)))
     return out
 
 

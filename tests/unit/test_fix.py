@@ -438,3 +438,28 @@ def test_json_plan_summarises_arrays(tmp_path, capsys):
     change = json.loads(out)["plan"]["changes"][0]
     assert change["key"] == "tokenizer.ggml.tokens" and change["items"] == 3000
     assert change["changed_ids"]["100"]["old"] == "<other>" and len(out) < 5000
+
+
+@pytest.mark.parametrize("stored", [(T.STRING, "true"), (T.INT32, 1)], ids=["add_bos-as-string", "bos-id-as-int32"])
+def test_a_flag_or_id_of_the_wrong_type_is_fixed_by_both_routes_and_alone(tmp_path, stored):
+    """llama.cpp's loader refuses the file (it throws on the type); an override of the right kind wins over
+    the stored key, and a patch rewrites it with the right type, whether fixed against a target or alone."""
+    key = ADD_BOS if stored[0] == T.STRING else BOS
+    t, d = _pair(tmp_path, {key: stored})
+    verdict = inspect_pair(t, d)
+    assert [f.check for f in verdict.blockers] == ["draft_key_type"] and verdict.blockers[0].fixes
+    for route in (RouteChoice.OVERRIDE, RouteChoice.PATCH):
+        copy = tmp_path / f"{route.value}.gguf"
+        copy.write_bytes(d.read_bytes())
+        result = apply_plan(plan_pair_fix(copy, t, route))
+        overrides = dict(parse_override(a) for a in result.override_args)
+        assert inspect_pair(t, copy, overrides).compatible, route
+        if route == RouteChoice.PATCH:
+            assert read_header(copy).kv[key].type == (T.BOOL if key == ADD_BOS else T.UINT32)
+            assert _fields(copy)[key] == (True if key == ADD_BOS else 1)
+    alone = tmp_path / "alone.gguf"
+    alone.write_bytes(d.read_bytes())
+    plan = plan_self_fix(alone)
+    assert [c.key for c in plan.changes] == [key] and not plan.unfixable
+    apply_plan(plan)
+    assert read_model_info(alone).vocab.load_error is None and _fields(alone)[key] == (True if key == ADD_BOS else 1)
