@@ -363,7 +363,7 @@ def test_no_download_means_no_request(fake_hub, hub_resolve, tmp_path):
     fake_hub.add("org/tiny-GGUF", {"tiny-Q4_K_M.gguf": gguf_bytes(tmp_path, "Q4_K_M")})
     got = hub_resolve("org/tiny-GGUF:Q4_K_M", download=False)
     assert got.error == "ModelNotFoundError"
-    assert got.message == "org/tiny-GGUF:Q4_K_M is a Hub reference; downloading is off"
+    assert got.message == "org/tiny-GGUF:Q4_K_M is a Hub reference, and this command does not download"
     assert fake_hub.requests == []
     assert not hub_resolve.cache.exists()
 
