@@ -18,7 +18,7 @@ from gguf import GGUFValueType
 from ggufpair.errors import UsageError
 from ggufpair.format.model_info import ModelInfo, read_model_info
 from ggufpair.format.reader import ArrayValue
-from ggufpair.format.vocab import ADD_BOS_KEY, BOS_KEY, EOS_KEY, load_problem
+from ggufpair.format.vocab import ADD_BOS_KEY, BOS_KEY, EOS_KEY, duplicate_problem, load_problem
 from ggufpair.pairing.verdict import TOKENS_KEY, WRONG_TYPE_ATTRS, Route, Verdict, check_pair
 
 TOKEN_TYPE_KEY = "tokenizer.ggml.token_type"
@@ -202,16 +202,18 @@ def plan_self_fix(path: str | Path) -> FixPlan:
     changes: list[KeyChange] = []
     unfixable: list[str] = []
     problem = load_problem(v)
-    if problem and v.only_wrong_types and set(v.wrong_type_keys) <= set(WRONG_TYPE_ATTRS):
+    planned: dict[str, Any] = {}  # values the repair gives wrongly typed keys
+    if problem and v.only_wrong_types and set(v.wrong_type_keys) <= set(WRONG_TYPE_ATTRS) \
+            and not duplicate_problem(v):
         # Flags or special ids stored with a type the loader refuses: rewritten with the right type, keeping the
         # value they meant ("true" -> true, an INT32 id -> the same UINT32 id), else the tokenizer's default.
         for key in v.wrong_type_keys:
             attr = WRONG_TYPE_ATTRS[key]
             meant = _meant_value(info.header.get(key), attr.startswith("add_"))
-            value = meant if meant is not None else getattr(v, attr)
-            changes.append(_scalar_change(info, key, value, f"stored as {info.header.kv[key].type.name}, which "
-                                          "llama.cpp's loader refuses" + ("" if meant is not None else
-                                                                         "; the tokenizer's default")))
+            planned[key] = meant if meant is not None else getattr(v, attr)
+            changes.append(_scalar_change(info, key, planned[key], f"stored as {info.header.kv[key].type.name}, "
+                                          "which llama.cpp's loader refuses" + ("" if meant is not None else
+                                                                                "; the tokenizer's default")))
         problem = None
     if problem:
         # A vocabulary llama.cpp cannot load stays unloadable whatever else is repaired: nothing is written.
@@ -220,17 +222,17 @@ def plan_self_fix(path: str | Path) -> FixPlan:
         return FixPlan(info.path, None, (), (), "nothing metadata can fix", size, mtime, None, tuple(unfixable))
     texts = v.tokens.load() if v.tokens is not None else ()
     for key, stored, candidates in ((BOS_KEY, v.bos_id_stored, BOS_TEXTS), (EOS_KEY, v.eos_id_stored, EOS_TEXTS)):
+        stored = planned.get(key, stored)  # the checks see the file as it will be, so a second run finds nothing
         if stored is not None and stored >= v.n_tokens:
             found = next((texts.index(t) for t in candidates if t in texts), None)
             if found is not None:
-                changes.append(KeyChange(key, Action.SET, stored, found, GGUFValueType.UINT32,
-                                         reason=f"{stored} is outside the {v.n_tokens}-token vocabulary; "
-                                                f"id {found} is {texts[found].decode(errors='replace')}"))
+                changes.append(_scalar_change(info, key, found, f"{stored} is outside the {v.n_tokens}-token "
+                                              f"vocabulary; id {found} is {texts[found].decode(errors='replace')}"))
             else:
-                changes.append(KeyChange(key, Action.REMOVE, stored, None,
+                changes.append(KeyChange(key, Action.REMOVE, info.header.get(key), None,
                                          reason=f"{stored} is outside the vocabulary and no usual token text was found; "
                                                 "llama.cpp ignores it anyway"))
-    if (info.architecture or "") in NEEDS_BOS and not v.add_bos:
+    if (info.architecture or "") in NEEDS_BOS and not planned.get(ADD_BOS_KEY, v.add_bos):
         change = _scalar_change(info, ADD_BOS_KEY, True, f"{info.architecture} models need a BOS token at the start")
         changes.append(change)
     changes = list({c.key: c for c in changes}.values())  # a later repair of the same key (add_bos) wins

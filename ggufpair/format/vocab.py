@@ -99,14 +99,18 @@ def _load_texts(array: ArrayValue, _size: int, _mtime_ns: int) -> tuple[bytes, .
 def load_problem(vocab: "VocabInfo") -> str | None:
     """Why llama.cpp's loader would refuse or abort on this vocabulary, or None: what `read_vocab` found, then
     duplicate token texts (checked here, not at read time: it means reading every text)."""
-    if vocab.load_error:
-        return vocab.load_error
-    if vocab.tokens is not None:
-        texts = vocab.tokens.load()
-        dup = first_duplicate(texts)
-        if dup:
-            return (f"token ids {dup[0]} and {dup[1]} have the same text ({texts[dup[1]][:32]!r}): llama.cpp's "
-                    "loader aborts on this (GGML_ASSERT in llama_vocab::load)")
+    return "; ".join(p for p in (vocab.load_error, duplicate_problem(vocab)) if p) or None
+
+
+def duplicate_problem(vocab: "VocabInfo") -> str | None:
+    """Two ids with one text, which makes llama.cpp's loader abort; None when there are none."""
+    if vocab.tokens is None:
+        return None
+    texts = vocab.tokens.load()
+    dup = first_duplicate(texts)
+    if dup:
+        return (f"token ids {dup[0]} and {dup[1]} have the same text ({texts[dup[1]][:32]!r}): llama.cpp's "
+                "loader aborts on this (GGML_ASSERT in llama_vocab::load)")
     return None
 
 

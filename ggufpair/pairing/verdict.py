@@ -14,18 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ggufpair.format.model_info import ModelInfo, read_model_info
-from ggufpair.format.vocab import ADD_BOS_KEY, ADD_EOS_KEY, BOS_KEY, EOS_KEY, VocabInfo, first_duplicate, read_vocab
+from ggufpair.format.vocab import (ADD_BOS_KEY, ADD_EOS_KEY, BOS_KEY, EOS_KEY, VocabInfo, duplicate_problem,
+                                   first_duplicate, read_vocab)
 
 VOCAB_MAX_SIZE_DIFFERENCE = 128  # SPEC_VOCAB_MAX_SIZE_DIFFERENCE
 VOCAB_CHECK_START_TOKEN_ID = 5  # SPEC_VOCAB_CHECK_START_TOKEN_ID
 TOKENS_KEY = "tokenizer.ggml.tokens"
 MODEL_KEY = "tokenizer.ggml.model"
 TEXT_PATCH_MAX_FRACTION = 0.01
-# Only draft-simple calls common_speculative_are_compatible (speculative.cpp:N283); EAGLE-3, DFlash and DSpark
-# drafts read the target's hidden states and may carry a reduced vocabulary.
-VOCAB_UNCHECKED_KINDS = frozenset({"eagle3", "dflash", "dspark"})
 """Token texts are patchable when at most this fraction of the compared ids differ; more is another tokenizer."""
 DRAFT_SIZE_WARN_RATIO = 0.3
+VOCAB_UNCHECKED_KINDS = frozenset({"eagle3", "dflash", "dspark"})
+"""Only draft-simple calls common_speculative_are_compatible (speculative.cpp:N283); EAGLE-3, DFlash and DSpark
+drafts read the target's hidden states and may carry a reduced vocabulary."""
 
 
 class Severity(str, enum.Enum):
@@ -156,7 +157,8 @@ def _load_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: Model
     """What makes llama.cpp fail to load either model, before any compatibility check runs."""
     out = []
     same_tokens = tv.tokens is not None and dv.tokens is not None and tv.tokens.raw_bytes() == dv.tokens.raw_bytes()
-    if (not tv.load_error and dv.only_wrong_types and target.vocab.vocab_type is not None
+    duplicates = duplicate_problem(tv) or (None if same_tokens else duplicate_problem(dv))
+    if (not tv.load_error and not duplicates and dv.only_wrong_types and target.vocab.vocab_type is not None
             and set(dv.wrong_type_keys) <= set(WRONG_TYPE_ATTRS)):
         # The draft stores a flag or a special id with a type the loader refuses: the target's value, with the
         # right type, repairs it (an override of the right kind wins over the stored key; a patch rewrites it).

@@ -153,8 +153,9 @@ def test_real_flow_fix_and_tune(pair_dir):
             result = app.session.result
             assert result.launches >= 3 and not result.cancelled
             assert app.session.outputs.profile.exists() and app.session.outputs.script.exists()
-            summary = str(app.screen.query_one("#summary").render())
-            assert "profile:" in summary
+            # the screen fills its summary once mounted: wait for that, not just for the screen
+            await _wait_for(pilot, lambda: app.screen.is_mounted and "profile:" in str(
+                app.screen.query_one("#summary").render()), 30)
             await pilot.press("l")
             await pilot.pause()
             assert app.session.outputs.profile.with_suffix(".llama-swap.yaml").exists()

@@ -463,3 +463,34 @@ def test_a_flag_or_id_of_the_wrong_type_is_fixed_by_both_routes_and_alone(tmp_pa
     assert [c.key for c in plan.changes] == [key] and not plan.unfixable
     apply_plan(plan)
     assert read_model_info(alone).vocab.load_error is None and _fields(alone)[key] == (True if key == ADD_BOS else 1)
+
+
+def test_wrong_types_next_to_duplicate_texts_are_not_fixable(tmp_path, capsys):
+    """Rewriting the wrongly typed key would leave a file llama.cpp still aborts on: nothing is written, and a
+    pair with such a draft is not called fixable."""
+    from ggufpair.cli.main import main
+
+    tokens = spm_tokens(300)
+    tokens[200] = tokens[100]
+    kv = {**model_kv(), **vocab_kv(tokens=tokens), ADD_BOS: (T.STRING, "true")}
+    d = write_gguf(tmp_path / "d.gguf", kv)
+    t = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv()})
+    before = d.read_bytes()
+    assert main(["fix", str(d)]) == 10 and d.read_bytes() == before
+    assert main(["inspect", str(t), str(d)]) == 10
+
+
+@pytest.mark.parametrize("case", ["gemma add_bos 'false'", "INT32 bos id outside the vocabulary"])
+def test_fixing_one_file_twice_changes_nothing_the_second_time(tmp_path, case):
+    """The checks after a type repair see the repaired value: a Gemma model's add_bos stored as the string
+    'false' becomes true at once (Gemma needs BOS), an out-of-range INT32 id is repaired to the usual BOS text."""
+    if case.startswith("gemma"):
+        kv = {**model_kv(arch="gemma3"), **vocab_kv(), ADD_BOS: (T.STRING, "false")}
+    else:
+        kv = {**model_kv(), **vocab_kv(), BOS: (T.INT32, 5000)}
+    path = write_gguf(tmp_path / "m.gguf", kv)
+    apply_plan(plan_self_fix(path))
+    assert read_model_info(path).vocab.load_error is None
+    assert plan_self_fix(path).empty, [c.key for c in plan_self_fix(path).changes]
+    fields = _fields(path)
+    assert fields[ADD_BOS] is True if case.startswith("gemma") else fields[BOS] < 300
