@@ -6,13 +6,13 @@
   text fit): the original bytes go to a journal first (fsync'd), then the patch is written and fsync'd, then
   the journal is deleted. A fix that
   dies in between is rolled back by the next run (`recover_interrupted`).
-- Otherwise a rewrite: a temporary file in the same folder, its blocks reserved first (a full disk fails
-  before any copying), receives the tensor data copied by the kernel (`os.copy_file_range`; `sendfile` or
-  plain reads as fallbacks), then the new header. A reflink (btrfs, XFS) needs the source and the copy at the
-  same offset within a filesystem block: when the data keeps its offset (a same-size header written to
-  `--output` or with `--backup`) or moves by whole blocks, the copy starts at a block boundary and every call
-  is block-aligned, so such a filesystem shares the blocks instead of writing them. The copy goes
-  in chunks: each chunk is handed to the disk as soon as it is copied and compared byte for byte with the
+- Otherwise a rewrite: a temporary file in the same folder receives the tensor data, then the new header.
+  A reflink (btrfs, XFS) needs the source and the copy at the same offset within a filesystem block: when the
+  data keeps its offset (a same-size header written to `--output` or with `--backup`) or moves by whole
+  blocks, the span from the block holding its first byte is cloned (FICLONERANGE), sharing the blocks
+  instead of writing them, and then only compared. Elsewhere the file's blocks are reserved first (a full
+  disk fails before any copying) and the data is copied by the kernel (`os.copy_file_range`; `sendfile` or
+  plain reads as fallbacks) in chunks: each chunk is handed to the disk as soon as it is copied and compared byte for byte with the
   source by a second thread while the next one copies, so the fsync and the verification overlap the copy.
   Then fsync, the header checks, and an atomic rename over the original (or to `--output`). The original is
   untouched until that rename; stale temporary files of a killed run are removed by the next one.
@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import shutil
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -359,16 +360,30 @@ _SYNC_FILE_RANGE = _kernel_call("sync_file_range", ctypes.c_int, ctypes.c_int64,
 WRITEBACK_START, WRITEBACK_WAIT = 2, 1 | 2 | 4  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
 
 
-def _reserve(fd: int, size: int, required: bool = True) -> None:
+def _reserve(fd: int, size: int) -> None:
     """Give the new file its final size, its blocks reserved where the filesystem can: a full disk fails here,
-    before gigabytes are copied. Not `required` when the copy may share blocks (a reflink needs no space):
-    a refusal then leaves it to the copy to find out."""
+    before gigabytes are copied."""
     if _FALLOCATE is not None and _FALLOCATE(fd, 0, 0, size) != 0:
         err = ctypes.get_errno()
-        if required and err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise OSError(err, os.strerror(err))
         # Anything else (no fallocate on this filesystem, a sandbox refusing it): the copy finds out.
     os.ftruncate(fd, size)
+
+
+FICLONERANGE = 0x4020940D  # _IOW(0x94, 13, struct file_clone_range), linux/fs.h
+
+
+def _clone_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> bool:
+    """Share the span's blocks with the source (a reflink: btrfs, XFS, bcachefs, ZFS 2.2+); False where the
+    filesystem cannot (ext4, tmpfs, another filesystem) and the bytes must be copied."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONERANGE, struct.pack("qQQQ", src_fd, src_off, length, dst_off))
+        return True
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM):
+            return False
+        raise
 
 
 def _copy_span(src_data: int, dst_data: int, length: int) -> tuple[int, int, int]:
@@ -383,10 +398,11 @@ def _copy_span(src_data: int, dst_data: int, length: int) -> tuple[int, int, int
 
 
 def _copy_and_compare(src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, src_off: int, dst_off: int,
-                      length: int) -> bool:
+                      length: int, cloned: bool = False) -> bool:
     """Copy the tensor data in chunks, each handed to the disk as soon as it is copied (so the final fsync
     finds little left to write) and compared byte for byte with the source by a second thread while the
-    next chunk copies. Returns whether every byte compared equal."""
+    next chunk copies. `cloned`: the span already shares the source's blocks, so it is only compared.
+    Returns whether every byte compared equal."""
     method = ["copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"]
     step = max(REFLINK_BLOCK, REWRITE_CHUNK // REFLINK_BLOCK * REFLINK_BLOCK)  # chunks keep aligned spans aligned
     with _open_map(src_path) as a, _open_map(dst_path) as b:
@@ -397,8 +413,9 @@ def _copy_and_compare(src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, 
                 if checker.error is not None or not checker.equal:
                     break  # no use copying the rest
                 n = min(step, length - pos)
-                _copy_range(src_fd, dst_fd, src_off + pos, dst_off + pos, n, method)
-                if _SYNC_FILE_RANGE is not None:
+                if not cloned:
+                    _copy_range(src_fd, dst_fd, src_off + pos, dst_off + pos, n, method)
+                if _SYNC_FILE_RANGE is not None and not cloned:
                     _SYNC_FILE_RANGE(dst_fd, dst_off + pos, n, WRITEBACK_START)
                     if prev is not None:  # wait for the previous chunk: dirty memory stays bounded
                         _SYNC_FILE_RANGE(dst_fd, dst_off + prev[0], prev[1], WRITEBACK_WAIT)
@@ -454,10 +471,16 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
     try:
         try:
             src_off, dst_off, length = _copy_span(header.data_offset, len(head), data_len)
-            shareable = (len(head) - header.data_offset) % REFLINK_BLOCK == 0  # the span is block-aligned
-            _reserve(fd, len(head) + data_len, required=not shareable)
+            aligned = (len(head) - header.data_offset) % REFLINK_BLOCK == 0
             with open(src, "rb") as sf:
-                equal = _copy_and_compare(src, sf.fileno(), tmp, fd, src_off, dst_off, length)
+                # A reflink needs no space and writes no data; where there is none, the blocks are reserved
+                # first, so a full disk fails before any copying.
+                cloned = aligned and _clone_range(sf.fileno(), fd, src_off, dst_off, length)
+                if cloned:
+                    os.ftruncate(fd, len(head) + data_len)
+                else:
+                    _reserve(fd, len(head) + data_len)
+                equal = _copy_and_compare(src, sf.fileno(), tmp, fd, src_off, dst_off, length, cloned)
             view = memoryview(head)  # after the copy: it overwrites the header bytes an aligned span copied
             while view:
                 view = view[os.pwrite(fd, view, len(head) - len(view)):]

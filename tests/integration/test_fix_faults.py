@@ -98,9 +98,9 @@ def _umount(folder: Path) -> None:
 
 @pytest.mark.parametrize("aligned", [False, True], ids=["data-moves", "data-keeps-its-offset"])
 def test_full_disk_gives_a_clear_error_and_keeps_the_original(tmp_path, aligned):
-    """The data moving (a longer token text): the block reservation fails before any copying. The data
-    keeping its offset (add_bos flipped, kept with --backup): the copy could share blocks on a reflink
-    filesystem, so the reservation is not required and the copy itself runs out of space."""
+    """The data moving (a longer token text), or keeping its offset (add_bos flipped, kept with --backup),
+    where a reflink filesystem would clone it: tmpfs cannot, so the block reservation fails before any
+    copying either way."""
     disk = tmp_path / "disk"
     target, draft = _make_pair(tmp_path, (1024, 2048))  # an 8 MiB draft
     extra = ()

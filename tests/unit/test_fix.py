@@ -494,3 +494,32 @@ def test_fixing_one_file_twice_changes_nothing_the_second_time(tmp_path, case):
     assert plan_self_fix(path).empty, [c.key for c in plan_self_fix(path).changes]
     fields = _fields(path)
     assert fields[ADD_BOS] is True if case.startswith("gemma") else fields[BOS] < 300
+
+
+def test_an_aligned_span_is_cloned_where_the_filesystem_can_and_reserved_where_not(tmp_path, monkeypatch):
+    """On this machine's filesystems FICLONERANGE is refused: the blocks are reserved, the data copied. Where a
+    filesystem clones (btrfs, XFS: none here, so the clone is stood in for by a plain kernel copy), nothing is
+    reserved or copied chunk by chunk, and the cloned span is still compared byte for byte."""
+    import ggufpair.fix.apply as apply
+
+    reserved, copied = [], []
+    real_reserve, real_copy = apply._reserve, apply._copy_range
+    monkeypatch.setattr(apply, "_reserve", lambda fd, size: reserved.append(size) or real_reserve(fd, size))
+    monkeypatch.setattr(apply, "_copy_range", lambda *a: copied.append(a[4]) or real_copy(*a))
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
+    tensors_before = _tensor_bytes(d)
+    apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), output=tmp_path / "here.gguf")
+    assert reserved and copied  # no reflink on this filesystem
+
+    def clone(src_fd, dst_fd, src_off, dst_off, length):
+        assert src_off % 4096 == 0 and dst_off % 4096 == 0
+        done = 0
+        while done < length:
+            done += os.copy_file_range(src_fd, dst_fd, length - done, src_off + done, dst_off + done)
+        return True
+
+    monkeypatch.setattr(apply, "_clone_range", clone)
+    reserved.clear(), copied.clear()
+    result = apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), output=tmp_path / "cloned.gguf")
+    assert result.data_verified and reserved == [] and copied == []
+    assert _tensor_bytes(tmp_path / "cloned.gguf") == tensors_before and inspect_pair(t, tmp_path / "cloned.gguf").compatible
