@@ -153,8 +153,9 @@ def _validate_tune_args(args: argparse.Namespace) -> tuple[int, ...]:
     from ggufpair.engine.config import KV_TYPES
     from ggufpair.tune.search import parse_lengths
 
-    if args.tokens < 1:
-        raise UsageError(f"--tokens {args.tokens}: at least one token per prompt is needed to measure anything")
+    if args.tokens < 2:
+        raise UsageError(f"--tokens {args.tokens}: at least 2 per prompt (an answer's first token comes from the "
+                         "prompt; the generation rate is measured on the ones after it)")
     if args.repeats < 1:
         raise UsageError(f"--repeats {args.repeats}: at least one repetition is needed")
     if not 0 <= args.margin < 1:
@@ -176,13 +177,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from ggufpair.engine.dialect import probe_dialect
     from ggufpair.tune.profile import load_profile
 
-    _, config = load_profile(find_profile(args.profile))
-    _check_models(config)
+    data, config = load_profile(find_profile(args.profile))
+    _check_models(config, data.get("models"))
     binary = find_llama_server(args.llama_server)
     argv = [str(binary.path), *config.with_(host=args.host, port=args.port).argv(probe_dialect(binary.path))]
     print(shlex.join(argv), file=sys.stderr, flush=True)
     # llama-server takes this process's place: signals (Ctrl-C, a service manager's SIGTERM) reach it directly.
-    os.execv(argv[0], argv)
+    try:
+        os.execv(argv[0], argv)
+    except OSError as e:
+        from ggufpair.errors import EngineError
+
+        raise EngineError(f"{argv[0]}: cannot start it ({e.strerror or e})") from None
     return 1  # not reached
 
 

@@ -160,19 +160,18 @@ def resolve_output(src: Path, output: str | Path | None) -> Path | None:
     refused (a fixed copy never replaces a file ggufpair did not make); the model itself means no copy."""
     if output is None:
         return None
+    from ggufpair.errors import UsageError
+
     out = Path(output)
     if out.is_dir():
         out = out / Path(src).name
     if out.exists() and out.resolve() == Path(src).resolve():
-        return None
-    if out.exists():
-        from ggufpair.errors import UsageError
-
+        raise UsageError(f"{out}: --output is the model itself; a copy was asked for",
+                         hint="give another path, or drop --output to fix the model where it is")
+    if os.path.lexists(out):  # a dangling link too
         raise UsageError(f"{out}: already exists; a fixed copy never replaces an existing file",
                          hint="remove it first, or give another --output path")
     if not out.parent.is_dir():
-        from ggufpair.errors import UsageError
-
         raise UsageError(f"{out.parent}: no such folder for --output")
     return out
 
@@ -239,8 +238,8 @@ def _same_size_patches(header: GGUFHeader, changes) -> list[tuple[int, bytes, by
     with _open_map(header.path) as buf:
         for change in changes:
             entry = header.kv.get(change.key)
-            if change.action != Action.SET or entry is None or entry.type != change.type:
-                return None  # a new key, a removal, or a new type (its type field must change too)
+            if change.action != Action.SET or entry is None:
+                return None  # (an entry's value bytes start with its type: a new type of the same size fits too)
             new = _encoded_change(change)
             if len(new) != entry.end - entry.value_offset:
                 return None
@@ -489,7 +488,18 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
             os.close(fd)
         _verify(header, old_head, read_header(tmp), plan, data_offset=len(head), data_equal=equal)
         backup_path = _make_backup(src) if backup and dest == src else None
-        os.replace(tmp, dest)
+        if dest == src:
+            os.replace(tmp, dest)
+        else:  # a new file: linked, which fails if one appeared there meanwhile (rename would replace it)
+            try:
+                os.link(tmp, dest)
+                _unlink(tmp)
+            except FileExistsError:
+                raise FixError(f"{dest}: a file appeared there during the fix; it was left alone") from None
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                    raise
+                os.replace(tmp, dest)  # a filesystem without hard links (FAT, some FUSE): a plain rename
     except OSError as e:
         _unlink(tmp)
         raise _os_error(e, tmp, "writing the fixed copy") from None

@@ -173,6 +173,8 @@ def _recommendation(result: TuneResult) -> str:
                 f"{best.measurement.tokens_per_second:.1f} tok/s against {rec.measurement.tokens_per_second:.1f} "
                 "without a draft, not faster beyond the run-to-run spread")
     paired = result.baseline_for(rec.config) or base
+    if not paired.measurement.tokens_per_second:
+        return f"{rec.label}: {rec.measurement.tokens_per_second:.1f} tok/s; the baseline measured nothing to compare with"
     speedup = rec.measurement.tokens_per_second / paired.measurement.tokens_per_second
     return (f"{rec.label}: {rec.measurement.tokens_per_second:.1f} tok/s, {speedup:.2f}x the paired baseline "
             f"({paired.measurement.tokens_per_second:.1f} tok/s), acceptance {rec.measurement.acceptance_rate:.0%}")

@@ -56,7 +56,8 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
                 on_event(f"  {m.stalls} request(s) ran at under a third of the median rate: measuring again")
                 again = measure(server, prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early,
                                 cancel=cancel, warmup=False)
-                m = again if again.stalls <= m.stalls else m
+                if not (cancel is not None and cancel.is_set()):  # a cancelled second run is partial: keep the first
+                    m = again if again.stalls <= m.stalls else m
     except EngineError as e:
         on_event(f"  failed: {e.message}")
         return PointResult(config, None, e.message, time.perf_counter() - start)

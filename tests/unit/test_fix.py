@@ -523,3 +523,17 @@ def test_an_aligned_span_is_cloned_where_the_filesystem_can_and_reserved_where_n
     result = apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), output=tmp_path / "cloned.gguf")
     assert result.data_verified and reserved == [] and copied == []
     assert _tensor_bytes(tmp_path / "cloned.gguf") == tensors_before and inspect_pair(t, tmp_path / "cloned.gguf").compatible
+
+
+def test_output_that_is_the_model_or_a_dangling_link_is_refused(tmp_path, capsys):
+    from ggufpair.cli.main import main
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    before = d.read_bytes()
+    assert main(["fix", str(d), "-r", str(t), "--output", str(tmp_path)]) == 2  # the folder holds the model
+    assert "the model itself" in capsys.readouterr().err and d.read_bytes() == before
+    link = tmp_path / "dangling.gguf"
+    link.symlink_to(tmp_path / "nowhere.gguf")
+    assert main(["fix", str(d), "-r", str(t), "--output", str(link)]) == 2
+    assert link.is_symlink() and not (tmp_path / "nowhere.gguf").exists() and d.read_bytes() == before
+
