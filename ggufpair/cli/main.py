@@ -211,9 +211,11 @@ def cmd_tui(args: argparse.Namespace) -> int:
                          hint="run it in a terminal, or use the commands: ggufpair --help")
     from ggufpair.tui.app import run_tui
 
+    from ggufpair.cli.tune_cmds import find_profile
+
     profile = getattr(args, "profile", None)
     return run_tui(getattr(args, "llama_server", None), getattr(args, "threads", None),
-                   [Path(d) for d in getattr(args, "dir", [])], Path(profile) if profile else None)
+                   [Path(d) for d in getattr(args, "dir", [])], find_profile(profile) if profile else None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -97,7 +97,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ggufpair.state import state_dir
     from ggufpair.tune.prompts import builtin_prompts, load_prompts
     from ggufpair.tune.run import prepare_pair, save_outputs, suggest_drafts
-    from ggufpair.tune.search import TuneSpec, largest_context, parse_lengths, tune
+    from ggufpair.tune.search import TuneSpec, largest_context, same_file, tune
 
     console = _console(args)
     say = lambda msg: console.print(f"  {msg}", style="dim")  # noqa: E731
@@ -115,9 +115,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         render.print_suggestions(console, target, suggestions)
         return 0 if suggestions else 1
     draft_path = resolve(args.draft, candidates=candidates, on_event=say)
-    if Path(draft_path).resolve() == Path(target_path).resolve():
-        raise UsageError(f"{draft_path}: the target and the draft are the same file",
-                         hint="a draft is a smaller model of the target's family (`ggufpair tune --target ...` suggests some)")
+    same_file(target_path, draft_path)
     binary = find_llama_server(args.llama_server)
     dialect = probe_dialect(binary.path)
     overrides, fix_note = prepare_pair(target_path, draft_path, args.route, say)
@@ -150,26 +148,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _validate_tune_args(args: argparse.Namespace) -> tuple[int, ...]:
     """Every argument checked before anything is loaded or launched; the draft lengths, parsed."""
-    from ggufpair.engine.config import KV_TYPES
-    from ggufpair.tune.search import parse_lengths
+    from ggufpair.tune.search import check_tune_values
 
-    if args.tokens < 2:
-        raise UsageError(f"--tokens {args.tokens}: at least 2 per prompt (an answer's first token comes from the "
-                         "prompt; the generation rate is measured on the ones after it)")
-    if args.repeats < 1:
-        raise UsageError(f"--repeats {args.repeats}: at least one repetition is needed")
-    if not 0 <= args.margin < 1:
-        raise UsageError(f"--margin {args.margin}: a fraction of the memory budget kept free, from 0 to below 1")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: not a TCP port (1-65535)")
-    if args.ctx is not None and args.ctx < 256:
-        raise UsageError(f"--ctx {args.ctx}: llama.cpp pads the context to 256; give at least 256")
-    for flag, value in (("--kv", args.kv), ("--draft-kv", args.draft_kv)):
-        bad = [t for t in value.split(",") if t not in KV_TYPES]
-        if bad:
-            raise UsageError(f"{flag} {value}: {', '.join(bad)} is not a KV cache type llama.cpp accepts",
-                             hint=f"one of {', '.join(KV_TYPES)}")
-    return parse_lengths(args.lengths)
+    return check_tune_values(tokens=args.tokens, repeats=args.repeats, margin=args.margin, ctx=args.ctx,
+                             kv=args.kv, draft_kv=args.draft_kv, lengths=args.lengths)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -137,6 +137,36 @@ def simplicity(point: PointResult) -> tuple:
     return (1, KV_RANK.get(c.cache_type_k, 9), KV_RANK.get(c.draft_cache_type_k, 9), c.draft_max)
 
 
+def check_tune_values(*, tokens: int, repeats: int, margin: float, ctx: int | None, kv: str, draft_kv: str,
+                      lengths: str) -> tuple[int, ...]:
+    """The values a tune is asked for, checked before anything is loaded or launched (the CLI and the TUI
+    alike); returns the draft lengths, parsed."""
+    from ggufpair.engine.config import KV_TYPES
+
+    if tokens < 2:
+        raise UsageError(f"--tokens {tokens}: at least 2 per prompt (an answer's first token comes from the "
+                         "prompt; the generation rate is measured on the ones after it)")
+    if repeats < 1:
+        raise UsageError(f"--repeats {repeats}: at least one repetition is needed")
+    if not 0 <= margin < 1:
+        raise UsageError(f"--margin {margin}: a fraction of the memory budget kept free, from 0 to below 1")
+    if ctx is not None and ctx < 256:
+        raise UsageError(f"--ctx {ctx}: llama.cpp pads the context to 256; give at least 256")
+    for flag, value in (("--kv", kv), ("--draft-kv", draft_kv)):
+        bad = [t for t in value.split(",") if t not in KV_TYPES]
+        if bad:
+            raise UsageError(f"{flag} {value}: {', '.join(bad)} is not a KV cache type llama.cpp accepts",
+                             hint=f"one of {', '.join(KV_TYPES)}")
+    return parse_lengths(lengths)
+
+
+def same_file(a: Path, b: Path) -> None:
+    """Refuse one file as both target and draft."""
+    if Path(a).resolve() == Path(b).resolve():
+        raise UsageError(f"{b}: the target and the draft are the same file",
+                         hint="a draft is a smaller model of the target's family (`ggufpair tune --target ...` suggests some)")
+
+
 def parse_lengths(text: str) -> tuple[int, ...]:
     out: set[int] = set()
     try:

@@ -180,3 +180,18 @@ def test_cancel_stops_the_server_and_keeps_partial_results(pair_dir):
             assert app.session.result.cancelled and app.session.result.launches >= 1
             assert not [p for p in psutil.Process(os.getpid()).children(recursive=True) if p.name() == "llama-server"]
     asyncio.run(flow())
+
+
+def test_bad_tune_values_are_a_notification_and_nothing_starts(pair_dir):
+    """The TUI checks a tune's values as the CLI does (one tokens per answer measures nothing)."""
+    async def flow():
+        app = _app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await _choose_pair(pilot)
+            await pilot.press("o", "n")
+            assert isinstance(app.screen, ConfigScreen)
+            app.screen.query_one("#f_tokens").value = "1"
+            await pilot.press("ctrl+s")
+            await _wait_for(pilot, lambda: any("--tokens 1" in n.message for n in app._notifications), 30)
+            assert app.session.result is None
+    asyncio.run(flow())
