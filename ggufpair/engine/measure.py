@@ -40,16 +40,7 @@ class Measurement:
     predicted_ms: float = 0.0  # generation time summed over every measured request
     stopped_early: bool = False
     request_tps: tuple[float, ...] = ()  # each request's own rate, in the order they ran
-
-    @property
-    def stalls(self) -> int:
-        """Requests that ran at under a third of the median request's rate: the machine, not the configuration
-        (a draft's rate moves with its acceptance, by far less than that)."""
-        rates = [r for r in self.request_tps if r > 0]
-        if len(rates) < 2:
-            return 0
-        typical = statistics.median(rates)
-        return sum(r < typical / STALL_FACTOR for r in rates)
+    stalls: int = 0  # requests at under a third of their peers' rate (count_stalls)
 
     @property
     def tps_spread(self) -> float:
@@ -86,7 +77,23 @@ class Measurement:
                    int(d.get("predicted_tokens", 0)), int(d.get("draft_tokens", 0)), int(d.get("accepted_tokens", 0)),
                    int(d.get("drafts", 0)), tuple(d.get("accept_by_position", ())), dict(d.get("per_category", {})),
                    float(d.get("predicted_ms", 0.0)), bool(d.get("stopped_early", False)),
-                   tuple(float(r) for r in d.get("request_tps", ())))
+                   tuple(float(r) for r in d.get("request_tps", ())), int(d.get("stalls", 0)))
+
+
+def count_stalls(rates_by_prompt: dict[str, list[float]], drafted: bool) -> int:
+    """Requests that ran at under a third of their peers' rate: the machine, not the configuration. A
+    request's peers are the same prompt's other runs; with one run each, the other prompts' runs, but only
+    without a draft (a draft's rate moves with each prompt's acceptance, so prompts are no peers there)."""
+    stalls = 0
+    groups = [r for r in rates_by_prompt.values() if len(r) >= 2]
+    if not groups and not drafted:
+        groups = [[r for rates in rates_by_prompt.values() for r in rates]]
+    for rates in groups:
+        rates = [r for r in rates if r > 0]
+        if len(rates) >= 2:
+            typical = statistics.median(rates)
+            stalls += sum(r < typical / STALL_FACTOR for r in rates)
+    return stalls
 
 
 def _metric_delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
@@ -107,6 +114,7 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     stopped = False
     cats: dict[str, dict[str, float]] = {}
     request_tps: list[float] = []
+    by_prompt: dict[str, list[float]] = {}
     for _ in range(max(1, repeats)):
         pred_n, pred_ms = 0, 0.0
         for p in prompts:
@@ -119,6 +127,7 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
             steps = max(c.predicted_n - 1, 0)
             if c.predicted_ms > 0:
                 request_tps.append(steps / (c.predicted_ms / 1000))
+                by_prompt.setdefault(p.id, []).append(request_tps[-1])
             pred_n += steps
             pred_ms += c.predicted_ms
             totals["pred"] += c.predicted_n
@@ -156,7 +165,7 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     live = bool(server.speculative) and (drafted or not counted)
     return Measurement(live, statistics.median(runs), tuple(runs), totals["pred"],
                        totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped,
-                       tuple(request_tps))
+                       tuple(request_tps), count_stalls(by_prompt, drafted=totals["draft"] > 0))
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ class PairMemory:
         return self.target.total + (self.draft.total if self.draft else 0)
 
 
-def _flash_attn_on(config: ServerConfig, fa_takes_value: bool = True) -> bool:
+def flash_attn_on(config: ServerConfig, fa_takes_value: bool = True) -> bool:
     """`auto` resolves to on where the backend supports it (CPU and CUDA do) on builds whose -fa takes a value;
     older builds have a bare -fa switch, off unless given (ggufpair gives it for a quantized V cache)."""
     quantized_v = config.cache_type_v in QUANTIZED_KV or config.draft_cache_type_v in QUANTIZED_KV
@@ -165,7 +165,7 @@ def compute_bytes(info: ModelInfo, *, ctx: int, parallel: int, flash_attn: bool)
 def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False, device: str = "cpu",
                    fa_takes_value: bool = True) -> ModelMemory:
     """One model's memory for `config` (`draft` picks the draft's KV types; the draft shares the target's context)."""
-    fa = _flash_attn_on(config, fa_takes_value)
+    fa = flash_attn_on(config, fa_takes_value)
     tk, tv = (config.draft_cache_type_k, config.draft_cache_type_v) if draft else (config.cache_type_k, config.cache_type_v)
     k, v = kv_bytes(info, ctx=config.ctx, parallel=config.parallel, type_k=tk, type_v=tv, flash_attn=fa,
                     unified=config.kv_unified, swa_full="--swa-full" in config.extra)

@@ -19,7 +19,7 @@ from ggufpair.engine.binary import Binary
 from ggufpair.engine.config import QUANTIZED_KV, ServerConfig, spec_type_for
 from ggufpair.engine.dialect import Dialect
 from ggufpair.engine.measure import Prompt
-from ggufpair.engine.memory import PairMemory, estimate_pair, pad256
+from ggufpair.engine.memory import PairMemory, estimate_pair, flash_attn_on, pad256
 from ggufpair.errors import UsageError
 from ggufpair.format.model_info import ModelInfo
 from ggufpair.tune.predict import Predictor, step_sample
@@ -236,9 +236,13 @@ def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, dr
 QUANT_BLOCK = 32  # elements per block of every quantized KV type llama.cpp accepts (q8_0 ... iq4_nl)
 
 
-def kv_type_misfit(info: ModelInfo, type_k: str, type_v: str, whose: str = "the target") -> str | None:
-    """Why llama.cpp would refuse these KV types for this model (a quantized cache needs head sizes that are
-    a multiple of its block: llama-context.cpp:N3853-3872), or None."""
+def kv_type_misfit(info: ModelInfo, type_k: str, type_v: str, whose: str = "the target",
+                   flash_attn: bool = True) -> str | None:
+    """Why llama.cpp would refuse these KV types for this model, or None: with flash attention, a quantized
+    cache needs head sizes that are a multiple of its block (llama-context.cpp:N3853-3872; without it the
+    check is not made, and a quantized V needs flash attention anyway)."""
+    if not flash_attn:
+        return None
     for name, ttype, dims in (("K", type_k, (info.head_dim_k, info.head_dim_k_swa)),
                               ("V", type_v, (info.head_dim_v, info.head_dim_v_swa))):
         bad = [d for d in dims if ttype in QUANTIZED_KV and d and d % QUANT_BLOCK]
@@ -276,9 +280,10 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         if config.flash_attn == "off" and (config.cache_type_v in QUANTIZED_KV or config.draft_cache_type_v in QUANTIZED_KV):
             result.pruned.append((what, "a quantized V cache needs flash attention, which is off"))
             return False
-        misfit = kv_type_misfit(target, config.cache_type_k, config.cache_type_v) or (
+        fa = flash_attn_on(config, dialect.fa_takes_value)
+        misfit = kv_type_misfit(target, config.cache_type_k, config.cache_type_v, flash_attn=fa) or (
             config.has_draft and draft is not None
-            and kv_type_misfit(draft, config.draft_cache_type_k, config.draft_cache_type_v, "the draft"))
+            and kv_type_misfit(draft, config.draft_cache_type_k, config.draft_cache_type_v, "the draft", fa))
         if misfit:
             result.pruned.append((what, misfit))
             on_event(f"skipped {what}: {misfit}")

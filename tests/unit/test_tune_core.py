@@ -311,12 +311,13 @@ def test_a_kv_type_the_model_cannot_take_is_not_called_out_of_memory(tmp_path):
     head64 = read_model_info(write_gguf(tmp_path / "h64.gguf", {**model_kv(n_embd=256, n_head=4), **vocab_kv()}))
     assert "48 is not a multiple of 32" in kv_type_misfit(head48, "q8_0", "f16")
     assert kv_type_misfit(head48, "f16", "f16") is None and kv_type_misfit(head64, "q4_0", "q4_0") is None
+    assert kv_type_misfit(head48, "q8_0", "f16", flash_attn=False) is None  # the check is made with FA only
 
 
 def test_flash_attention_auto_means_off_on_builds_with_a_bare_switch():
     """On builds whose -fa is a bare switch, `auto` sends nothing and flash attention stays off, so the
     estimate takes the larger attention-score buffer; a quantized V cache makes ggufpair send -fa there."""
-    from ggufpair.engine.memory import _flash_attn_on
+    from ggufpair.engine.memory import flash_attn_on as _flash_attn_on
 
     auto = ServerConfig(target=Path("t.gguf"))
     assert _flash_attn_on(auto, fa_takes_value=True) and not _flash_attn_on(auto, fa_takes_value=False)
@@ -341,15 +342,19 @@ def test_stalled_requests_and_single_repetitions_are_never_called_stable():
     tune that measured one with stalls, or measured each configuration once, does not claim a stable ranking."""
     from dataclasses import replace
 
-    stalled = Measurement(False, 20.0, (20.0,), 100, 0, 0, 0, (), request_tps=(22.1, 21.5, 2.2, 22.0))
-    assert stalled.stalls == 1 and Measurement(True, 20.0, (20.0,), 100, 0, 0, 0, (),
-                                               request_tps=(25.0, 12.0, 20.0)).stalls == 0
+    from ggufpair.engine.measure import count_stalls
+
+    # without a draft, one run per prompt: the prompts are each other's peers
+    assert count_stalls({"a": [22.1], "b": [21.5], "c": [2.2], "d": [22.0]}, drafted=False) == 1
+    # a draft's rate follows each prompt's acceptance: prompts are no peers, only a prompt's own runs are
+    assert count_stalls({"code": [40.0], "chat": [12.0]}, drafted=True) == 0
+    assert count_stalls({"code": [40.0, 41.0, 9.0], "chat": [12.0, 12.5, 11.0]}, drafted=True) == 1
     steady = TuneResult(points=[_point(0, [20.0, 20.5], draft=False), _point(4, [30.0, 31.0])])
     assert "Stable" in recommendation_text(steady) and "Unreliable" not in recommendation_text(steady)
     once = TuneResult(points=[_point(0, [20.0], draft=False), _point(4, [30.0])])
     assert "One repetition each" in recommendation_text(once) and "Stable" not in recommendation_text(once)
     base = _point(0, [20.0, 20.5], draft=False)
-    base = replace(base, measurement=replace(base.measurement, request_tps=(22.0, 2.1, 21.0, 22.5)))
+    base = replace(base, measurement=replace(base.measurement, request_tps=(22.0, 2.1, 21.0, 22.5), stalls=1))
     busy = TuneResult(points=[base, _point(4, [30.0, 31.0])])
     text = recommendation_text(busy)
     assert "Unreliable" in text and "Stable" not in text
