@@ -48,8 +48,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("launch", help="start llama-server from a saved profile")
     p.add_argument("profile")
     p.add_argument("--llama-server", metavar="PATH")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", help="bind address (default: the profile's, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: the profile's, as in its launch script, else 8080)")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("check", help="re-measure a saved profile on the current build and flag a regression")
@@ -164,7 +164,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     data, config = load_profile(find_profile(args.profile))
     _check_models(config, data.get("models"))
     binary = find_llama_server(args.llama_server)
-    argv = [str(binary.path), *config.with_(host=args.host, port=args.port).argv(probe_dialect(binary.path))]
+    listen = data.get("launch", {})
+    host, port = args.host or listen.get("host", "127.0.0.1"), args.port or int(listen.get("port", 8080))
+    argv = [str(binary.path), *config.with_(host=host, port=port).argv(probe_dialect(binary.path))]
     print(shlex.join(argv), file=sys.stderr, flush=True)
     # llama-server takes this process's place: signals (Ctrl-C, a service manager's SIGTERM) reach it directly.
     try:

@@ -21,7 +21,7 @@ from ggufpair.errors import UsageError
 from ggufpair.format.reader import read_header
 from ggufpair.state import state_dir
 
-PROFILE_KEYS = {"profile", "provenance", "models", "server", "measurements"}
+PROFILE_KEYS = {"profile", "provenance", "models", "server", "measurements", "launch"}
 SERVER_KEYS = set(ServerConfig.__dataclass_fields__)
 
 
@@ -41,7 +41,9 @@ def build_info(binary: Binary) -> str:
     return " ".join((out.stdout + out.stderr).split())[:300]
 
 
-def profile_data(name: str, config: ServerConfig, binary: Binary, device: str, measurements: dict[str, Any]) -> dict:
+def profile_data(name: str, config: ServerConfig, binary: Binary, device: str, measurements: dict[str, Any],
+                 host: str = "127.0.0.1", port: int = 8080) -> dict:
+    """`host`/`port`: where the launch script (and `ggufpair launch`, unless told otherwise) serves."""
     server = {k: v for k, v in config.to_dict().items() if v is not None and v != () and k not in ("host", "port")}
     server = {k: list(v) if isinstance(v, tuple) else v for k, v in server.items()}
     models = {"target": model_identity(config.target)}
@@ -56,6 +58,7 @@ def profile_data(name: str, config: ServerConfig, binary: Binary, device: str, m
         "models": models,
         "server": server,
         "measurements": _toml_safe(measurements),
+        "launch": {"host": host, "port": port},
     }
 
 

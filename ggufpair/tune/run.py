@@ -221,9 +221,11 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                                                      if measure_memory and not result.cancelled else None)}
     config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
     name = f"{config.target.stem}" + (f"+{config.draft.stem}" if config.draft else "")
-    profile = save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}))
+    listen = {"host": args.host, "port": args.port}
+    profile = save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}, **listen))
     if getattr(args, "profile", None):
-        save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}), Path(args.profile))
+        save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}, **listen),
+                     Path(args.profile))
     script_path = Path(args.script) if getattr(args, "script", None) else profile.with_suffix(".sh")
     script = write_script(launch_script(config, binary, dialect, host=args.host, port=args.port, profile=profile),
                           script_path)

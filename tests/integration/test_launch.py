@@ -33,16 +33,13 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ggufpair.cli.main", *args]
 
 
-@pytest.fixture
-def saved_profile(gemma_f16, gemma_q4, llama_server):
+def test_launch_by_name_serves_with_speculation_and_stops_on_sigterm(gemma_f16, gemma_q4, llama_server):
+    """By the saved name, on the port the profile (and its launch script) were made for."""
+    port = _free_port()
     config = ServerConfig(target=gemma_f16, draft=gemma_q4, draft_max=4, ctx=1024, threads=2,
                           overrides=("tokenizer.ggml.add_bos_token=bool:true",))
-    return save_profile(profile_data("launch test pair", config, llama_server, "CPU", {}))
-
-
-def test_launch_by_name_serves_with_speculation_and_stops_on_sigterm(saved_profile):
-    port = _free_port()
-    proc = subprocess.Popen(_cli("launch", "launch test pair", "--port", str(port)), stdout=subprocess.DEVNULL,
+    save_profile(profile_data("launch test pair", config, llama_server, "CPU", {}, port=port))
+    proc = subprocess.Popen(_cli("launch", "launch test pair"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         deadline, slots = time.monotonic() + 120, None
