@@ -131,22 +131,24 @@ def _hf_cache_files() -> list[Path]:
     return out
 
 
-def discover(extra_dirs: list[Path] | None = None) -> list[Candidate]:
-    """Every readable local GGUF model, each once."""
+def discover(extra_dirs: list[Path] | None = None, skipped: list[tuple[Path, str]] | None = None) -> list[Candidate]:
+    """Every readable local GGUF model, each once. Files that are not readable models go to `skipped`, with
+    why. The current folder is searched one level deep, the model folders four."""
     seen: set[Path] = set()
     out: list[Candidate] = []
     sources = [("Hugging Face cache", p) for p in _hf_cache_files()]
     for where, folder in [*(("given", d) for d in extra_dirs or []), *search_dirs()]:
-        sources += [(where, p) for p in _gguf_files(folder)]
+        sources += [(where, p) for p in _gguf_files(folder, max_depth=2 if where == "current folder" else 4)]
     for where, path in sources:
         real = path.resolve()
         if real in seen:
             continue
         seen.add(real)
         try:
-            out.append(Candidate(path, read_model_info(path), where))
-        except GgufpairError:
-            continue  # not a model we can read: listing skips it, inspect explains it
+            out.append(Candidate(path.absolute(), read_model_info(path), where))
+        except GgufpairError as e:
+            if skipped is not None:  # not a model we can read: listing says so, inspect explains it
+                skipped.append((path.absolute(), e.message))
     return out
 
 

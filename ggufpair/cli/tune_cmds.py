@@ -68,11 +68,16 @@ def _console(args) -> Console:
 def cmd_list(args: argparse.Namespace) -> int:
     from ggufpair.locate import discover
 
-    found = discover([Path(d) for d in args.dir])
+    for d in args.dir:
+        if not Path(d).is_dir():
+            raise UsageError(f"{d}: not a folder", hint="--dir takes a folder to search for GGUF files")
+    skipped: list[tuple[Path, str]] = []
+    found = discover([Path(d) for d in args.dir], skipped)
     if args.json:
-        print(json.dumps([{"path": str(c.path), "name": c.info.display_name, "quant": c.info.quant,
-                           "size": c.info.file_size, "vocab": c.info.vocab.n_tokens, "context": c.info.context_length,
-                           "where": c.where} for c in found], indent=2))
+        print(json.dumps({"models": [{"path": str(c.path), "name": c.info.display_name, "quant": c.info.quant,
+                                      "size": c.info.file_size, "vocab": c.info.vocab.n_tokens,
+                                      "context": c.info.context_length, "where": c.where} for c in found],
+                          "skipped": [{"path": str(p), "why": w} for p, w in skipped]}, indent=2))
         return 0
     console = _console(args)
     from rich.table import Table
@@ -81,8 +86,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     for c in found:
         i = c.info
         table.add_row(i.display_name, i.size_label or "", i.quant, f"{i.file_size / 2**30:.2f} GiB",
-                      f"{i.vocab.tokenizer_model} {i.vocab.n_tokens}", str(i.context_length), str(c.path))
+                      f"{i.vocab.tokenizer_model or 'no tokenizer'} {i.vocab.n_tokens}", str(i.context_length or "?"),
+                      str(c.path))
     console.print(table if found else "no GGUF models found (set GGUFPAIR_MODEL_DIRS, or pass --dir)")
+    if skipped:
+        console.print(f"\nskipped {len(skipped)} file(s) that are not readable models:", style="yellow")
+        for path, why in skipped[:10]:
+            console.print(f"  {why}", style="dim")
+        if len(skipped) > 10:
+            console.print(f"  ... and {len(skipped) - 10} more", style="dim")
     return 0
 
 

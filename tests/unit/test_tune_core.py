@@ -3,6 +3,7 @@ recommendation when no draft helps, name resolution and Hub references, launch s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -386,3 +387,20 @@ def test_the_tui_without_a_terminal_is_a_clear_error():
     out = subprocess.run([sys.executable, "-m", "ggufpair.cli.main", "tui"], stdin=subprocess.DEVNULL,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "needs a terminal" in out.stderr and out.stdout == ""
+
+
+def test_list_says_what_it_skipped_and_refuses_a_missing_folder(tmp_path, monkeypatch, capsys):
+    from ggufpair.cli.main import main
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-empty"))
+    monkeypatch.setenv("GGUFPAIR_MODEL_DIRS", "")
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    good = write_gguf(folder / "good.gguf", {**model_kv(), **vocab_kv()})
+    (folder / "cut.gguf").write_bytes(good.read_bytes()[:100])
+    assert main(["list", "--dir", str(folder), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [m["path"] for m in data["models"]] == [str(good)]
+    assert [s["path"] for s in data["skipped"]] == [str(folder / "cut.gguf")] and "at byte" in data["skipped"][0]["why"]
+    assert main(["list", "--dir", str(tmp_path / "nowhere")]) == 2
