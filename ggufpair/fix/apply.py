@@ -493,13 +493,16 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
         else:  # a new file: linked, which fails if one appeared there meanwhile (rename would replace it)
             try:
                 os.link(tmp, dest)
-                _unlink(tmp)
             except FileExistsError:
                 raise FixError(f"{dest}: a file appeared there during the fix; it was left alone") from None
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
                     raise
                 os.replace(tmp, dest)  # a filesystem without hard links (FAT, some FUSE): a plain rename
+            try:
+                _unlink(tmp)  # the copy is in place under its name; a leftover temp is removed by the next fix
+            except OSError:
+                pass
     except OSError as e:
         _unlink(tmp)
         raise _os_error(e, tmp, "writing the fixed copy") from None
