@@ -16,7 +16,7 @@ from ggufpair.engine.binary import Binary, find_llama_server
 from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.devices import describe, devices
 from ggufpair.engine.dialect import probe_dialect
-from ggufpair.engine.measure import LosslessReport, compare_outputs, greedy_outputs
+from ggufpair.engine.measure import RATE_DEFINITION, LosslessReport, compare_outputs, greedy_outputs
 from ggufpair.engine.quantize import derived
 from ggufpair.engine.runner import LlamaServer, SpeculationOffError
 from ggufpair.errors import ModelFileError
@@ -134,6 +134,7 @@ def run_demo(on_event: Events, *, draft_lengths: tuple[int, ...] = (2, 4, 8), n_
         measurements = {"points": [_point_dict(p) for p in result.points], "recommendation": result.recommendation,
                         "recommended": {"label": rec.label if rec else "", "draft": result.recommended.has_draft,
                                         "tokens_per_second": rec.measurement.tokens_per_second if rec and rec.ok else 0.0,
+                                        "rate": RATE_DEFINITION,
                                         "n_predict": n_predict, "categories": list(categories)}}
         data = profile_data("demo-gemma3-270m", result.recommended, binary, describe(devices(binary.path)), measurements)
         result.profile_path = save_profile(data)

@@ -230,6 +230,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ggufpair.state import state_dir
     from ggufpair.tune.profile import load_profile
     from ggufpair.tune.prompts import builtin_prompts, saved_prompts
+    from ggufpair.engine.measure import RATE_DEFINITION
     from ggufpair.tune.sweep import run_point
 
     data, config = load_profile(find_profile(args.profile))
@@ -247,6 +248,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(f"REGRESSION: the profile no longer runs: {point.error}", style="bold red")
         return 1
     before, now = float(saved.get("tokens_per_second", 0)), point.measurement.tokens_per_second
+    if saved.get("rate") != RATE_DEFINITION:
+        # An older profile counted each answer's first token, which comes from the prompt: for answers of
+        # n_predict tokens its rate was n/(n-1) of today's definition. Compared on today's terms.
+        n = int(saved.get("n_predict", 128))
+        before *= (n - 1) / n if n > 1 else 1.0
+        console.print(f"note: this profile's rate counted each answer's first token; compared as {before:.1f} "
+                      f"tok/s on today's terms (assuming full {n}-token answers)", style="yellow")
     if config.has_draft and not point.measurement.speculative:
         console.print("REGRESSION: speculation is off on this build", style="bold red")
         return 1

@@ -24,6 +24,9 @@ class Prompt:
 
 
 STALL_FACTOR = 3.0
+RATE_DEFINITION = "after-first-token"
+"""What a saved tokens_per_second counts: the tokens after each answer's first (profiles without this marker,
+from before 2026-11-25, counted that first token too)."""
 
 
 @dataclass(frozen=True)

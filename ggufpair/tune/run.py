@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ggufpair.engine.binary import Binary
 from ggufpair.engine.dialect import Dialect
+from ggufpair.engine.measure import RATE_DEFINITION
 from ggufpair.errors import UsageError
 from ggufpair.fix.apply import apply_plan
 from ggufpair.fix.plan import RouteChoice, plan_pair_fix
@@ -211,7 +212,7 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
         return TuneOutputs(None, None, None, text, data)
     est = result.estimates.get((rec.config.cache_type_k, rec.config.draft_cache_type_k if rec.config.has_draft else None))
     data["recommended"] = {"label": rec.label, "tokens_per_second": rec.measurement.tokens_per_second,
-                           "draft": rec.config.has_draft, "n_predict": args.tokens,
+                           "rate": RATE_DEFINITION, "draft": rec.config.has_draft, "n_predict": args.tokens,
                            "categories": sorted({q.category for q in result.prompts}) or args.categories.split(","),
                            # the prompts themselves, so that `ggufpair check` re-measures on the same ones
                            "prompts": [{"id": q.id, "category": q.category, "messages": q.payload()}

@@ -37,6 +37,12 @@ def test_demo_end_to_end(capsys, llama_server, tmp_path):
     code = main(["check", str(profiles[0]), "--tolerance", "0.9"])
     checked = capsys.readouterr().out
     assert code == 0 and "tok/s now" in checked and "when profiled" in checked
+    assert data["measurements"]["recommended"]["rate"] == "after-first-token" and "first token" not in checked
+    # A profile from before the rate left out each answer's first token is compared on today's terms.
+    old = tmp_path / "older.toml"
+    old.write_text(profiles[0].read_text().replace('rate = "after-first-token"\n', ""))
+    assert main(["check", str(old), "--tolerance", "0.9"]) == 0
+    assert "counted each answer's first token" in capsys.readouterr().out
 
     script = state_dir("demo") / "launch-demo.sh"
     check = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)
