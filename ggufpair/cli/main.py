@@ -129,16 +129,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_fix(args: argparse.Namespace) -> int:
     from ggufpair.cli import render
-    from ggufpair.fix.apply import apply_plan, recover_interrupted, resolve_output
+    from ggufpair.fix.apply import apply_plan, pending_recovery, recover, resolve_output
     from ggufpair.fix.plan import RouteChoice, plan_pair_fix, plan_self_fix, verdict_after
     from ggufpair.format.shards import shard_paths
     from ggufpair.report import plain, plan_dict
 
     console = render.make_console(stderr=args.json)
     args.model, args.reference = _local_model(args.model), _local_model(args.reference)
-    recovered = recover_interrupted(shard_paths(args.model)[0])
-    for line in recovered:
-        console.print(line, style="yellow")
+    first = shard_paths(args.model)[0]
+    if args.dry_run:  # a dry run writes nothing, a rollback included
+        if pending_recovery(first):
+            raise UsageError(f"{first}: an interrupted fix of this file waits to be rolled back, so its header may be "
+                             "half-patched and a plan of it would mislead",
+                             hint="run the fix without --dry-run: it rolls back first, then plans")
+    else:
+        for line in recover(first):  # under the file's lock: never undoes a fix another process is running
+            console.print(line, style="yellow")
     output = resolve_output(shard_paths(args.model)[0], args.output)
     route = RouteChoice(args.route)
     if args.output and route == RouteChoice.OVERRIDE:

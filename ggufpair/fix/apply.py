@@ -101,23 +101,55 @@ def _journal_path(path: Path) -> Path:
 
 
 def recover_interrupted(path: str | Path) -> list[str]:
-    """Undo an in-place patch that was interrupted, and remove stale temporary files. Returns what was done."""
+    """Undo an in-place patch that was interrupted, and remove stale temporary files. Returns what was done.
+    The caller holds the file's lock (`recover`), so no running fix is undone. A journal that does not match
+    the file now at that path (another inode or size, or bytes that are neither the old nor the new ones) is
+    refused and kept: the file was replaced, and writing the old bytes would damage the new one."""
     path = Path(path)
     done = []
     journal = _journal_path(path)
     if journal.exists():
-        data = json.loads(journal.read_text())
-        with open(path, "r+b") as f:
-            for offset, old_hex, _new in data["patches"]:
-                f.seek(offset)
-                f.write(bytes.fromhex(old_hex))
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            data = json.loads(journal.read_text())
+            patches = [(int(o), bytes.fromhex(old), bytes.fromhex(new)) for o, old, new in data["patches"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FixError(f"{path}: the journal of an interrupted fix ({journal}) is unreadable ({e})",
+                           hint=f"check the file with `ggufpair inspect`; then delete {journal}") from None
+        try:
+            with open(path, "r+b") as f:
+                st = os.fstat(f.fileno())
+                same_file = data.get("inode", st.st_ino) == st.st_ino and data.get("size", st.st_size) == st.st_size
+                for offset, old, new in patches:
+                    f.seek(offset)
+                    now = f.read(len(old))
+                    # byte by byte: a write cut short leaves some new bytes and some old ones
+                    if not same_file or len(now) != len(old) or any(b != o and b != n for b, o, n in zip(now, old, new)):
+                        raise FixError(f"{path}: an interrupted fix's journal ({journal}) does not match this file "
+                                       "(it was replaced since); nothing was written",
+                                       hint=f"check the file with `ggufpair inspect`; then delete {journal}")
+                for offset, old, _new in patches:
+                    f.seek(offset)
+                    f.write(old)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise _os_error(e, path, "rolling back an interrupted fix") from None
         journal.unlink()
         done.append(f"rolled back an interrupted in-place fix of {path}")
     for p in remove_stale_temps(path):
         done.append(f"removed stale temporary file {p}")
     return done
+
+
+def recover(path: str | Path) -> list[str]:
+    """`recover_interrupted` under the file's lock: refused while another fix is working on the file."""
+    with _Lock(Path(path)):
+        return recover_interrupted(path)
+
+
+def pending_recovery(path: str | Path) -> bool:
+    """Whether an interrupted in-place fix of `path` waits to be rolled back."""
+    return _journal_path(Path(path)).exists()
 
 
 class _Lock:
@@ -276,7 +308,9 @@ def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> N
         raise _os_error(e, path, "opening the file to patch it in place") from None
     journal = _journal_path(path)
     with f:
-        write_json_atomic(journal, {"path": str(path), "patches": [(o, old.hex(), new.hex()) for o, old, new in patches]})
+        st = os.fstat(f.fileno())
+        write_json_atomic(journal, {"path": str(path), "inode": st.st_ino, "size": st.st_size,
+                                    "patches": [(o, old.hex(), new.hex()) for o, old, new in patches]})
         try:
             for offset, _old, new in patches:
                 f.seek(offset)

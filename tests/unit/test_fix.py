@@ -537,3 +537,42 @@ def test_output_that_is_the_model_or_a_dangling_link_is_refused(tmp_path, capsys
     assert main(["fix", str(d), "-r", str(t), "--output", str(link)]) == 2
     assert link.is_symlink() and not (tmp_path / "nowhere.gguf").exists() and d.read_bytes() == before
 
+
+
+def test_a_rollback_never_undoes_a_running_fix_nor_writes_into_a_replaced_file(tmp_path, capsys):
+    """While another process holds the file's lock (a fix at work), fix neither rolls back its journal nor
+    removes its temporary file, and a dry run writes nothing; a journal whose file was replaced since (other
+    bytes where the patch was) is refused and kept."""
+    import subprocess
+    import sys
+
+    from ggufpair.cli.main import main
+    from ggufpair.state import write_json_atomic
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    entry = read_header(d).kv[ADD_BOS]
+    write_json_atomic(_journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
+    with open(d, "r+b") as f:
+        f.seek(entry.value_offset + 4)
+        f.write(b"\x01")  # the running fix's patch
+    stale = temp_name(d)
+    stale.write_bytes(b"x")
+    patched = d.read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(d)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["fix", str(d), "-r", str(t)]) == 6  # another fix is working on this file
+        assert main(["fix", str(d), "-r", str(t), "--dry-run"]) == 2  # a rollback waits: no plan of a half-patched file
+        assert d.read_bytes() == patched and _journal_path(d).exists() and stale.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The file is replaced by another one (bytes at the journal's offset are neither old nor new): refused, kept.
+    other = bytearray(patched)
+    other[entry.value_offset + 4] = 0x07
+    d.write_bytes(bytes(other))
+    with pytest.raises(FixError, match="does not match this file"):
+        recover_interrupted(d)
+    assert d.read_bytes() == bytes(other) and _journal_path(d).exists()
