@@ -147,6 +147,9 @@ def cmd_fix(args: argparse.Namespace) -> int:
             console.print(line, style="yellow")
     output = resolve_output(shard_paths(args.model)[0], args.output)
     route = RouteChoice(args.route)
+    if args.output and args.backup:
+        raise UsageError("--backup keeps the original when it is replaced; with --output it is never replaced",
+                         hint="drop --backup")
     if args.output and route == RouteChoice.OVERRIDE:
         raise UsageError("--output writes a fixed copy of the file, and the no-copy route writes none",
                          hint="drop --route override to write the copy, or drop --output")

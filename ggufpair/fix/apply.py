@@ -14,8 +14,9 @@
   disk fails before any copying) and the data is copied by the kernel (`os.copy_file_range`; `sendfile` or
   plain reads as fallbacks) in chunks: each chunk is handed to the disk as soon as it is copied and compared byte for byte with the
   source by a second thread while the next one copies, so the fsync and the verification overlap the copy.
-  Then fsync, the header checks, and an atomic rename over the original (or to `--output`). The original is
-  untouched until that rename; stale temporary files of a killed run are removed by the next one.
+  Then fsync, the header checks, and an atomic rename over the original (or, for `--output`, a hard link to
+  the new name, which never replaces a file that appeared there). The original is untouched until then;
+  stale temporary files of a killed run are removed by the next one.
 
 After any write the result is re-read and checked: tensor names, types, shapes, offsets and data bytes
 identical to the source, the planned keys at their new values, every other key unchanged, and the pair
@@ -193,8 +194,15 @@ def resolve_output(src: Path, output: str | Path | None) -> Path | None:
     if output is None:
         return None
     from ggufpair.errors import UsageError
+    from ggufpair.format.shards import shard_paths
 
+    if len(shard_paths(src)) > 1:
+        raise UsageError(f"{src}: --output of a split model would copy only its first shard (the one with the "
+                         "metadata), and the copy could not find the others",
+                         hint="fix the split model where it is (only its first shard is rewritten), or use the no-copy route")
     out = Path(output)
+    if str(output).endswith(os.sep) and not out.is_dir():
+        raise UsageError(f"{output}: no such folder for --output")
     if out.is_dir():
         out = out / Path(src).name
     if out.exists() and out.resolve() == Path(src).resolve():
@@ -534,9 +542,9 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
                     raise
                 os.replace(tmp, dest)  # a filesystem without hard links (FAT, some FUSE): a plain rename
             try:
-                _unlink(tmp)  # the copy is in place under its name; a leftover temp is removed by the next fix
+                _unlink(tmp)  # the copy is in place under its name
             except OSError:
-                pass
+                pass  # a hidden second name of the copy stays; harmless to the models, and rare
     except OSError as e:
         _unlink(tmp)
         raise _os_error(e, tmp, "writing the fixed copy") from None
@@ -559,16 +567,33 @@ def _unlink(path: Path) -> None:
 
 
 def _make_backup(src: Path) -> Path:
-    backup = src.with_name(src.name + ".bak")
-    n = 1
-    while backup.exists():
-        backup = src.with_name(f"{src.name}.bak{n}")
-        n += 1
-    try:
-        os.link(src, backup)  # instant: the original inode lives on under the backup name
-    except OSError:
-        shutil.copy2(src, backup)
-    return backup
+    """MODEL.bak (or .bak1, ...): a hard link to the original inode where the filesystem has them (instant),
+    else a copy into a new file. A name that exists, even as a dangling link, is never written through."""
+    for n in range(1000):
+        backup = src.with_name(src.name + (".bak" if n == 0 else f".bak{n}"))
+        if os.path.lexists(backup):
+            continue
+        try:
+            os.link(src, backup)
+            return backup
+        except FileExistsError:
+            continue  # appeared meanwhile: the next name
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+        try:  # no hard links here: a copy, into a file only this call creates
+            with open(src, "rb") as fin, open(backup, "xb") as fout:
+                shutil.copyfileobj(fin, fout, CHUNK)
+                fout.flush()
+                os.fsync(fout.fileno())
+            shutil.copystat(src, backup)
+            return backup
+        except FileExistsError:
+            continue
+        except BaseException:
+            _unlink(backup)  # no partial backup left behind
+            raise
+    raise FixError(f"{src}: no free backup name ({src.name}.bak ... .bak999)")
 
 
 # ----------------------------------------------------------------------------------------------- verify

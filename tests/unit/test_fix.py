@@ -188,6 +188,12 @@ def test_only_the_first_shard_of_a_split_model_is_rewritten(tmp_path):
     second_before, second_stat = second.read_bytes(), os.stat(second)
     plan = plan_pair_fix(second, t, RouteChoice.PATCH)
     assert plan.path == first
+    first_before = first.read_bytes()
+    out = tmp_path / "copies"
+    out.mkdir()
+    with pytest.raises(UsageError, match="split model"):  # a copy of the first shard alone could not load
+        apply_plan(plan, output=out)
+    assert first.read_bytes() == first_before and list(out.iterdir()) == []
     apply_plan(plan, backup=True)
     assert second.read_bytes() == second_before and os.stat(second).st_mtime_ns == second_stat.st_mtime_ns
     assert read_model_info(first).vocab.add_bos is True
@@ -576,3 +582,21 @@ def test_a_rollback_never_undoes_a_running_fix_nor_writes_into_a_replaced_file(t
     with pytest.raises(FixError, match="does not match this file"):
         recover_interrupted(d)
     assert d.read_bytes() == bytes(other) and _journal_path(d).exists()
+
+
+def test_a_backup_never_writes_through_a_dangling_link(tmp_path):
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    before = d.read_bytes()
+    (tmp_path / "draft.gguf.bak").symlink_to(tmp_path / "elsewhere.gguf")
+    result = apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), backup=True)
+    assert result.backup == tmp_path / "draft.gguf.bak1" and result.backup.read_bytes() == before
+    assert not (tmp_path / "elsewhere.gguf").exists()
+
+
+def test_output_arguments_that_cannot_mean_what_they_say_are_refused(tmp_path, capsys):
+    from ggufpair.cli.main import main
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    assert main(["fix", str(d), "-r", str(t), "--output", str(tmp_path / "x.gguf"), "--backup"]) == 2
+    assert main(["fix", str(d), "-r", str(t), "--output", str(tmp_path / "newdir") + "/"]) == 2
+    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "newdir").exists()
