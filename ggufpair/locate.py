@@ -81,7 +81,7 @@ def _gguf_files(folder: Path, max_depth: int = 4) -> list[Path]:
     found = []
     base_depth = len(folder.parts)
     for root, dirs, files in os.walk(folder, followlinks=True):
-        if len(Path(root).parts) - base_depth >= max_depth:
+        if len(Path(root).parts) - base_depth >= max_depth - 1:  # the folder is level 1: max_depth levels in all
             dirs[:] = []
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("node_modules", "__pycache__", ".venv")]
         for name in files:
@@ -133,7 +133,8 @@ def _hf_cache_files() -> list[Path]:
 
 def discover(extra_dirs: list[Path] | None = None, skipped: list[tuple[Path, str]] | None = None) -> list[Candidate]:
     """Every readable local GGUF model, each once. Files that are not readable models go to `skipped`, with
-    why. The current folder is searched one level deep, the model folders four."""
+    why. The current folder is searched with its direct subfolders (./models/x.gguf), model folders four levels
+    deep."""
     seen: set[Path] = set()
     out: list[Candidate] = []
     sources = [("Hugging Face cache", p) for p in _hf_cache_files()]

@@ -171,13 +171,12 @@ def _validate_tune_args(args: argparse.Namespace) -> tuple[int, ...]:
 def cmd_launch(args: argparse.Namespace) -> int:
     from ggufpair.engine.binary import find_llama_server
     from ggufpair.engine.dialect import probe_dialect
-    from ggufpair.tune.profile import load_profile
+    from ggufpair.tune.profile import listen_address, load_profile
 
     data, config = load_profile(find_profile(args.profile))
     _check_models(config, data.get("models"))
     binary = find_llama_server(args.llama_server)
-    listen = data.get("launch", {})
-    host, port = args.host or listen.get("host", "127.0.0.1"), args.port or int(listen.get("port", 8080))
+    host, port = listen_address(data, args.host, args.port)
     argv = [str(binary.path), *config.with_(host=host, port=port).argv(probe_dialect(binary.path))]
     print(shlex.join(argv), file=sys.stderr, flush=True)
     # llama-server takes this process's place: signals (Ctrl-C, a service manager's SIGTERM) reach it directly.

@@ -435,18 +435,20 @@ class ResultScreen(Screen):
     def action_write(self, fmt: str) -> None:
         from ggufpair.engine.binary import find_llama_server
         from ggufpair.engine.dialect import probe_dialect
-        from ggufpair.tune.profile import launch_script, llama_swap_entry, load_profile, write_script
+        from ggufpair.tune.profile import launch_script, listen_address, llama_swap_entry, load_profile, write_script
 
         o = self.app.session.outputs
         if o is None or o.profile is None:
             self.app.notify("no profile to write from", severity="warning")
             return
         try:
-            _, config = load_profile(o.profile)
+            data, config = load_profile(o.profile)
             binary = find_llama_server(self.app.llama_server)
             dialect = probe_dialect(binary.path)
             if fmt == "bash":
-                path = write_script(launch_script(config, binary, dialect, profile=o.profile), o.profile.with_suffix(".sh"))
+                host, port = listen_address(data)  # as the tune wrote it
+                path = write_script(launch_script(config, binary, dialect, host=host, port=port, profile=o.profile),
+                                    o.profile.with_suffix(".sh"))
             else:
                 path = o.profile.with_suffix(".llama-swap.yaml")
                 path.write_text(llama_swap_entry(o.profile.stem, config, binary, dialect))

@@ -88,6 +88,10 @@ def load_profile(path: Path) -> tuple[dict, ServerConfig]:
     bad_server = set(data.get("server", {})) - SERVER_KEYS
     if unknown or bad_server:
         raise UsageError(f"{path}: unknown keys {sorted(unknown | bad_server)}")
+    listen = data.get("launch", {})
+    if not isinstance(listen, dict) or not isinstance(listen.get("host", ""), str) \
+            or not (isinstance(listen.get("port", 8080), int) and 0 < listen.get("port", 8080) < 65536):
+        raise UsageError(f"{path}: [launch] must hold a host (text) and a port (1-65535), got {listen!r}")
     try:
         server = dict(data["server"])
         for key in ("target", "draft"):
@@ -156,3 +160,12 @@ def llama_swap_entry(name: str, config: ServerConfig, binary: Binary, dialect: D
                          hint="rename or link the file to a plain path, or use the bash launch script")
     cmd = " ".join(shlex.quote(a) for a in argv) + " --port ${PORT}"
     return f"models:\n  {name}:\n    cmd: |\n      {cmd}\n"
+
+
+def listen_address(data: dict, host: str | None = None, port: int | None = None) -> tuple[str, int]:
+    """Where a profile serves: the given host/port, else the profile's [launch] table, else 127.0.0.1:8080."""
+    listen = data.get("launch", {})
+    port = port if port is not None else int(listen.get("port", 8080))
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: not a TCP port (1-65535)")
+    return host or listen.get("host", "127.0.0.1"), port

@@ -404,3 +404,25 @@ def test_list_says_what_it_skipped_and_refuses_a_missing_folder(tmp_path, monkey
     assert [m["path"] for m in data["models"]] == [str(good)]
     assert [s["path"] for s in data["skipped"]] == [str(folder / "cut.gguf")] and "at byte" in data["skipped"][0]["why"]
     assert main(["list", "--dir", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("launch", ['launch = "x"', '[launch]\nport = "abc"', '[launch]\nhost = 5', '[launch]\nport = 99999'])
+def test_a_malformed_launch_table_is_a_clear_error(launch, tmp_path):
+    from ggufpair.errors import UsageError
+    from ggufpair.tune.profile import load_profile
+
+    recorded = Path(__file__).resolve().parent.parent / "fixtures" / "profiles" / "demo-tune.toml"
+    path = tmp_path / "p.toml"
+    path.write_text(launch + "\n" + recorded.read_text())  # first: top-level keys come before any table
+    with pytest.raises(UsageError, match=r"\[launch\]"):
+        load_profile(path)
+
+
+def test_the_current_folder_is_searched_with_its_direct_subfolders(tmp_path, monkeypatch):
+    from ggufpair.locate import _gguf_files
+
+    for rel in ("a.gguf", "models/b.gguf", "models/deep/c.gguf"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_gguf(tmp_path / rel, {**model_kv(), **vocab_kv()})
+    assert sorted(p.name for p in _gguf_files(tmp_path, max_depth=2)) == ["a.gguf", "b.gguf"]
+    assert sorted(p.name for p in _gguf_files(tmp_path, max_depth=3)) == ["a.gguf", "b.gguf", "c.gguf"]
