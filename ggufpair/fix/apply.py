@@ -644,7 +644,7 @@ def _verify(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixPlan, da
         from ggufpair.format.model_info import read_model_info
         from ggufpair.pairing.verdict import check_pair
 
-        verdict = check_pair(read_model_info(plan.reference), read_model_info(new.path))
+        verdict = check_pair(read_model_info(plan.reference), read_model_info(new.path, whole_model=False))
         if not verdict.compatible:
             raise FixError(f"{plan.path}: after the fix the pair is still incompatible ({verdict.summary}); "
                            "the original is left as it was")

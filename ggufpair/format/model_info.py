@@ -70,13 +70,24 @@ class ModelInfo:
         return tuple(range(n - self.shared_kv_layers))
 
 
-def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ModelInfo:
+def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
+                    whole_model: bool = True) -> ModelInfo:
     """Read a model's header (the first shard of a split model) into a `ModelInfo`.
 
     `overrides` are `--override-kv` values (key -> bool/int/float/str) applied as llama.cpp would.
+    `whole_model=False` reads one file as it is, without requiring its split siblings (a fix's temporary
+    copy of a first shard).
     """
     paths = shard_paths(path)
     header = read_header(paths[0])
+    count = header.get("split.count")
+    if whole_model and isinstance(count, int) and count > 1 and len(paths) != count:
+        from ggufpair.errors import MissingShardError
+
+        raise MissingShardError(paths[0], f"this is shard {int(header.get('split.no') or 0) + 1} of a split model of "
+                                f"{count} shards, but its name does not follow llama.cpp's NAME-0000N-of-0000{count} "
+                                "pattern, so llama.cpp cannot find the others",
+                                hint="give every shard its split name (as gguf-split wrote them), in one folder")
     tensors = list(header.tensors)
     file_size = header.file_size
     for extra in paths[1:]:

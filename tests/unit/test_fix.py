@@ -600,3 +600,12 @@ def test_output_arguments_that_cannot_mean_what_they_say_are_refused(tmp_path, c
     assert main(["fix", str(d), "-r", str(t), "--output", str(tmp_path / "x.gguf"), "--backup"]) == 2
     assert main(["fix", str(d), "-r", str(t), "--output", str(tmp_path / "newdir") + "/"]) == 2
     assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "newdir").exists()
+
+
+def test_a_split_shard_renamed_out_of_the_pattern_is_a_clear_error(tmp_path):
+    from ggufpair.errors import MissingShardError
+
+    split = {"split.count": (T.UINT16, 2), "split.tensors.count": (T.INT32, 2), "split.no": (T.UINT16, 0)}
+    path = write_gguf(tmp_path / "renamed.gguf", {**model_kv(), **vocab_kv(), **split}, [("token_embd.weight", (8, 4))])
+    with pytest.raises(MissingShardError, match="does not follow"):
+        read_model_info(path)
