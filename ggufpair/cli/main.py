@@ -145,7 +145,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     else:
         for line in recover(first):  # under the file's lock: never undoes a fix another process is running
             console.print(line, style="yellow")
-    output = resolve_output(shard_paths(args.model)[0], args.output)
+    output = resolve_output(first, args.output)
     route = RouteChoice(args.route)
     if args.output and args.backup:
         raise UsageError("--backup keeps the original when it is replaced; with --output it is never replaced",

@@ -102,14 +102,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ggufpair.cli import render
     from ggufpair.engine.binary import find_llama_server
     from ggufpair.engine.config import ServerConfig
-    from ggufpair.engine.devices import describe, devices
+    from ggufpair.engine.devices import describe, device_kind, devices
     from ggufpair.engine.dialect import probe_dialect
     from ggufpair.format.model_info import read_model_info
     from ggufpair.locate import discover, resolve
     from ggufpair.state import state_dir
     from ggufpair.tune.prompts import builtin_prompts, load_prompts
     from ggufpair.tune.run import prepare_pair, save_outputs, suggest_drafts
-    from ggufpair.tune.search import TuneSpec, largest_context, same_file, tune
+    from ggufpair.tune.search import TuneSpec, context_that_fits, same_file, tune
 
     console = _console(args)
     say = lambda msg: console.print(f"  {msg}", style="dim")  # noqa: E731
@@ -134,20 +134,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     draft = read_model_info(draft_path)
     devs = devices(binary.path if args.gpu_layers != "0" else None)  # GPUs when the build lists any, else host RAM
     budget = int(sum(d.free_bytes for d in devs) * (1 - args.margin))
-    device_kind = "cpu" if devs[0].name == "CPU" else "gpu"
+    kind = device_kind(devs)
     prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(args.categories.split(","), per_category=2)
     base = ServerConfig(target=target_path, draft=draft_path, ctx=args.ctx or 4096, threads=args.threads,
                         gpu_layers=args.gpu_layers, draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
                         overrides=overrides)
     if not args.ctx:
-        ctx = largest_context(target, draft, base, budget, device_kind, dialect.fa_takes_value)
-        if ctx == 0:
-            raise UsageError(f"the pair does not fit the memory budget ({budget / MIB:.0f} MiB) even at a 512 context")
-        base = base.with_(ctx=ctx)
+        base = base.with_(ctx=context_that_fits(target, draft, base, budget, kind, dialect.fa_takes_value))
     say(f"memory budget {budget / MIB:.0f} MiB on {describe(devs)}; context {base.ctx}")
     spec = TuneSpec(base=base, lengths=lengths, target_kv=tuple(args.kv.split(",")),
                     draft_kv=tuple(args.draft_kv.split(",")), prompts=tuple(prompts), n_predict=args.tokens,
-                    repeats=args.repeats, budget_bytes=budget, device=device_kind)
+                    repeats=args.repeats, budget_bytes=budget, device=kind)
     result = tune(binary, dialect, spec, target, draft, state_dir("logs"), say)
     outputs = save_outputs(result, binary, dialect, describe(devs), args, fix_note)
     render.print_tune(console, result, outputs)
@@ -160,10 +157,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _validate_tune_args(args: argparse.Namespace) -> tuple[int, ...]:
     """Every argument checked before anything is loaded or launched; the draft lengths, parsed."""
+    from ggufpair.tune.profile import check_port
     from ggufpair.tune.search import check_tune_values
 
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port {args.port}: not a TCP port (1-65535)")
+    check_port(args.port)
     return check_tune_values(tokens=args.tokens, repeats=args.repeats, margin=args.margin, ctx=args.ctx,
                              kv=args.kv, draft_kv=args.draft_kv, lengths=args.lengths)
 

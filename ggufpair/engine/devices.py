@@ -123,5 +123,10 @@ def with_nvml(found: list[Device], nvml: list[Device], env) -> list[Device]:
     return out
 
 
+def device_kind(devs: list[Device]) -> str:
+    """"gpu" when llama.cpp listed devices to offload to, else "cpu" (the budget is host memory)."""
+    return "cpu" if devs[0].name == "CPU" else "gpu"
+
+
 def describe(devs: list[Device]) -> str:
     return "; ".join(f"{d.name} {d.description} ({d.total_bytes // MIB} MiB, {d.free_bytes // MIB} MiB free)" for d in devs)

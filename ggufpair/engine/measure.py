@@ -168,7 +168,7 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     live = bool(server.speculative) and (drafted or not counted)
     return Measurement(live, statistics.median(runs), tuple(runs), totals["pred"],
                        totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped,
-                       tuple(request_tps), count_stalls(by_prompt, drafted=totals["draft"] > 0))
+                       tuple(request_tps), count_stalls(by_prompt, drafted))
 
 
 @dataclass(frozen=True)

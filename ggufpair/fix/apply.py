@@ -128,11 +128,7 @@ def recover_interrupted(path: str | Path) -> list[str]:
                         raise FixError(f"{path}: an interrupted fix's journal ({journal}) does not match this file "
                                        "(it was replaced since); nothing was written",
                                        hint=f"check the file with `ggufpair inspect`; then delete {journal}")
-                for offset, old, _new in patches:
-                    f.seek(offset)
-                    f.write(old)
-                f.flush()
-                os.fsync(f.fileno())
+                _write_durably(f, [(offset, old) for offset, old, _new in patches])
         except OSError as e:
             raise _os_error(e, path, "rolling back an interrupted fix") from None
         journal.unlink()
@@ -140,6 +136,15 @@ def recover_interrupted(path: str | Path) -> list[str]:
     for p in remove_stale_temps(path):
         done.append(f"removed stale temporary file {p}")
     return done
+
+
+def _write_durably(f, pieces: list[tuple[int, bytes]]) -> None:
+    """Write each (offset, bytes) into the open file, then flush and fsync: a patch, or its rollback."""
+    for offset, data in pieces:
+        f.seek(offset)
+        f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def recover(path: str | Path) -> list[str]:
@@ -320,11 +325,7 @@ def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> N
         write_json_atomic(journal, {"path": str(path), "inode": st.st_ino, "size": st.st_size,
                                     "patches": [(o, old.hex(), new.hex()) for o, old, new in patches]})
         try:
-            for offset, _old, new in patches:
-                f.seek(offset)
-                f.write(new)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_durably(f, [(offset, new) for offset, _old, new in patches])
         except OSError as e:
             f.close()
             recover_interrupted(path)
@@ -427,15 +428,15 @@ def _clone_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: i
         raise
 
 
-def _copy_span(src_data: int, dst_data: int, length: int) -> tuple[int, int, int]:
-    """(source offset, new-file offset, length) of the kernel copy of the tensor data. When the data moves by
-    a whole number of reflink blocks (0 included), the span starts at the block holding the data's first
-    byte, so every copy call is block-aligned and reflinks can happen; the header written afterwards covers
-    the header bytes copied with that first block."""
+def _copy_span(src_data: int, dst_data: int, length: int) -> tuple[int, int, int, bool]:
+    """(source offset, new-file offset, length, block-aligned) of the kernel copy of the tensor data. When the
+    data moves by a whole number of reflink blocks (0 included), the span starts at the block holding the
+    data's first byte, so every copy call is block-aligned and reflinks can happen; the header written
+    afterwards covers the header bytes copied with that first block."""
     if (dst_data - src_data) % REFLINK_BLOCK:
-        return src_data, dst_data, length
+        return src_data, dst_data, length, False
     lead = dst_data % REFLINK_BLOCK
-    return src_data - lead, dst_data - lead, length + lead
+    return src_data - lead, dst_data - lead, length + lead, True
 
 
 def _copy_and_compare(src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, src_off: int, dst_off: int,
@@ -454,13 +455,13 @@ def _copy_and_compare(src_path: Path, src_fd: int, dst_path: Path, dst_fd: int, 
                 if checker.error is not None or not checker.equal:
                     break  # no use copying the rest
                 n = min(step, length - pos)
-                if not cloned:
+                if not cloned:  # a clone has nothing to copy or write back, only to compare
                     _copy_range(src_fd, dst_fd, src_off + pos, dst_off + pos, n, method)
-                if _SYNC_FILE_RANGE is not None and not cloned:
-                    _SYNC_FILE_RANGE(dst_fd, dst_off + pos, n, WRITEBACK_START)
-                    if prev is not None:  # wait for the previous chunk: dirty memory stays bounded
-                        _SYNC_FILE_RANGE(dst_fd, dst_off + prev[0], prev[1], WRITEBACK_WAIT)
-                    prev = (pos, n)
+                    if _SYNC_FILE_RANGE is not None:
+                        _SYNC_FILE_RANGE(dst_fd, dst_off + pos, n, WRITEBACK_START)
+                        if prev is not None:  # wait for the previous chunk: dirty memory stays bounded
+                            _SYNC_FILE_RANGE(dst_fd, dst_off + prev[0], prev[1], WRITEBACK_WAIT)
+                        prev = (pos, n)
                 checker.queue.put((pos, n))
         except BaseException:
             checker.abort = True  # stop comparing: the copy is abandoned
@@ -511,8 +512,7 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
         raise _os_error(e, dest.parent, "creating a temporary file") from None
     try:
         try:
-            src_off, dst_off, length = _copy_span(header.data_offset, len(head), data_len)
-            aligned = (len(head) - header.data_offset) % REFLINK_BLOCK == 0
+            src_off, dst_off, length, aligned = _copy_span(header.data_offset, len(head), data_len)
             with open(src, "rb") as sf:
                 # A reflink needs no space and writes no data; where there is none, the blocks are reserved
                 # first, so a full disk fails before any copying.

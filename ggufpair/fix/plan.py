@@ -201,10 +201,10 @@ def plan_self_fix(path: str | Path) -> FixPlan:
     v = info.vocab
     changes: list[KeyChange] = []
     unfixable: list[str] = []
-    problem = load_problem(v)
+    duplicates = duplicate_problem(v)
+    unloadable = bool(v.load_error or duplicates)
     planned: dict[str, Any] = {}  # values the repair gives wrongly typed keys
-    if problem and v.only_wrong_types and set(v.wrong_type_keys) <= set(WRONG_TYPE_ATTRS) \
-            and not duplicate_problem(v):
+    if unloadable and not duplicates and v.only_wrong_types and set(v.wrong_type_keys) <= set(WRONG_TYPE_ATTRS):
         # Flags or special ids stored with a type the loader refuses: rewritten with the right type, keeping the
         # value they meant ("true" -> true, an INT32 id -> the same UINT32 id), else the tokenizer's default.
         for key in v.wrong_type_keys:
@@ -214,10 +214,10 @@ def plan_self_fix(path: str | Path) -> FixPlan:
             changes.append(_scalar_change(info, key, planned[key], f"stored as {info.header.kv[key].type.name}, "
                                           "which llama.cpp's loader refuses" + ("" if meant is not None else
                                                                                 "; the tokenizer's default")))
-        problem = None
-    if problem:
+        unloadable = False
+    if unloadable:
         # A vocabulary llama.cpp cannot load stays unloadable whatever else is repaired: nothing is written.
-        unfixable.append(f"llama.cpp cannot load this vocabulary: {problem}")
+        unfixable.append(f"llama.cpp cannot load this vocabulary: {load_problem(v)}")
         size, mtime = _stat(info.path)
         return FixPlan(info.path, None, (), (), "nothing metadata can fix", size, mtime, None, tuple(unfixable))
     texts = v.tokens.load() if v.tokens is not None else ()

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ggufpair.format.model_info import ModelInfo, read_model_info
-from ggufpair.format.vocab import (ADD_BOS_KEY, ADD_EOS_KEY, BOS_KEY, EOS_KEY, VocabInfo, duplicate_problem,
-                                   first_duplicate, read_vocab)
+from ggufpair.format.vocab import ADD_BOS_KEY, ADD_EOS_KEY, BOS_KEY, EOS_KEY, VocabInfo, duplicate_problem, read_vocab
 
 VOCAB_MAX_SIZE_DIFFERENCE = 128  # SPEC_VOCAB_MAX_SIZE_DIFFERENCE
 VOCAB_CHECK_START_TOKEN_ID = 5  # SPEC_VOCAB_CHECK_START_TOKEN_ID
@@ -157,8 +156,9 @@ def _load_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: Model
     """What makes llama.cpp fail to load either model, before any compatibility check runs."""
     out = []
     same_tokens = tv.tokens is not None and dv.tokens is not None and tv.tokens.raw_bytes() == dv.tokens.raw_bytes()
-    duplicates = duplicate_problem(tv) or (None if same_tokens else duplicate_problem(dv))
-    if (not tv.load_error and not duplicates and dv.only_wrong_types and target.vocab.vocab_type is not None
+    # each vocabulary's duplicate texts, found once (a draft with the target's very tokens has the target's)
+    duplicates = {"target": duplicate_problem(tv), "draft": None if same_tokens else duplicate_problem(dv)}
+    if (not tv.load_error and not any(duplicates.values()) and dv.only_wrong_types and target.vocab.vocab_type is not None
             and set(dv.wrong_type_keys) <= set(WRONG_TYPE_ATTRS)):
         # The draft stores a flag or a special id with a type the loader refuses: the target's value, with the
         # right type, repairs it (an override of the right kind wins over the stored key; a patch rewrites it).
@@ -181,15 +181,11 @@ def _load_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: Model
                 message=f"llama.cpp cannot load the {role}'s vocabulary: {vocab.load_error}",
                 keys=_keys_in(vocab.load_error),
             ))
-        elif vocab.tokens is not None and not (role == "draft" and same_tokens):
-            texts = vocab.tokens.load()
-            dup = first_duplicate(texts)
-            if dup:
-                out.append(Finding(
-                    check=f"{role}_duplicate_tokens", severity=Severity.BLOCKER, keys=(TOKENS_KEY,), llama_reports=not out,
-                    message=f"the {role} has duplicate token texts (ids {dup[0]} and {dup[1]}: {texts[dup[1]][:32]!r}); "
-                            "llama.cpp's loader aborts on this (GGML_ASSERT in llama_vocab::load)",
-                ))
+        elif duplicates[role]:
+            out.append(Finding(
+                check=f"{role}_duplicate_tokens", severity=Severity.BLOCKER, keys=(TOKENS_KEY,), llama_reports=not out,
+                message=f"the {role} has duplicate token texts: {duplicates[role]}",
+            ))
     return out
 
 

@@ -291,13 +291,12 @@ class TuneScreen(Screen):
     def core_tune(self):
         from ggufpair.engine.binary import find_llama_server
         from ggufpair.engine.config import ServerConfig
-        from ggufpair.engine.devices import describe, devices
+        from ggufpair.engine.devices import describe, device_kind, devices
         from ggufpair.engine.dialect import probe_dialect
         from ggufpair.state import state_dir
         from ggufpair.tune.prompts import builtin_prompts
         from ggufpair.tune.run import save_outputs
-        from ggufpair.errors import UsageError
-        from ggufpair.tune.search import TuneSpec, check_tune_values, largest_context, same_file, tune
+        from ggufpair.tune.search import TuneSpec, check_tune_values, context_that_fits, same_file, tune
 
         s = self.app.session
         v = self.values
@@ -310,19 +309,17 @@ class TuneScreen(Screen):
         dialect = probe_dialect(binary.path)
         devs = devices(binary.path)
         budget = int(sum(d.free_bytes for d in devs) * (1 - margin))
-        device_kind = "cpu" if devs[0].name == "CPU" else "gpu"
+        kind = device_kind(devs)
         base = ServerConfig(target=s.target.path, draft=s.draft.path, ctx=int(v["ctx"] or 4096),
                             overrides=s.overrides, threads=self.app.threads)
         if not v["ctx"]:
-            ctx = largest_context(s.target.info, s.draft.info, base, budget, device_kind, dialect.fa_takes_value)
-            if ctx == 0:
-                raise UsageError(f"the pair does not fit the memory budget ({budget >> 20} MiB) even at a 512 context")
-            base = base.with_(ctx=ctx)
+            base = base.with_(ctx=context_that_fits(s.target.info, s.draft.info, base, budget, kind,
+                                                    dialect.fa_takes_value))
         spec = TuneSpec(base=base, lengths=lengths, target_kv=tuple(v["kv"].split(",")),
                         draft_kv=tuple(v["draft_kv"].split(",")),
                         prompts=tuple(builtin_prompts(v["categories"].split(","), per_category=1)),
                         n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=budget,
-                        device=device_kind)
+                        device=kind)
         self.post(self.set_plan, spec.planned_launches(with_draft=True), budget)
         result = tune(binary, dialect, spec, s.target.info, s.draft.info, state_dir("logs"),
                       on_event=lambda m: self.post(self.show_event, m), on_point=lambda p: self.post(self.add_point, p),

@@ -165,7 +165,11 @@ def llama_swap_entry(name: str, config: ServerConfig, binary: Binary, dialect: D
 def listen_address(data: dict, host: str | None = None, port: int | None = None) -> tuple[str, int]:
     """Where a profile serves: the given host/port, else the profile's [launch] table, else 127.0.0.1:8080."""
     listen = data.get("launch", {})
-    port = port if port is not None else int(listen.get("port", 8080))
+    port = check_port(port if port is not None else int(listen.get("port", 8080)))
+    return host or listen.get("host", "127.0.0.1"), port
+
+
+def check_port(port: int) -> int:
     if not 0 < port < 65536:
         raise UsageError(f"--port {port}: not a TCP port (1-65535)")
-    return host or listen.get("host", "127.0.0.1"), port
+    return port

@@ -206,6 +206,15 @@ def largest_context(target: ModelInfo, draft: ModelInfo | None, base: ServerConf
     return lo * 256
 
 
+def context_that_fits(target: ModelInfo, draft: ModelInfo | None, base: ServerConfig, budget: int,
+                      device: str = "cpu", fa_takes_value: bool = True) -> int:
+    """`largest_context`, or a UsageError when not even the smallest context fits the budget."""
+    ctx = largest_context(target, draft, base, budget, device, fa_takes_value)
+    if ctx == 0:
+        raise UsageError(f"the pair does not fit the memory budget ({budget >> 20} MiB) even at a {MIN_CTX} context")
+    return ctx
+
+
 def _kv(config: ServerConfig, tkv: str, dkv: str | None = None) -> ServerConfig:
     changes = {"cache_type_k": tkv, "cache_type_v": tkv}
     if dkv is not None:
