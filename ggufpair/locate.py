@@ -96,7 +96,7 @@ def _gguf_files(folder: Path, max_depth: int = 4) -> list[Path]:
 
 def is_model_file(name: str) -> bool:
     """A GGUF file name that can be a model: not hidden, not a vision projector (mmproj-*.gguf)."""
-    return name.endswith(".gguf") and not name.startswith(".") and "mmproj" not in name.lower()
+    return name.lower().endswith(".gguf") and not name.startswith(".") and "mmproj" not in name.lower()
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -145,11 +145,15 @@ def discover(extra_dirs: list[Path] | None = None, skipped: list[tuple[Path, str
         if real in seen:
             continue
         seen.add(real)
+        path = path.absolute()  # models and skipped files alike are named by their full path
         try:
-            out.append(Candidate(path.absolute(), read_model_info(path), where))
+            out.append(Candidate(path, read_model_info(path), where))
         except GgufpairError as e:
             if skipped is not None:  # not a model we can read: listing says so, inspect explains it
-                skipped.append((path.absolute(), e.message))
+                from ggufpair.fix.apply import recovery_note
+
+                note = recovery_note(path)
+                skipped.append((path, e.message + (f" ({note})" if note else "")))
     return out
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Sequence
 
 from ggufpair import __version__
-from ggufpair.errors import EXIT_CODES, GgufpairError, UsageError
+from ggufpair.errors import EXIT_CODES, GgufpairError, ModelFileError, UsageError
 
 INCOMPATIBLE_EXIT = EXIT_CODES["incompatible pair (inspect)"]
 FIXABLE_EXIT = EXIT_CODES["incompatible pair, fixable (inspect)"]
@@ -92,18 +93,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     # llama-server takes several in one argument, comma-separated (arg.cpp's string_split on ',')
     overrides = dict(parse_override(o) for arg in args.override_kv for o in arg.split(",") if o)
     args.model, args.draft = _local_model(args.model), _local_model(args.draft)
+    from ggufpair.fix.apply import recovery_note
+
+    for path in (args.model, args.draft):
+        if path is not None and (note := recovery_note(path)):
+            render.make_console(stderr=True).print(f"warning: {note}", style="bold yellow")
     if args.draft is None:
         from ggufpair.format.vocab import load_problem
 
+        from ggufpair.fix.plan import plan_self_fix
+
         info = read_model_info(args.model, overrides)
         problem = load_problem(info.vocab)
+        # what `ggufpair fix MODEL` would repair in the file (a load failure, or a defect llama.cpp loads anyway)
+        repairs = plan_self_fix(info.path, info if not overrides else None).changes
         if args.json:
             data = model_dict(info)
             data["vocab"]["load_error"] = problem
+            data["repairs"] = [{"key": c.key, "action": c.action.value, "reason": c.reason} for c in repairs]
             print(json.dumps(data, indent=2))
         else:
             render.print_model(console, info, problem)
-        return 0 if problem is None else INCOMPATIBLE_EXIT
+            if repairs:
+                console.print(f"`ggufpair fix {args.model}` repairs: "
+                              + "; ".join(f"{c.key} ({c.reason})" for c in repairs), style="yellow")
+        if problem is None:
+            return 0
+        return FIXABLE_EXIT if repairs else INCOMPATIBLE_EXIT  # repairs of an unloadable file make it load
     verdict = check_pair(read_model_info(args.model), read_model_info(args.draft), overrides)
     data = verdict_dict(verdict)
     if args.llama:
@@ -173,6 +189,8 @@ def cmd_fix(args: argparse.Namespace) -> int:
     data["applied"] = plain(result)
     after = verdict_after(plan) if result.mode == "override" else None
     render.print_fix_result(console, result, after)
+    if result.mode != "override" and not args.output and os.path.islink(plan.path):
+        console.print(f"  {plan.path} is a link to it, and stays one")
     if args.json:
         print(json.dumps(data, indent=2))
     return 0 if not plan.unfixable else INCOMPATIBLE_EXIT
@@ -247,19 +265,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def report_error(err: GgufpairError) -> None:
     print(f"ggufpair: error: {err.message}", file=sys.stderr)
-    if err.hint:
-        print(f"hint: {err.hint}", file=sys.stderr)
+    hint = err.hint
+    if isinstance(err, ModelFileError) and err.path.exists():
+        from ggufpair.fix.apply import recovery_note
+
+        hint = recovery_note(err.path) or hint  # a half-patched header explains any format error
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        if sys.stdin.isatty() and sys.stdout.isatty():
-            return cmd_tui(args)
-        parser.print_help()
-        return EXIT_CODES["usage"]
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            if sys.stdin.isatty() and sys.stdout.isatty():
+                return cmd_tui(args)
+            parser.print_help()
+            return EXIT_CODES["usage"]
         return args.func(args)
     except GgufpairError as err:
         report_error(err)

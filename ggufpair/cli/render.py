@@ -171,8 +171,10 @@ def print_plan(console: Console, plan) -> None:
 
 def print_fix_result(console: Console, result, after=None) -> None:
     if result.mode == "override":
-        console.print(Text("Saved the --override-kv fix for launch scripts and profiles; no file was changed.",
+        console.print(Text("No file was changed: start llama-server with the --override-kv arguments above.",
                            style="bold green"))
+        console.print("  (`ggufpair tune` works them out and applies them itself; its profile and launch script "
+                      "keep them)", style="dim")
         if after is not None:
             console.print(f"With it: {after.summary}")
         return

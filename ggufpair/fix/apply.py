@@ -1,6 +1,7 @@
 """Carrying out a `FixPlan` without ever risking the model file.
 
-- No copy: the `--override-kv` arguments are recorded for the profile and launch script; no file changes.
+- No copy: no file changes; the `--override-kv` arguments are checked to make the pair compatible and
+  returned, for the launch command (`ggufpair tune` plans them itself and keeps them in the profile).
 - In place, when every new value occupies exactly the bytes of the old one, or when the new header still
   ends within the padding before the tensor data (GGUF aligns the data, so a few bytes more or less of token
   text fit): the original bytes go to a journal first (fsync'd), then the patch is written and fsync'd, then
@@ -86,8 +87,11 @@ def remove_stale_temps(dest: Path) -> list[Path]:
         entries = list(dest.parent.iterdir())
     except OSError:
         return removed
+    journal_temp = f".{prefix}journal.json."  # a journal's own temporary file (write_json_atomic)
     for p in entries:
-        if p.name.startswith(prefix) and p.name.endswith(".tmp"):
+        if (p.name.startswith(prefix) or p.name.startswith(journal_temp)) and p.name.endswith(".tmp"):
+            if p.name.startswith(prefix) and _writer_alive(p.name[len(prefix):]):
+                continue  # another fix writing a copy to the same --output name (from another model)
             try:
                 p.unlink()
                 removed.append(p)
@@ -96,9 +100,34 @@ def remove_stale_temps(dest: Path) -> list[Path]:
     return removed
 
 
+def _writer_alive(rest: str) -> bool:
+    """Whether the process that named a temporary file PID-HEX.tmp still runs (this one's are never stale)."""
+    pid = rest.split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _journal_places(path: Path) -> tuple[Path, Path]:
+    """Where an in-place patch's journal may be: beside the model (found by any user, any $GGUFPAIR_HOME, a
+    `sudo` run), else, when that folder is not writable, in ggufpair's state folder."""
+    real = Path(os.path.realpath(path))
+    digest = hashlib.sha256(str(real).encode()).hexdigest()[:24]
+    return real.with_name(f".{real.name}{TMP_MARK}journal.json"), state_dir("journals") / f"{digest}.json"
+
+
 def _journal_path(path: Path) -> Path:
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
-    return state_dir("journals") / f"{digest}.json"
+    """The journal of `path`: the one that exists, else where a new one goes."""
+    beside, home = _journal_places(path)
+    if beside.exists() or not home.exists() and os.access(beside.parent, os.W_OK):
+        return beside
+    return home
 
 
 def recover_interrupted(path: str | Path) -> list[str]:
@@ -106,7 +135,7 @@ def recover_interrupted(path: str | Path) -> list[str]:
     The caller holds the file's lock (`recover`), so no running fix is undone. A journal that does not match
     the file now at that path (another inode or size, or bytes that are neither the old nor the new ones) is
     refused and kept: the file was replaced, and writing the old bytes would damage the new one."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through a link: the file it names, where a fix wrote
     done = []
     journal = _journal_path(path)
     if journal.exists():
@@ -155,7 +184,15 @@ def recover(path: str | Path) -> list[str]:
 
 def pending_recovery(path: str | Path) -> bool:
     """Whether an interrupted in-place fix of `path` waits to be rolled back."""
-    return _journal_path(Path(path)).exists()
+    return any(p.exists() for p in _journal_places(Path(path)))
+
+
+def recovery_note(path: str | Path) -> str | None:
+    """What to tell someone reading `path` while an interrupted fix of it waits to be rolled back."""
+    if not pending_recovery(path):
+        return None
+    return (f"an interrupted `ggufpair fix` left {path} half-patched; `ggufpair fix {path}` rolls it back "
+            "(the next fix of the file would too)")
 
 
 class _Lock:
@@ -231,11 +268,12 @@ def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = F
         after = verdict_after(plan)
         if after is not None and not after.compatible:
             raise FixError(f"{plan.path}: the --override-kv arguments do not make the pair compatible ({after.summary})")
-        _record_overrides(plan)
         return FixResult(plan.path, plan.route, "override", None, False, 0, time.perf_counter() - start,
                          plan.override_args)
-    src = plan.path
-    output = resolve_output(src, output)
+    output = resolve_output(plan.path, output)
+    # Through a symbolic link (a Hugging Face cache snapshot links to its blobs): the file it names is fixed
+    # and the link kept, by either write (a rename next to the link would replace the link with a copy).
+    src = Path(os.path.realpath(plan.path))
     dest = output or src
     with _Lock(src):
         recover_interrupted(src)
@@ -262,15 +300,6 @@ def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = F
             copied, backup_path = _rewrite(src, dest, header, head, plan, backup)
             result = FixResult(dest, plan.route, "rewrite", backup_path, True, copied, time.perf_counter() - start)
     return result
-
-
-def _record_overrides(plan: FixPlan) -> None:
-    """Keep the no-copy fix where profiles and launch scripts will find it."""
-    key = hashlib.sha256(f"{plan.reference}|{plan.path}".encode()).hexdigest()[:24]
-    write_json_atomic(state_dir("fixes") / f"{key}.json", {
-        "target": str(plan.reference), "draft": str(plan.path), "draft_size": plan.size,
-        "override_kv": list(plan.override_args), "why": plan.why,
-    })
 
 
 def _encoded_change(change: KeyChange) -> bytes:
@@ -507,11 +536,12 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
     data_len = header.file_size - header.data_offset
     tmp = temp_name(dest)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, os.stat(src).st_mode & 0o777)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
-        raise _os_error(e, dest.parent, "creating a temporary file") from None
+        raise _os_error(e, dest.absolute().parent, "creating a temporary file") from None
     try:
         try:
+            _take_attributes(src, fd, replacing=dest == src)
             src_off, dst_off, length, aligned = _copy_span(header.data_offset, len(head), data_len)
             with open(src, "rb") as sf:
                 # A reflink needs no space and writes no data; where there is none, the blocks are reserved
@@ -557,6 +587,38 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
         raise FixError(f"{dest}: fixed and verified, but its folder could not be synced ({e.strerror or e})",
                        hint="run `sync` before relying on it after a power loss") from None
     return data_len, backup_path
+
+
+def _take_attributes(src: Path, fd: int, replacing: bool) -> None:
+    """Give the new file the original's permission bits (exactly, whatever the umask); when it replaces the
+    original, also its owner, group and extended attributes (ACLs among them), before any data is copied, so
+    the people and services that could use the model still can. Refused when they cannot be kept (a user
+    replacing a file they do not own)."""
+    st = os.stat(src)
+    if replacing and (st.st_uid, st.st_gid) != (os.fstat(fd).st_uid, os.fstat(fd).st_gid):
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except PermissionError:
+            raise FixError(f"{src}: belongs to uid {st.st_uid}, gid {st.st_gid}; the rewritten file would belong to "
+                           f"you (uid {os.geteuid()}) instead; nothing was written",
+                           hint="run the fix as the file's owner, write a copy with --output PATH, or take the "
+                                "no-copy route (--route override) for flags and special ids") from None
+    os.fchmod(fd, st.st_mode & 0o7777)  # after the chown, which clears set-id bits
+    if not replacing or not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(src)
+    except OSError:
+        return  # no extended attributes on this filesystem
+    for name in names:
+        try:
+            os.setxattr(fd, name, os.getxattr(src, name))
+        except OSError as e:
+            if name.startswith("security.") or e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                continue  # a security label is the folder's policy's to give (SELinux), as to any new file
+            raise FixError(f"{src}: its extended attribute {name} cannot be carried over to the rewritten file "
+                           f"({e.strerror}); nothing was written",
+                           hint="write a copy with --output PATH, or run the fix as the file's owner") from None
 
 
 def _unlink(path: Path) -> None:

@@ -115,14 +115,22 @@ def plan_pair_fix(draft: str | Path, reference: str | Path, route: RouteChoice =
             overrides.append(by_route[Route.OVERRIDE_KV].argument)
         else:
             all_overridable = False
-        if finding.check == "token_text":
-            text_changes, edits = _token_changes(target_info, draft_info)
-            changes.extend(text_changes)
-            array_edits.update(edits)
+        if finding.check in ("token_text", "draft_duplicate_tokens"):
+            if TOKENS_KEY not in array_edits:  # one copy of the target's texts repairs both
+                text_changes, edits = _token_changes(target_info, draft_info)
+                changes.extend(text_changes)
+                array_edits.update(edits)
         elif Route.PATCH in by_route:
             changes.append(_scalar_change(draft_info, finding.keys[0], by_route[Route.PATCH].value,
                                           f"{finding.check}: the target's effective value"))
     size, mtime = _stat(draft_info.path)
+    if unfixable and changes:
+        # The fixable part alone cannot make llama.cpp speculate: nothing is changed (a write would be for nothing).
+        keys = ", ".join(dict.fromkeys(c.key for c in changes))
+        changes, overrides, array_edits = [], [], {}
+        why = (f"metadata cannot fix every problem (below), so nothing is changed: fixing the rest ({keys}) "
+               "alone would still leave llama.cpp without speculation")
+        return FixPlan(draft_info.path, None, (), (), why, size, mtime, target_info.path, tuple(unfixable))
     chosen, why = _choose_route(route, changes, overrides, all_overridable, unfixable)
     return FixPlan(
         path=draft_info.path, route=chosen, changes=tuple(changes),
@@ -195,9 +203,10 @@ def _meant_value(stored: Any, flag: bool) -> bool | int | None:
     return int(stored) if stored >= 0 and float(stored).is_integer() else None
 
 
-def plan_self_fix(path: str | Path) -> FixPlan:
-    """Repairs inside one file: special ids outside the vocabulary, a missing BOS its tokenizer needs."""
-    info = read_model_info(path)
+def plan_self_fix(path: str | Path, info: ModelInfo | None = None) -> FixPlan:
+    """Repairs inside one file: special ids outside the vocabulary, a missing BOS its tokenizer needs.
+    `info`: the file already read (without overrides)."""
+    info = info or read_model_info(path)
     v = info.vocab
     changes: list[KeyChange] = []
     unfixable: list[str] = []

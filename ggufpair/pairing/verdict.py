@@ -130,7 +130,7 @@ def check_pair(target: ModelInfo, draft: ModelInfo, overrides: Mapping[str, Any]
     tv = read_vocab(target.header, overrides) if overrides else target.vocab
     dv = read_vocab(draft.header, overrides) if overrides else draft.vocab
     findings = _load_findings(tv, dv, target, draft, overrides)
-    if findings and all(f.fixes for f in findings):
+    if findings and all(f.check == "draft_key_type" and f.fixes for f in findings):
         # Only wrongly typed keys in the draft, each fixable: judge the rest as it will be once they hold the
         # target's values, so the plan fixes everything in one go.
         fixed = {**overrides, **{f.keys[0]: f.target_value for f in findings}}
@@ -182,11 +182,29 @@ def _load_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: Model
                 keys=_keys_in(vocab.load_error),
             ))
         elif duplicates[role]:
+            # A draft of the target's tokenizer with a few texts changed into duplicates: the target's texts
+            # (which load) repair it, like any other text difference.
+            fix = (_text_patch_fix(tv.tokens.load(), dv.tokens.load(), start=0)
+                   if role == "draft" and not tv.load_error and not duplicates["target"] else None)
             out.append(Finding(
                 check=f"{role}_duplicate_tokens", severity=Severity.BLOCKER, keys=(TOKENS_KEY,), llama_reports=not out,
-                message=f"the {role} has duplicate token texts: {duplicates[role]}",
+                message=f"the {role} has duplicate token texts: {duplicates[role]}"
+                        + ("; the target's texts for the ids that differ repair it" if fix else ""),
+                fixes=(fix,) if fix else (),
             ))
     return out
+
+
+def _text_patch_fix(t_texts, d_texts, start: int) -> Fix | None:
+    """Copying the target's texts (and token types) into the draft, when both have one size and only a few
+    ids (from `start`) differ; else None: then they are different tokenizers, which metadata cannot fix."""
+    if len(t_texts) != len(d_texts):
+        return None
+    diffs = sum(1 for i in range(start, len(t_texts)) if t_texts[i] != d_texts[i])
+    if not diffs or diffs > max(16, TEXT_PATCH_MAX_FRACTION * max(len(t_texts) - start, 1)):
+        return None
+    return Fix(Route.PATCH, TOKENS_KEY, None,
+               note=f"copy the target's texts (and token types) for the {diffs} differing ids into the draft")
 
 
 def _keys_in(text: str) -> tuple[str, ...]:
@@ -263,9 +281,9 @@ def _text_findings(tv: VocabInfo, dv: VocabInfo, already_failed: bool) -> list[F
         return []
     first = diffs[0]
     compared = max(n - VOCAB_CHECK_START_TOKEN_ID, 1)
-    patchable = len(t_texts) == len(d_texts) and len(diffs) <= max(16, TEXT_PATCH_MAX_FRACTION * compared)
-    fixes = (Fix(Route.PATCH, TOKENS_KEY, None,
-                 note=f"copy the target's texts (and token types) for the {len(diffs)} differing ids into the draft"),) if patchable else ()
+    fix = _text_patch_fix(t_texts, d_texts, start=VOCAB_CHECK_START_TOKEN_ID)
+    patchable = fix is not None
+    fixes = (fix,) if fix else ()
     sample = ", ".join(f"{i}: {t_texts[i][:24]!r} vs {d_texts[i][:24]!r}" for i in diffs[:3])
     why = "" if patchable else (" The vocabularies have different sizes or differ in too many ids to be one tokenizer;"
                                  " metadata cannot fix this.")

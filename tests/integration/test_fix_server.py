@@ -57,3 +57,22 @@ def test_fix_turns_speculation_on(name, route, broken_drafts, gemma_q4, model_co
         assert result.mode == ("rewrite" if name == "token_text_longer" else "in-place")
     live, log = speculation_live(llama_server, gemma_q4, draft, overrides, tmp_path / "server.log")
     assert live, log[-3000:]
+
+
+def test_draft_with_a_duplicate_text_is_repaired_from_the_target(gemma_q4, llama_server, tmp_path):
+    """A draft whose token 1000 got the text of token 1001: llama-server aborts loading it; copying the
+    target's text back (patch route: arrays have no --override-kv form) makes it speculate."""
+    from ggufpair.errors import GgufpairError
+    from ggufpair.format.reader import read_header
+
+    text = read_header(gemma_q4).kv["tokenizer.ggml.tokens"].value.items()[1001]
+    draft = with_token_text(gemma_q4, tmp_path / "duplicate.gguf", 1000, text)
+    with pytest.raises(GgufpairError) as failed:
+        speculation_live(llama_server, gemma_q4, draft, log_path=tmp_path / "before.log")
+    log = (tmp_path / "before.log").read_text(errors="replace")
+    assert "GGML_ASSERT" in log or "GGML_ASSERT" in str(failed.value), log[-3000:]
+    plan = plan_pair_fix(draft, gemma_q4)
+    assert plan.route == Route.PATCH and sorted(plan.array_edits["tokenizer.ggml.tokens"]) == [1000]
+    apply_plan(plan)
+    live, log = speculation_live(llama_server, gemma_q4, draft, log_path=tmp_path / "after.log")
+    assert live, log[-3000:]

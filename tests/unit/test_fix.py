@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import gguf
 import pytest
@@ -15,8 +16,8 @@ from ggufpair.fix.plan import Action, RouteChoice, plan_pair_fix, plan_self_fix
 from ggufpair.format.model_info import read_model_info
 from ggufpair.format.reader import read_header
 from ggufpair.pairing.verdict import Route, inspect_pair, parse_override
-from ggufpair.state import state_dir
-from tests.ggufmake import DROP, model_kv, spm_tokens, tiny_model, vocab_kv, write_gguf
+from ggufpair.state import state_dir, write_json_atomic
+from tests.ggufmake import DROP, bpe_tokens, model_kv, spm_tokens, tiny_model, vocab_kv, write_gguf
 from tests.pair_cases import ADD_BOS, ADD_EOS, BOS
 
 BIG_TENSORS = [("token_embd.weight", (256, 300)), ("blk.0.attn_q.weight", (256, 256)), ("output_norm.weight", (256,))]
@@ -46,16 +47,15 @@ def _pair(tmp_path, draft_changes=None, tokens=None, tensors=None, tokenizer="ll
     return t, d
 
 
-def test_auto_route_prefers_no_copy_and_records_it(tmp_path):
+def test_auto_route_prefers_no_copy_and_changes_no_file(tmp_path):
     t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
     before = d.read_bytes()
     plan = plan_pair_fix(d, t)
     assert plan.route == Route.OVERRIDE_KV and plan.override_args == ("tokenizer.ggml.add_bos_token=bool:true",)
     assert [(c.key, c.action, c.old, c.new) for c in plan.changes] == [(ADD_BOS, Action.SET, False, True)]
     result = apply_plan(plan)
-    assert result.mode == "override" and d.read_bytes() == before
-    (saved,) = state_dir("fixes").glob("*.json")
-    assert json.loads(saved.read_text())["override_kv"] == list(plan.override_args)
+    assert result.mode == "override" and d.read_bytes() == before and result.override_args == plan.override_args
+    assert inspect_pair(t, d, dict(parse_override(a) for a in result.override_args)).compatible
 
 
 def test_in_place_patch_changes_only_the_value_bytes(tmp_path):
@@ -88,6 +88,75 @@ def test_rewrite_for_token_texts_keeps_tensors_and_other_keys(tmp_path):
     assert changed == {"tokenizer.ggml.tokens"}
     assert inspect_pair(t, d).compatible
     assert [p.name for p in tmp_path.iterdir() if ".ggufpair-" in p.name] == []
+
+
+@pytest.mark.parametrize("mode", ["in-place", "rewrite"])
+def test_a_fix_through_a_link_fixes_the_file_it_names_and_keeps_the_link(tmp_path, mode, capsys):
+    """A Hugging Face cache snapshot links to its blobs: the blob is fixed, the link stays a link (a rename
+    next to the link used to replace it with a fixed copy and leave the blob, and every other link, unfixed)."""
+    from ggufpair.cli.main import main
+
+    kv = {**model_kv(), **vocab_kv("gpt2")}
+    t = write_gguf(tmp_path / "t.gguf", {**kv, ADD_BOS: (T.BOOL, True)}, BIG_TENSORS)
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "snapshot").mkdir()
+    tokens = bpe_tokens(300)
+    tokens[100] = "a-token-text-longer-than-any-header-padding"  # the header grows: a rewrite
+    draft_kv = {**kv, ADD_BOS: (T.BOOL, False)} if mode == "in-place" else {**kv, **vocab_kv("gpt2", tokens=tokens)}
+    blob = write_gguf(tmp_path / "blobs" / "3f2a9c", draft_kv, BIG_TENSORS)
+    link = tmp_path / "snapshot" / "draft.gguf"
+    link.symlink_to("../blobs/3f2a9c")
+    tensors_before = _tensor_bytes(blob)
+    assert main(["fix", str(link), "-r", str(t), "--route", "patch", "--json"]) == 0
+    captured = capsys.readouterr()
+    applied = json.loads(captured.out)["applied"]
+    assert (applied["path"], applied["mode"]) == (str(blob), mode)
+    assert "stays one" in captured.err
+    assert link.is_symlink() and os.readlink(link) == "../blobs/3f2a9c"
+    assert inspect_pair(t, blob).compatible and _tensor_bytes(blob) == tensors_before
+    assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == ["3f2a9c"]
+    assert sorted(p.name for p in (tmp_path / "snapshot").iterdir()) == ["draft.gguf"]
+
+
+def test_a_rewrite_keeps_owner_group_mode_and_extended_attributes(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another owner needs root")
+    t = tiny_model(tmp_path / "t.gguf", "gpt2", changes={ADD_BOS: (T.BOOL, True)})
+    d = tiny_model(tmp_path / "d.gguf", "gpt2", changes={ADD_BOS: DROP})
+    os.chown(d, 65534, 65533)
+    os.chmod(d, 0o640)
+    os.setxattr(d, "user.ggufpair.test", b"kept")
+    old_umask = os.umask(0o077)  # a umask that would make a new file 0600
+    try:
+        assert apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH)).mode == "rewrite"
+    finally:
+        os.umask(old_umask)
+    st = os.stat(d)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65533, 0o640)
+    assert os.getxattr(d, "user.ggufpair.test") == b"kept" and inspect_pair(t, d).compatible
+
+
+def test_a_rewrite_that_would_change_the_owner_is_refused(tmp_path, monkeypatch):
+    """A user who does not own the file (and cannot give the new one away) is refused before any copying.
+    The suite runs as root here, so the file is given to another owner and chown's refusal of a non-root
+    user is stood in for."""
+    import errno as errno_
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another owner needs root")
+    t = tiny_model(tmp_path / "t.gguf", "gpt2", changes={ADD_BOS: (T.BOOL, True)})
+    d = tiny_model(tmp_path / "d.gguf", "gpt2", changes={ADD_BOS: DROP})
+    os.chown(d, 4242, 4242)
+
+    def refuse(*_):
+        raise PermissionError(errno_.EPERM, "Operation not permitted")
+
+    plan = plan_pair_fix(d, t, RouteChoice.PATCH)
+    before = d.read_bytes()
+    monkeypatch.setattr(os, "fchown", refuse)
+    with pytest.raises(FixError, match="belongs to uid 4242.*nothing was written"):
+        apply_plan(plan)
+    assert d.read_bytes() == before and [p.name for p in tmp_path.iterdir() if ".ggufpair-" in p.name] == []
 
 
 def test_adding_a_missing_key_rewrites(tmp_path):
@@ -148,6 +217,57 @@ def test_a_file_changed_after_planning_is_refused(tmp_path):
     assert d.read_bytes() == before
 
 
+def test_a_half_patched_file_is_explained_and_rolled_back_from_any_home(tmp_path, monkeypatch, capsys):
+    """An in-place patch cut short (a write of many header bytes is not atomic) leaves its journal beside the
+    model: inspect and list point to the rollback, and a fix from another $GGUFPAIR_HOME (sudo, another user)
+    finds the journal and rolls back."""
+    from ggufpair.cli.main import main
+    from ggufpair.fix import apply
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    original = d.read_bytes()
+    torn = b"\xff" * 8  # a tensor count no reader accepts: the cut-short write of a header stands for it
+    journal = apply._journal_path(d)
+    assert journal.parent == d.parent  # beside the model, its folder being writable
+    write_json_atomic(journal, {"path": str(d), "inode": os.stat(d).st_ino, "size": len(original),
+                                "patches": [(8, original[8:16].hex(), torn.hex())]})
+    with open(d, "r+b") as f:
+        f.seek(8)
+        f.write(torn)
+    assert main(["inspect", str(d)]) == 4
+    assert f"`ggufpair fix {d}` rolls it back" in capsys.readouterr().err
+    assert main(["list", "--dir", str(tmp_path), "--json"]) == 0
+    (skipped,) = json.loads(capsys.readouterr().out)["skipped"]
+    assert skipped["path"] == str(d) and "rolls it back" in skipped["why"]
+    monkeypatch.setenv("GGUFPAIR_HOME", str(tmp_path / "another-home"))
+    assert main(["fix", str(d), "-r", str(t), "--dry-run"]) == 2  # a dry run writes nothing, a rollback neither
+    assert main(["fix", str(d), "-r", str(t), "--route", "override"]) == 0
+    assert "rolled back an interrupted in-place fix" in capsys.readouterr().out
+    assert d.read_bytes() == original and not journal.exists()
+
+
+def test_a_journal_goes_to_the_state_folder_when_the_model_folder_is_not_writable(tmp_path, monkeypatch):
+    """A writable model in a folder the user cannot write to. The suite runs as root, for whom every folder
+    is writable: the folder's refusal (access(2)) is stood in for."""
+    from ggufpair.fix import apply
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
+    plan = plan_pair_fix(d, t, RouteChoice.PATCH)
+    real_access, real_write = os.access, apply._write_durably
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != tmp_path and real_access(p, mode, **kw))
+    seen = []
+
+    def watch(f, pieces):
+        seen.append(apply._journal_path(d))
+        assert seen[-1].exists()  # the journal is durable before the model is written
+        real_write(f, pieces)
+
+    monkeypatch.setattr(apply, "_write_durably", watch)
+    assert apply_plan(plan).mode == "in-place"
+    assert seen and seen[0].parent == state_dir("journals") and not seen[0].exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_override_route_refused_when_it_cannot_fix(tmp_path):
     tokens = spm_tokens(300)
     tokens[50] = "<other>"
@@ -164,6 +284,52 @@ def test_vocab_size_difference_is_explained_not_attempted(tmp_path):
     assert "vocab_size" in plan.unfixable[0] and "Metadata cannot fix this" in plan.unfixable[0]
     with pytest.raises(FixError):
         apply_plan(plan)
+
+
+@pytest.mark.parametrize("route", ["auto", "patch", "override"])
+def test_partly_fixable_pair_writes_nothing_and_says_why(tmp_path, route):
+    # add_bos alone is fixable, but 40 of 295 token texts differ: too many for one tokenizer. Fixing add_bos
+    # alone would leave llama.cpp without speculation, so nothing is applied, by any route (exit 10).
+    from ggufpair.cli.main import main
+
+    tokens = spm_tokens(300)
+    for i in range(100, 140):
+        tokens[i] = f"<other{i}>"
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tokens=tokens, tensors=BIG_TENSORS)
+    plan = plan_pair_fix(d, t, RouteChoice(route))
+    assert plan.route is None and plan.empty and not plan.override_args
+    assert "token_text" in plan.unfixable[0] and ADD_BOS in plan.why and "nothing is changed" in plan.why
+    before = d.read_bytes()
+    assert main(["fix", str(d), "-r", str(t), "--route", route]) == 10
+    assert main(["fix", str(d), "-r", str(t), "--route", route, "--dry-run"]) == 10
+    assert d.read_bytes() == before and not list(tmp_path.glob(".*tmp"))
+
+
+def test_draft_with_duplicate_texts_is_repaired_from_the_target(tmp_path):
+    # Two ids of the draft given texts the vocabulary already has: llama.cpp's loader aborts on it; the
+    # target's texts for those ids repair it (both routes' verdicts say fixable; inspect exits 9).
+    from ggufpair.cli.main import main
+
+    tokens = spm_tokens(300)
+    tokens[120], tokens[2] = tokens[30], tokens[31]  # one duplicate past id 5, one below it
+    t, d = _pair(tmp_path, tokens=tokens, tensors=BIG_TENSORS)
+    verdict = inspect_pair(t, d)
+    assert [f.check for f in verdict.blockers][0] == "draft_duplicate_tokens" and all(f.fixes for f in verdict.blockers)
+    assert main(["inspect", str(t), str(d)]) == 9
+    plan = plan_pair_fix(d, t)
+    assert plan.route == Route.PATCH and [c.key for c in plan.changes] == ["tokenizer.ggml.tokens"]
+    assert sorted(plan.array_edits["tokenizer.ggml.tokens"]) == [2, 120]
+    apply_plan(plan)
+    assert inspect_pair(t, d).compatible and _fields(d)["tokenizer.ggml.tokens"] == _fields(t)["tokenizer.ggml.tokens"]
+
+
+def test_draft_duplicates_of_another_size_are_not_fixable(tmp_path):
+    tokens = spm_tokens(310)
+    tokens[120] = tokens[30]
+    t = tiny_model(tmp_path / "t.gguf", n_tokens=300)
+    d = tiny_model(tmp_path / "d.gguf", n_tokens=310, tokens=tokens)
+    plan = plan_pair_fix(d, t)
+    assert plan.route is None and "duplicate" in plan.unfixable[0]
 
 
 def test_self_fix_repairs_out_of_range_ids_and_needed_bos(tmp_path):
@@ -471,6 +637,23 @@ def test_a_flag_or_id_of_the_wrong_type_is_fixed_by_both_routes_and_alone(tmp_pa
     assert read_model_info(alone).vocab.load_error is None and _fields(alone)[key] == (True if key == ADD_BOS else 1)
 
 
+def test_inspect_of_one_model_says_what_fix_model_repairs(tmp_path, capsys):
+    """An unloadable file that `fix MODEL` repairs is "fixable" (9), with the repair named; a file llama.cpp
+    loads but `fix MODEL` would still repair (a Gemma without BOS) exits 0 and names it; a clean file names none."""
+    from ggufpair.cli.main import main
+
+    unloadable = write_gguf(tmp_path / "s.gguf", {**model_kv(), **vocab_kv(), ADD_BOS: (T.STRING, "true")})
+    assert main(["inspect", str(unloadable)]) == 9
+    out = capsys.readouterr().out
+    assert f"ggufpair fix {unloadable}` repairs: {ADD_BOS}" in out.replace("\n", "")
+    assert main(["inspect", str(unloadable), "--json"]) == 9
+    assert [r["key"] for r in json.loads(capsys.readouterr().out)["repairs"]] == [ADD_BOS]
+    gemma = write_gguf(tmp_path / "g.gguf", {**model_kv(arch="gemma3"), **vocab_kv(), ADD_BOS: (T.BOOL, False)})
+    assert main(["inspect", str(gemma)]) == 0 and "repairs: " + ADD_BOS in capsys.readouterr().out.replace("\n", "")
+    clean = tiny_model(tmp_path / "c.gguf")
+    assert main(["inspect", str(clean)]) == 0 and "repairs" not in capsys.readouterr().out
+
+
 def test_wrong_types_next_to_duplicate_texts_are_not_fixable(tmp_path, capsys):
     """Rewriting the wrongly typed key would leave a file llama.cpp still aborts on: nothing is written, and a
     pair with such a draft is not called fixable."""
@@ -609,3 +792,29 @@ def test_a_split_shard_renamed_out_of_the_pattern_is_a_clear_error(tmp_path):
     path = write_gguf(tmp_path / "renamed.gguf", {**model_kv(), **vocab_kv(), **split}, [("token_embd.weight", (8, 4))])
     with pytest.raises(MissingShardError, match="does not follow"):
         read_model_info(path)
+
+
+def test_stale_temps_are_removed_but_not_those_of_a_running_fix(tmp_path):
+    """Two fixes of different models may write copies to one --output name: each holds only its own model's
+    lock, so the cleanup spares a temporary file whose writer still runs."""
+    import subprocess
+    import sys
+
+    from ggufpair.fix.apply import remove_stale_temps
+
+    dest = tmp_path / "out.gguf"
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    try:
+        live = tmp_path / f".out.gguf.ggufpair-{running.pid}-abcd1234.tmp"
+        dead = tmp_path / f".out.gguf.ggufpair-{finished.pid}-abcd1234.tmp"
+        journal_temp = tmp_path / "..out.gguf.ggufpair-journal.json.x1y2.tmp"
+        for p in (live, dead, journal_temp):
+            p.write_bytes(b"partial")
+        assert sorted(remove_stale_temps(dest)) == sorted([dead, journal_temp])
+        assert live.exists()
+    finally:
+        running.kill()
+        running.wait()
+    assert remove_stale_temps(dest) == [live]
