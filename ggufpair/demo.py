@@ -22,6 +22,7 @@ from ggufpair.engine.runner import LlamaServer, SpeculationOffError
 from ggufpair.errors import ModelFileError
 from ggufpair.fix.apply import FixResult, apply_plan
 from ggufpair.fix.plan import Action, FixPlan, KeyChange, RouteChoice, plan_pair_fix
+from ggufpair.format.model_info import read_model_info
 from ggufpair.format.vocab import ADD_BOS_KEY
 from ggufpair.pairing.verdict import Route, Verdict, inspect_pair, parse_override
 from ggufpair.state import state_dir
@@ -152,8 +153,19 @@ def _recommend(result: DemoResult) -> None:
         return
     result.recommended = rec.config if rec.config.has_draft else rec.config.with_(overrides=())  # the fix is for the draft
     if not rec.config.has_draft and tuned.best_draft is not None:
-        result.recommendation += (" The likely reason on this CPU: Gemma 3's 262k-token output layer is a large share "
-                                  "of both models' cost, so a draft step is not much cheaper than a target step.")
+        result.recommendation += " " + step_cost_note(read_model_info(result.target), read_model_info(result.draft))
+
+
+def step_cost_note(target, draft) -> str:
+    """Why a draft may not pay off, from the two files: how much of a target step's weight reads a draft step
+    costs (a CPU's token rate follows the bytes read), and how much of each is the output layer."""
+    if not target.step_bytes or not draft.step_bytes:
+        return ""
+    return (f"From the files: a draft step reads {draft.step_bytes / target.step_bytes:.0%} of the weight bytes a "
+            f"target step reads, and the output layer ({draft.vocab.n_tokens:,} tokens) is "
+            f"{draft.output_bytes / draft.step_bytes:.0%} of the draft's reads and "
+            f"{target.output_bytes / target.step_bytes:.0%} of the target's; drafting pays off only when a draft "
+            "step is much cheaper than a target step.")
 
 
 def _point_dict(p: PointResult) -> dict:

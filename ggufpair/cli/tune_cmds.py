@@ -219,6 +219,18 @@ def _check_models(config, identities: dict | None = None) -> None:
                   "its measurements are of the old file", file=sys.stderr)
 
 
+def check_status(before: float, now: float, runs, stalls: int, tolerance: float) -> str:
+    """ok when the re-measured rate is within `tolerance` of the profile's; INCONCLUSIVE when only its median
+    is below (a repetition is not) or requests stalled: the machine's noise, not the build; else REGRESSION."""
+    if not before:
+        return "REGRESSION"
+    if now / before >= 1 - tolerance:
+        return "ok"
+    if max(runs, default=now) / before >= 1 - tolerance or stalls:
+        return "INCONCLUSIVE"
+    return "REGRESSION"
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from ggufpair.cli import render
     from ggufpair.engine.binary import find_llama_server
@@ -256,14 +268,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     m = point.measurement
     ratio = now / before if before else 0
-    best = max(m.tps_runs, default=now) / before if before else 0
-    if ratio >= 1 - args.tolerance:
-        status, style, code = "ok", "bold green", 0
-    elif best >= 1 - args.tolerance or m.stalls:
-        # The median is below, but a repetition is not, or requests stalled: the machine's noise, not the build.
-        status, style, code = "INCONCLUSIVE", "bold yellow", 1
-    else:
-        status, style, code = "REGRESSION", "bold red", 1
+    status = check_status(before, now, m.tps_runs, m.stalls, args.tolerance)
+    style, code = {"ok": ("bold green", 0), "INCONCLUSIVE": ("bold yellow", 1), "REGRESSION": ("bold red", 1)}[status]
     console.print(f"{status}: {now:.1f} tok/s now (runs {', '.join(f'{r:.1f}' for r in m.tps_runs)}"
                   f"{f', {m.stalls} stalled request(s)' if m.stalls else ''}), {before:.1f} when profiled "
                   f"({ratio:.2f}x)" + (": measure again on a quiet machine" if status == "INCONCLUSIVE" else ""),

@@ -37,6 +37,8 @@ class ModelInfo:
     quant: str  # Q4_K_M, F16, ... (from general.file_type, else the dominant tensor type)
     parameter_count: int
     weight_bytes: int
+    output_bytes: int  # the output layer (output.weight, or the token embedding it is tied to)
+    step_bytes: int  # weights read per generated token: all but the embedding table, unless tied to the output
     n_layers: int | None
     n_embd: int | None
     n_head: tuple[int, ...]  # per layer (llama.cpp accepts a scalar or an array)
@@ -114,6 +116,7 @@ def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None
     file_type = _int(header, Keys.General.FILE_TYPE)
     template = header.get(Keys.Tokenizer.CHAT_TEMPLATE)
 
+    by_name = {t.name: t.n_bytes for t in tensors}
     return ModelInfo(
         path=paths[0],
         shards=paths,
@@ -130,6 +133,9 @@ def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None
         quant=_quant_name(file_type, tensors),
         parameter_count=sum(t.n_elements for t in tensors),
         weight_bytes=sum(t.n_bytes for t in tensors),
+        output_bytes=(by_name.get("output.weight") or by_name.get("token_embd.weight", 0)),
+        step_bytes=sum(t.n_bytes for t in tensors) - (by_name.get("token_embd.weight", 0)
+                                                      if "output.weight" in by_name else 0),
         n_layers=n_layers,
         n_embd=n_embd,
         n_head=n_head,

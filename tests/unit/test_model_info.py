@@ -54,3 +54,23 @@ def test_chat_template_hash(tmp_path):
     kv = {**model_kv(), **vocab_kv(), "tokenizer.chat_template": (T.STRING, "{{ x }}")}
     info = read_model_info(write_gguf(tmp_path / "m.gguf", kv))
     assert info.has_chat_template and len(info.chat_template_sha256) == 64
+
+
+def test_step_and_output_bytes_follow_tied_and_untied_output_layers(tmp_path):
+    """Per generated token a model reads every weight but its embedding table, which is read only when it
+    doubles as the output layer (tied, as Gemma's): what the demo's explanation is computed from."""
+    from ggufpair.demo import step_cost_note
+    from tests.ggufmake import model_kv, vocab_kv, write_gguf
+
+    kv = {**model_kv(), **vocab_kv()}
+    embd, out, layer = ("token_embd.weight", (64, 300)), ("output.weight", (64, 300)), ("blk.0.attn_q.weight", (64, 64))
+    tied = read_model_info(write_gguf(tmp_path / "tied.gguf", kv, [embd, layer]))
+    untied = read_model_info(write_gguf(tmp_path / "untied.gguf", kv, [embd, out, layer]))
+    f32 = 4
+    assert (tied.output_bytes, tied.step_bytes) == (64 * 300 * f32, (64 * 300 + 64 * 64) * f32)
+    assert (untied.output_bytes, untied.step_bytes) == (64 * 300 * f32, (64 * 300 + 64 * 64) * f32)
+    assert untied.weight_bytes == untied.step_bytes + 64 * 300 * f32
+    small = read_model_info(write_gguf(tmp_path / "small.gguf", kv, [embd, ("blk.0.attn_q.weight", (64, 16))]))
+    note = step_cost_note(tied, small)
+    assert "a draft step reads 87% of the weight bytes" in note  # (19200 + 1024) / (19200 + 4096)
+    assert "is 95% of the draft's reads and 82% of the target's" in note

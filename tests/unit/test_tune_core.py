@@ -102,7 +102,7 @@ def test_no_draft_is_recommended_when_no_draft_beats_the_baseline():
 def test_a_draft_that_beats_every_baseline_run_is_recommended():
     result = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), _point(4, [50.0, 52.0])])
     assert result.draft_pays_off and result.recommended.config.draft_max == 4
-    assert "1.25x the paired baseline" in recommendation_text(result) or "x the paired baseline" in recommendation_text(result)
+    assert "51.0 tok/s, 1.26x the paired baseline (40.5 tok/s)" in recommendation_text(result)  # 51.0 / 40.5
 
 
 def test_recommendation_says_whether_another_tune_would_agree():
@@ -426,3 +426,66 @@ def test_the_current_folder_is_searched_with_its_direct_subfolders(tmp_path, mon
         write_gguf(tmp_path / rel, {**model_kv(), **vocab_kv()})
     assert sorted(p.name for p in _gguf_files(tmp_path, max_depth=2)) == ["a.gguf", "b.gguf"]
     assert sorted(p.name for p in _gguf_files(tmp_path, max_depth=3)) == ["a.gguf", "b.gguf", "c.gguf"]
+
+
+# ---- the lossless check, `check`'s verdict and draft suggestions: their decisions, on values made to differ
+
+
+def _completion(tokens, top2=None):
+    from ggufpair.engine.runner import Completion
+
+    return Completion("".join(f"<{t}>" for t in tokens), 10, 1.0, len(tokens), 1.0, 0, 0, tuple(tokens),
+                      tuple(top2 or [None] * len(tokens)), "length")
+
+
+def test_lossless_check_finds_where_outputs_diverge_and_whether_at_a_near_tie():
+    from ggufpair.engine.measure import Prompt, compare_outputs
+
+    prompts = [Prompt(f"p{i}", "chat", "x") for i in range(4)]
+    baseline = [_completion([1, 2, 3]), _completion([1, 2, 3, 4], [None, None, (-0.50, -0.55), None]),
+                _completion([7, 8, 9], [(-0.1, -2.0), None, None]), _completion([5, 6, 7])]
+    drafted = [_completion([1, 2, 3]), _completion([1, 2, 9, 9]), _completion([6, 8, 9]), _completion([5, 6])]
+    report = compare_outputs(prompts, baseline, drafted)
+    assert (report.prompts, report.identical, report.all_identical) == (4, 1, False)
+    by_prompt = {d.prompt_id: d for d in report.divergences}
+    assert (by_prompt["p1"].index, by_prompt["p1"].baseline_token, by_prompt["p1"].draft_token) == (2, 3, 9)
+    assert by_prompt["p1"].near_tie is True and abs(by_prompt["p1"].baseline_margin - 0.05) < 1e-9
+    assert (by_prompt["p2"].index, by_prompt["p2"].near_tie) == (0, False)  # a clear choice: not noise
+    assert (by_prompt["p3"].index, by_prompt["p3"].draft_token, by_prompt["p3"].near_tie) == (2, -1, None)  # cut short
+    assert "identical on 1 of 4 prompts; 3 diverge, 1 of them at a near tie" in report.summary()
+    same = compare_outputs(prompts[:2], baseline[:2], baseline[:2])
+    assert same.all_identical and same.summary() == "greedy output identical with and without the draft on all 2 prompts"
+
+
+@pytest.mark.parametrize("now,runs,stalls,status", [
+    (95.0, (94.0, 96.0), 0, "ok"),  # within the 10% tolerance
+    (85.0, (80.0, 92.0), 0, "INCONCLUSIVE"),  # the median below, one repetition within
+    (85.0, (84.0, 86.0), 1, "INCONCLUSIVE"),  # a stalled request: the machine, not the build
+    (85.0, (84.0, 86.0), 0, "REGRESSION"),
+    (50.0, (49.0, 51.0), 0, "REGRESSION"),
+])
+def test_check_tells_a_regression_from_noise(now, runs, stalls, status):
+    from ggufpair.cli.tune_cmds import check_status
+
+    assert check_status(100.0, now, runs, stalls, tolerance=0.1) == status
+
+
+def test_suggested_drafts_are_small_and_of_the_targets_vocabulary(tmp_path):
+    from ggufpair.locate import Candidate
+    from ggufpair.tune.run import suggest_drafts
+
+    def model(name, n_embd, tokenizer="llama", **changes):
+        kv = {**model_kv(n_embd=n_embd), **vocab_kv(tokenizer), **changes}
+        path = write_gguf(tmp_path / f"{name}.gguf", kv, [("token_embd.weight", (n_embd, 300))])
+        return Candidate(path, read_model_info(path), "given")
+
+    target = model("target", 256)
+    small = model("small", 16)
+    flipped = model("flipped", 16, **{"tokenizer.ggml.add_bos_token": (T.BOOL, False)})
+    other_vocab = model("other-vocab", 16, "gpt2")
+    too_big = model("too-big", 128)  # half the target's weights
+    found = suggest_drafts(target.info, [target, small, flipped, other_vocab, too_big])
+    local = {s.path.name: s.why for s in found if s.path is not None}
+    assert set(local) == {"small.gguf", "flipped.gguf"}
+    assert local["small.gguf"] == "compatible; 6% of the target's weights"
+    assert local["flipped.gguf"].startswith("compatible after `ggufpair fix`")
