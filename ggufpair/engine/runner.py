@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import time
 import urllib.error
@@ -137,6 +138,9 @@ class LlamaServer:
             code = self.process.proc.returncode if self.process.proc is not None else None
             if code is not None and -code in CRASH_SIGNALS:
                 kind, lines = ("crash" if kind == "unknown" else kind), [*lines, f"killed by signal {_signal_name(-code)}"]
+            elif code == -signal.SIGKILL:  # nothing in ggufpair sends it while a server starts
+                kind, lines = ("oom" if kind == "unknown" else kind), [
+                    *lines, "killed by SIGKILL: most likely the kernel's out-of-memory killer (see `dmesg`)"]
             raise ServerStartError(kind, _start_message(kind, self.config, lines), lines,
                                    hint=_start_hint(kind)) from None
         self.free_after = self._free_memory()

@@ -63,12 +63,44 @@ def test_incompatible_draft_is_reported_as_speculation_off(gemma_q4, model_copy,
     assert any("failed to initialize speculative decoding context" in line for line in err.value.log_lines)
 
 
-def test_impossible_context_is_reported_cleanly(gemma_q4, llama_server, dialect, tmp_path):
-    config = ServerConfig(target=gemma_q4, ctx=2_000_000_000, threads=2, extra=("-fit", "off"))
+def test_a_context_that_cannot_be_allocated_is_an_oom(gemma_q4, llama_server, dialect, tmp_path):
+    """A context far beyond memory. The server runs under an address-space limit, so its allocation fails
+    inside llama.cpp (as a GPU's cudaMalloc would) instead of the kernel's OOM killer picking a process on
+    the machine running the suite."""
+    from ggufpair.engine.binary import Binary
+
+    wrapper = tmp_path / "llama-server"
+    wrapper.write_text(f"#!/bin/sh\nulimit -v 4000000\nexec '{llama_server.path}' \"$@\"\n")
+    wrapper.chmod(0o755)
+    config = ServerConfig(target=gemma_q4, ctx=2_000_000, threads=2, extra=("-fit", "off"))
     with pytest.raises(ServerStartError) as err:
-        LlamaServer(llama_server, config, dialect=dialect, log_path=tmp_path / "oom.log").start()
-    assert err.value.kind in ("oom", "load", "unknown")
-    assert err.value.log_lines
+        LlamaServer(Binary(wrapper, "flag"), config, dialect=dialect, log_path=tmp_path / "oom.log").start()
+    assert err.value.kind == "oom", err.value.log_lines
+    assert any("alloc" in line for line in err.value.log_lines)
+
+
+def test_a_server_killed_while_starting_is_called_an_oom(gemma_f16, llama_server, dialect, tmp_path):
+    """SIGKILL while loading, which only the kernel's OOM killer (or a person) sends: kind `oom`, said so."""
+    import threading
+
+    def kill_the_server():
+        for _ in range(600):
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    serving = child.name() == "llama-server" and "-m" in child.cmdline()
+                except psutil.Error:
+                    continue
+                if serving:
+                    child.send_signal(signal.SIGKILL)
+                    return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_server, daemon=True)
+    killer.start()
+    with pytest.raises(ServerStartError) as err:
+        LlamaServer(llama_server, _config(gemma_f16), dialect=dialect, log_path=tmp_path / "killed.log").start()
+    killer.join(10)
+    assert err.value.kind == "oom" and "out-of-memory killer" in err.value.message
 
 
 def test_missing_model_is_a_load_failure(tmp_path, llama_server, dialect):
