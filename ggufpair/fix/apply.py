@@ -348,11 +348,10 @@ def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> N
         f = open(path, "r+b")  # fails here, before anything is written, on a read-only file or folder
     except OSError as e:
         raise _os_error(e, path, "opening the file to patch it in place") from None
-    journal = _journal_path(path)
     with f:
         st = os.fstat(f.fileno())
-        write_json_atomic(journal, {"path": str(path), "inode": st.st_ino, "size": st.st_size,
-                                    "patches": [(o, old.hex(), new.hex()) for o, old, new in patches]})
+        journal = _write_journal(path, {"path": str(path), "inode": st.st_ino, "size": st.st_size,
+                                        "patches": [(o, old.hex(), new.hex()) for o, old, new in patches]})
         try:
             _write_durably(f, [(offset, new) for offset, _old, new in patches])
         except OSError as e:
@@ -365,6 +364,20 @@ def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> N
         recover_interrupted(path)
         raise
     journal.unlink()
+
+
+def _write_journal(path: Path, record: dict) -> Path:
+    """Write the journal durably before the patch, beside the model, else (a full disk there, a folder the
+    user cannot write) in the state folder. Returns where it went; nothing is written to the model if neither
+    place takes it."""
+    first = _journal_path(path)
+    for journal in dict.fromkeys((first, _journal_places(path)[1])):
+        try:
+            write_json_atomic(journal, record)
+            return journal
+        except OSError as e:
+            error = e
+    raise _os_error(error, first, "writing the journal of an in-place patch")
 
 
 def new_header_bytes(header: GGUFHeader, changes) -> bytes:

@@ -18,6 +18,7 @@ import pytest
 from gguf import GGUFValueType as T
 
 from ggufpair.fix.plan import RouteChoice, plan_pair_fix
+from ggufpair.pairing.verdict import inspect_pair
 from tests.ggufmake import model_kv, spm_tokens, vocab_kv, write_gguf
 from tests.pair_cases import ADD_BOS
 
@@ -176,3 +177,35 @@ def test_read_only_file_in_place_route_is_refused_cleanly(tmp_path):
         assert _crc(d) == before
     finally:
         _umount(ro)
+
+
+def test_an_in_place_patch_on_a_full_disk_journals_in_the_state_folder(tmp_path):
+    """A full disk leaves no room for the journal beside the model; the patch itself needs none: the journal
+    goes to the state folder and the flip is made (and its journal removed)."""
+    from ggufpair.fix.apply import apply_plan
+    from ggufpair.state import state_dir
+
+    tgt = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv()})
+    d = write_gguf(tmp_path / "d.gguf", {**model_kv(), **vocab_kv(), ADD_BOS: (T.BOOL, False)},
+                   [("token_embd.weight", (64, 300))])
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 1 << 20):
+        pytest.skip("needs a tmpfs mount")
+    try:
+        d = Path(shutil.copy(d, disk / "d.gguf"))
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:  # fill the disk to the last byte
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        plan = plan_pair_fix(d, tgt, RouteChoice.PATCH)
+        assert apply_plan(plan).mode == "in-place"
+        assert inspect_pair(tgt, d).compatible
+        assert sorted(p.name for p in disk.iterdir()) == ["d.gguf", "filler"]
+        assert list(state_dir("journals").iterdir()) == []
+    finally:
+        _umount(disk)
