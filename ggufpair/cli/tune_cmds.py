@@ -114,6 +114,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     console = _console(args)
     say = lambda msg: console.print(f"  {msg}", style="dim")  # noqa: E731
     lengths = _validate_tune_args(args)
+    # the prompts too, before a fix by the patch route may change the draft file
+    prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(args.categories.split(","), per_category=2)
     candidates = None
     if not os.path.exists(args.target) or (args.draft and not os.path.exists(args.draft)) or not args.draft:
         candidates = discover()
@@ -135,7 +137,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     devs = devices(binary.path if args.gpu_layers != "0" else None)  # GPUs when the build lists any, else host RAM
     budget = int(sum(d.free_bytes for d in devs) * (1 - args.margin))
     kind = device_kind(devs)
-    prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(args.categories.split(","), per_category=2)
     base = ServerConfig(target=target_path, draft=draft_path, ctx=args.ctx or 4096, threads=args.threads,
                         gpu_layers=args.gpu_layers, draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
                         overrides=overrides)
@@ -155,12 +156,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0 if result.recommended is not None else 1  # nothing measured, or no baseline to compare with
 
 
+def check_gpu_layers(value: str | None) -> None:
+    """-ngl takes a number of layers, or `auto` / `all` in builds that have them (llama-server says which)."""
+    import re
+
+    if value is None or value in ("auto", "all") or re.fullmatch(r"-?\d+", value) and int(value) >= -1:
+        return
+    raise UsageError(f"--gpu-layers {value!r}: a number of layers (0 for none, -1 or a large number for all), "
+                     "or auto / all")
+
+
 def _validate_tune_args(args: argparse.Namespace) -> tuple[int, ...]:
     """Every argument checked before anything is loaded or launched; the draft lengths, parsed."""
     from ggufpair.tune.profile import check_port
     from ggufpair.tune.search import check_tune_values
 
     check_port(args.port)
+    check_gpu_layers(args.gpu_layers)
     return check_tune_values(tokens=args.tokens, repeats=args.repeats, margin=args.margin, ctx=args.ctx,
                              kv=args.kv, draft_kv=args.draft_kv, lengths=args.lengths)
 
@@ -241,6 +253,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ggufpair.engine.measure import RATE_DEFINITION
     from ggufpair.tune.sweep import run_point
 
+    if not 0 <= args.tolerance < 1:
+        raise UsageError(f"--tolerance {args.tolerance}: the slowdown allowed, a fraction from 0 up to 1 (0.1 = 10%)")
     data, config = load_profile(find_profile(args.profile))
     _check_models(config, data.get("models"))
     saved = data.get("measurements", {}).get("recommended", {})

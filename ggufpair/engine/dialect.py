@@ -130,4 +130,7 @@ def probe_dialect(binary: Path, timeout: float = 30) -> Dialect:
     dialect = parse_help(text)
     if not dialect.has("--model") and not dialect.has("-m"):
         raise EngineError(f"{binary} --help does not look like llama-server's (no -m/--model flag)")
+    if not (dialect.has("--host") and dialect.has("--port")):  # llama-cli, llama-completion: no server flags
+        raise EngineError(f"{binary} is not llama-server: its --help has no --host/--port (a llama.cpp tool that "
+                          "does not serve?)", hint="give the llama-server binary of the same build (--llama-server PATH)")
     return dialect

@@ -379,7 +379,7 @@ class TuneScreen(Screen):
 
     def finished(self, result, outputs) -> None:
         self.app.session.result, self.app.session.outputs = result, outputs
-        lines = [("CANCELLED, partial results: " if result.cancelled else "") + outputs.recommendation]
+        lines = [outputs.recommendation]
         rec = result.recommended
         if rec is not None and rec.measurement.per_category:
             lines += [f"  {c}: {v['tokens_per_second']:.1f} tok/s" for c, v in rec.measurement.per_category.items()]

@@ -160,6 +160,14 @@ def recommendation_text(result: TuneResult) -> str:
 
 
 def _recommendation(result: TuneResult) -> str:
+    text = _answer(result)
+    if result.cancelled:
+        return (f"CANCELLED after {result.launches} of {result.planned} launches, so no profile was saved; "
+                f"the points measured so far say: {text}")
+    return text
+
+
+def _answer(result: TuneResult) -> str:
     rec, base = result.recommended, result.best_baseline
     if rec is None:
         if result.measured(True):
@@ -169,6 +177,8 @@ def _recommendation(result: TuneResult) -> str:
     if not rec.config.has_draft:
         best = result.best_draft
         if best is None:
+            if not any(p.config.has_draft for p in result.points):
+                return "no draft configuration was measured; nothing to recommend over no draft"
             return "no draft configuration ran with speculation live; recommending no draft"
         return (f"no draft: the fastest draft configuration ({best.label}) reached "
                 f"{best.measurement.tokens_per_second:.1f} tok/s against {rec.measurement.tokens_per_second:.1f} "
@@ -208,7 +218,7 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
         "pruned": [{"configuration": c, "why": w} for c, w in result.pruned],
         "predictions": {f"{t}/{d}": [[n, round(tps, 2)] for n, tps in ranked] for (t, d), ranked in result.predictions.items()},
     }
-    if rec is None:
+    if rec is None or result.cancelled:  # a cancelled tune's partial results replace no saved profile
         return TuneOutputs(None, None, None, text, data)
     est = result.estimates.get((rec.config.cache_type_k, rec.config.draft_cache_type_k if rec.config.has_draft else None))
     data["recommended"] = {"label": rec.label, "tokens_per_second": rec.measurement.tokens_per_second,
@@ -221,7 +231,8 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                            "measured_memory_bytes": (measured_memory(binary, dialect, rec.config)
                                                      if measure_memory and not result.cancelled else None)}
     config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
-    name = f"{config.target.stem}" + (f"+{config.draft.stem}" if config.draft else "")
+    # named after the pair tuned, even when the answer is no draft: tunes of other drafts keep their own profiles
+    name = f"{config.target.stem}" + (f"+{drafted.stem}" if drafted else "")
     listen = {"host": args.host, "port": args.port}
     profile = save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}, **listen))
     if getattr(args, "profile", None):

@@ -91,3 +91,15 @@ def test_doctor_reports_binary_devices_and_dialect(capsys, monkeypatch):
     assert main(["doctor", "--json"]) == 0 and json.loads(capsys.readouterr().out)["source"] == "env"
     assert data["devices"] and data["devices"][0]["total_mib"] > 0
     assert "spec names" in data["dialect"]
+
+
+@pytest.mark.parametrize("tool", ["llama-cli", "llama-completion"])
+def test_another_llama_cpp_tool_is_not_taken_for_llama_server(tool, capsys):
+    """Both take -m, neither serves: doctor and every command refuse them (exit 5) before any launch."""
+    from ggufpair.engine.binary import find_llama_server
+
+    other = find_llama_server(None).sibling(tool)
+    if not other.exists():
+        pytest.skip(f"this build has no {tool}")
+    assert main(["doctor", "--llama-server", str(other)]) == 5
+    assert "is not llama-server" in capsys.readouterr().err

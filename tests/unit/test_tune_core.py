@@ -365,6 +365,8 @@ def test_stalled_requests_and_single_repetitions_are_never_called_stable():
     (["--tokens", "0"], "--tokens 0"), (["--margin", "2"], "--margin 2"), (["--port", "99999"], "not a TCP port"),
     (["--lengths", "4-2"], "the range 4-2 is empty"), (["--lengths", ""], "no draft lengths"),
     (["--kv", "f16,q9"], "q9 is not a KV cache type"), (["--repeats", "0"], "--repeats 0"),
+    (["--gpu-layers", "lots"], "--gpu-layers 'lots'"), (["--gpu-layers", "-2"], "--gpu-layers '-2'"),
+    (["--categories", "chta"], "unknown prompt categories: chta"),
 ])
 def test_bad_tune_arguments_are_refused_before_any_work(args, message, tmp_path, capsys):
     """Checked before any model is read or server found: a missing target does not mask them."""
@@ -372,6 +374,29 @@ def test_bad_tune_arguments_are_refused_before_any_work(args, message, tmp_path,
 
     assert main(["tune", "--target", str(tmp_path / "none.gguf"), "--draft", "x.gguf", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bad_prompts_are_refused_before_the_patch_route_changes_the_draft(tmp_path, capsys):
+    """A usage error never follows a change to a model file: the fix comes after every argument is checked."""
+    from ggufpair.cli.main import main
+
+    t = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv()})
+    d = write_gguf(tmp_path / "d.gguf", {**model_kv(), **vocab_kv(), "tokenizer.ggml.add_bos_token": (T.BOOL, False)})
+    before = d.read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{bad\n")
+    for extra in (["--categories", "chta"], ["--prompts", str(bad)]):
+        assert main(["tune", "--target", str(t), "--draft", str(d), "--route", "patch", *extra]) == 2
+        assert d.read_bytes() == before, extra
+    assert "applying it" not in capsys.readouterr().out
+
+
+def test_check_refuses_a_tolerance_outside_0_to_1(tmp_path, capsys):
+    from ggufpair.cli.main import main
+
+    for value in ("1.5", "-0.1"):
+        assert main(["check", str(tmp_path / "none.toml"), "--tolerance", value]) == 2
+        assert f"--tolerance {float(value)}" in capsys.readouterr().err
 
 
 def test_the_same_file_as_target_and_draft_is_refused(tmp_path, capsys):
@@ -489,3 +514,43 @@ def test_suggested_drafts_are_small_and_of_the_targets_vocabulary(tmp_path):
     assert set(local) == {"small.gguf", "flipped.gguf"}
     assert local["small.gguf"] == "compatible; 6% of the target's weights"
     assert local["flipped.gguf"].startswith("compatible after `ggufpair fix`")
+
+
+def test_a_cancelled_tune_saves_no_profile_and_says_so(tmp_path):
+    """Cancelled in the TUI after the baseline only: the result says CANCELLED and that no draft was measured,
+    and no profile or script replaces one a complete tune saved."""
+    from types import SimpleNamespace
+
+    from ggufpair.engine.binary import find_llama_server
+    from ggufpair.engine.dialect import probe_dialect
+    from ggufpair.state import state_dir
+    from ggufpair.tune.run import save_outputs
+
+    binary = find_llama_server(None)
+    dialect = probe_dialect(binary.path)
+    args = SimpleNamespace(tokens=16, categories="chat", profile=None, script=None, format="bash", host="127.0.0.1",
+                           port=8080)
+    cancelled = TuneResult(points=[_point(0, [40.0, 41.0], draft=False)], cancelled=True, planned=5)
+    out = save_outputs(cancelled, binary, dialect, "CPU", args, "", measure_memory=False)
+    assert out.profile is None and out.script is None and list(state_dir("profiles").glob("*")) == []
+    assert out.recommendation.startswith("CANCELLED after 1 of 5 launches, so no profile was saved")
+    assert "no draft configuration was measured" in out.recommendation and "speculation live" not in out.recommendation
+
+
+def test_a_no_draft_answer_is_saved_under_the_pair_tuned(tmp_path, monkeypatch):
+    """Tunes of one target with two drafts that both answer "no draft" keep two profiles, not one."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("t", "d"):
+        write_gguf(tmp_path / name, {**model_kv(), **vocab_kv()})
+    from types import SimpleNamespace
+
+    from ggufpair.engine.binary import find_llama_server
+    from ggufpair.engine.dialect import probe_dialect
+    from ggufpair.tune.run import save_outputs
+
+    binary = find_llama_server(None)
+    args = SimpleNamespace(tokens=16, categories="chat", profile=None, script=None, format="bash", host="127.0.0.1",
+                           port=8080)
+    result = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), _point(4, [30.0, 31.0])])
+    out = save_outputs(result, binary, probe_dialect(binary.path), "CPU", args, "", measure_memory=False)
+    assert not result.recommended.config.has_draft and out.profile.name == "t+d.toml"
