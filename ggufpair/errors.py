@@ -57,6 +57,12 @@ class MissingShardError(ModelFileError):
     exit_code = 3
 
 
+class IncompatiblePairError(GgufpairError):
+    """llama.cpp would not speculate with the pair (as `inspect`'s verdict)."""
+
+    exit_code = 10
+
+
 class EngineError(GgufpairError):
     """llama-server or llama.cpp could not be found, started or used."""
 

@@ -50,6 +50,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--llama-server", metavar="PATH")
     p.add_argument("--host", help="bind address (default: the profile's, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: the profile's, as in its launch script, else 8080)")
+    p.add_argument("--force", action="store_true",
+                   help="launch even when llama.cpp's checks say the pair would serve without speculation")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("check", help="re-measure a saved profile on the current build and flag a regression")
@@ -184,6 +186,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     data, config = load_profile(find_profile(args.profile))
     _check_models(config, data.get("models"))
+    if config.has_draft and not args.force:
+        _check_pair_still_speculates(config)
     binary = find_llama_server(args.llama_server)
     host, port = listen_address(data, args.host, args.port)
     argv = [str(binary.path), *config.with_(host=host, port=port).argv(probe_dialect(binary.path))]
@@ -196,6 +200,23 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
         raise EngineError(f"{argv[0]}: cannot start it ({e.strerror or e})") from None
     return 1  # not reached
+
+
+def _check_pair_still_speculates(config) -> None:
+    """llama.cpp's draft checks on the files as they are now, with the profile's overrides: a draft replaced
+    since the tune (re-downloaded, its fix undone) would make the server run, silently, without speculation."""
+    from ggufpair.format.model_info import read_model_info
+    from ggufpair.pairing.verdict import check_pair, parse_override
+
+    overrides = dict(parse_override(a) for a in config.overrides)
+    verdict = check_pair(read_model_info(config.target), read_model_info(config.draft), overrides)
+    if not verdict.compatible:
+        from ggufpair.errors import IncompatiblePairError
+
+        raise IncompatiblePairError(f"{config.draft}: llama-server would serve this profile WITHOUT speculation: "
+                                    f"{verdict.summary}",
+                                    hint=f"`ggufpair fix {config.draft} --reference {config.target}` repairs a "
+                                         "fixable pair; --force launches anyway")
 
 
 def find_profile(name: str) -> Path:

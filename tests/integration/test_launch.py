@@ -79,3 +79,35 @@ def test_a_missing_model_is_exit_3_before_any_server_starts(gemma_q4, tmp_path, 
     out = subprocess.run(_cli("launch", "no such profile"), capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "missing draft" in out.stderr  # the saved names are listed
     assert state_dir("profiles") == path.parent
+
+
+def test_a_profile_whose_draft_no_longer_speculates_is_refused_unless_forced(gemma_f16, gemma_q4, tmp_path,
+                                                                              llama_server):
+    """The draft was replaced after the tune (another BOS id, say a re-download), so the profile's overrides no
+    longer cover it: launch refuses (exit 10) rather than serve silently without speculation; --force serves,
+    and the real server indeed does not speculate."""
+    from tests.integration.variants import set_scalar
+
+    draft = tmp_path / "draft.gguf"
+    draft.write_bytes(gemma_q4.read_bytes())
+    set_scalar(draft, "tokenizer.ggml.bos_token_id", 3)
+    port = _free_port()
+    config = ServerConfig(target=gemma_f16, draft=draft, draft_max=4, ctx=1024, threads=2)
+    path = save_profile(profile_data("replaced draft", config, llama_server, "CPU", {}, port=port))
+    out = subprocess.run(_cli("launch", str(path)), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 10, out.stderr
+    assert "WITHOUT speculation" in out.stderr and "BOS ids differ" in out.stderr and "--force" in out.stderr
+    proc = subprocess.Popen(_cli("launch", str(path), "--force"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, slots = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/slots", timeout=2) as r:
+                    slots = json.load(r)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert slots and not any(s.get("speculative") for s in slots)
+    finally:
+        proc.kill()
+        proc.wait()
