@@ -6,9 +6,11 @@ of one KV configuration are enough to predict the rest:
 - acceptance by position q_i = P(draft position i is accepted in a verification step), from the run with
   the longer draft (a token at position i is accepted only if every earlier one was, and the draft proposes
   the same tokens whatever its maximum length, so q_i does not depend on the length);
-- the cost of a verification step, modelled as s(n) = a + b * n milliseconds for n drafted tokens (a: the
-  target's own forward pass and fixed overheads, b: one more draft token drafted and verified), fitted to
-  the two runs' measured step times.
+- the cost of a verification step s(n) for n drafted tokens, through the two runs' measured step times and
+  the no-draft baseline's (n = 0) of the same session, interpolated between them (about a + b * n: a, the
+  target's own forward pass and fixed overheads, b, one more token drafted and verified). Through the
+  measured points rather than a fitted line: one disturbed run can make a line's fixed cost negative, and a
+  clamped line then no longer gives back the very runs it was fitted to.
 
 A step then yields 1 + q_0 + ... + q_{n-1} tokens on average, so tps(n) = 1000 * (1 + sum q_i) / s(n).
 """
@@ -35,24 +37,47 @@ def step_sample(n: int, m: Measurement, predicted_ms: float) -> StepSample | Non
 
 @dataclass(frozen=True)
 class Predictor:
+    """`knots`: measured (draft length, ms per step) points, sorted, the no-draft baseline's step at n = 0
+    among them when known. The step cost between knots is interpolated, so every prediction at a measured
+    length gives back what was measured; beyond the last knot the last segment's slope (never negative)
+    extends it."""
+
     accept_by_position: tuple[float, ...]
-    a_ms: float
-    b_ms: float
+    knots: tuple[tuple[int, float], ...]
+    a_ms: float  # the line through the two draft runs: fixed cost per step...
+    b_ms: float  # ...and cost per drafted token (a negative a_ms: the runs disagree with a linear cost)
 
     @classmethod
-    def fit(cls, short: StepSample, long: StepSample, accept_by_position: tuple[float, ...]) -> "Predictor":
+    def fit(cls, short: StepSample, long: StepSample, accept_by_position: tuple[float, ...],
+            baseline_step_ms: float | None = None) -> "Predictor":
         if long.n == short.n:
             raise ValueError("two different draft lengths are needed to fit the step cost")
         b = (long.step_ms - short.step_ms) / (long.n - short.n)
-        b = max(b, 0.0)
-        a = max(short.step_ms - b * short.n, 1e-6)
-        return cls(tuple(accept_by_position), a, b)
+        a = short.step_ms - b * short.n
+        knots = {short.n: short.step_ms, long.n: long.step_ms}
+        if baseline_step_ms:
+            knots[0] = baseline_step_ms  # a step that drafts nothing is one target decode
+        return cls(tuple(accept_by_position), tuple(sorted(knots.items())), a, b)
+
+    @property
+    def linear(self) -> bool:
+        """Whether the two draft runs agree with a step cost of a + b * n, a >= 0 (a disturbed run does not)."""
+        return self.a_ms >= 0
 
     def tokens_per_step(self, n: int) -> float:
         return 1.0 + sum(self.accept_by_position[:n])
 
     def step_ms(self, n: int) -> float:
-        return self.a_ms + self.b_ms * n
+        k = self.knots
+        if n <= k[0][0]:
+            if k[0][0] == 0 or not self.linear:
+                return k[0][1]  # no shorter measurement: not cheaper than the shortest one (conservative)
+            return self.a_ms + self.b_ms * n
+        for (n0, s0), (n1, s1) in zip(k, k[1:]):
+            if n <= n1:
+                return s0 + (s1 - s0) * (n - n0) / (n1 - n0)
+        (n0, s0), (n1, s1) = k[-2], k[-1]
+        return s1 + max((s1 - s0) / (n1 - n0), 0.0) * (n - n1)
 
     def tps(self, n: int) -> float:
         return 1000.0 * self.tokens_per_step(n) / self.step_ms(n)

@@ -352,9 +352,16 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
                          f"(spec_decode_*), so only n_max {short_n} and {long_n} were measured; name other lengths "
                          "with --lengths to measure them")
                 continue
-            predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position)
+            base_pt = next((p for p in result.points if p.ok and not p.config.has_draft and p.config.cache_type_k == tkv
+                            and p.measurement.predicted_tokens), None)
+            base_ms = base_pt.measurement.predicted_ms / base_pt.measurement.predicted_tokens if base_pt else None
+            predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position, base_ms)
             ranked = predictor.best(lengths)
             result.predictions[(tkv, dkv)] = ranked
+            if not predictor.linear:
+                on_event(f"  the step costs of n_max {short_n} and {long_n} ({s1.step_ms:.0f} and {s2.step_ms:.0f} ms) "
+                         "fit no straight line with a positive fixed cost (a disturbed run?): other lengths are "
+                         "interpolated through the measured steps and the baseline's")
             on_event(f"  predicted best for KV {tkv}/{dkv}: " + ", ".join(f"n_max {n}: {t:.1f}" for n, t in ranked[:3]))
             candidates += [(t, cfg.with_(draft_max=n)) for n, t in ranked[:spec.confirm]]
         measured = {(p.config.cache_type_k, p.config.draft_cache_type_k, p.config.draft_max)

@@ -46,6 +46,22 @@ def test_predictor_recovers_a_known_cost_model():
     assert [n for n, _ in p.best(range(1, 20))] == sorted(range(1, 7), key=lambda n: -p.tps(n))
 
 
+def test_predictions_give_back_the_measured_runs_when_a_line_would_not():
+    """Step costs seen in a tune on a loaded machine: 182 ms at n_max 4, 473 ms at n_max 8, so a line through
+    them has a fixed cost of -108 ms. Clamped to 0, it predicted 17 tok/s for the n_max 4 run measured at 26.6.
+    Through the measured points (and the baseline's step at n = 0), each measured run is given back."""
+    q = (0.95, 0.95, 0.95, 0.95, 0.9, 0.9, 0.9, 0.9)
+    short, long = StepSample(4, 182.0, 1 + sum(q[:4])), StepSample(8, 473.0, 1 + sum(q))
+    p = Predictor.fit(short, long, q, baseline_step_ms=40.0)
+    assert not p.linear and p.a_ms == pytest.approx(-109.0) and p.b_ms == pytest.approx(72.75)
+    assert p.tps(4) == pytest.approx(1000 * short.tokens_per_step / 182.0)
+    assert p.tps(8) == pytest.approx(1000 * long.tokens_per_step / 473.0)
+    assert p.step_ms(2) == pytest.approx(40.0 + (182.0 - 40.0) / 2)  # between the baseline's step and n_max 4
+    assert p.step_ms(10) == pytest.approx(473.0 + 2 * 72.75)  # the last segment's slope
+    alone = Predictor.fit(short, long, q)  # no baseline: nothing shorter is assumed cheaper than n_max 4
+    assert alone.step_ms(2) == 182.0 and alone.tps(4) == pytest.approx(p.tps(4))
+
+
 @pytest.mark.parametrize("text,expected", [("1-4", (1, 2, 3, 4)), ("2,4,8", (2, 4, 8)), ("1-3,8", (1, 2, 3, 8))])
 def test_parse_lengths(text, expected):
     assert parse_lengths(text) == expected
