@@ -126,6 +126,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.ctx and target.context_length and args.ctx > target.context_length:
         console.print(f"note: --ctx {args.ctx} is above the target's training context ({target.context_length}); "
                       "llama.cpp allows it, but the model was not trained for it", style="yellow")
+    if args.draft and not target.has_chat_template:
+        console.print(f"note: {target_path.name} has no chat template: llama-server formats the chat prompts with "
+                      "its default one (ChatML), which this model may not have been trained on; the speeds are "
+                      "still paired, but acceptance can differ on your real prompts", style="yellow")
     if not args.draft:
         suggestions = suggest_drafts(target, candidates or [])
         render.print_suggestions(console, target, suggestions)

@@ -44,6 +44,9 @@ class Measurement:
     stopped_early: bool = False
     request_tps: tuple[float, ...] = ()  # each request's own rate, in the order they ran
     stalls: int = 0  # requests at under a third of their peers' rate (count_stalls)
+    # each prompt's greedy answer in the first repetition (prompt id, text): the same prompts' answers with
+    # and without a draft are compared (`greedy_agreement`); not saved in profiles
+    outputs: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def tps_spread(self) -> float:
@@ -83,6 +86,16 @@ class Measurement:
                    tuple(float(r) for r in d.get("request_tps", ())), int(d.get("stalls", 0)))
 
 
+def greedy_agreement(baseline: Measurement, drafted: Measurement) -> tuple[int, int, list[str]]:
+    """(identical, compared, ids of the prompts that differ) between two runs' greedy answers to the same
+    prompts: speculative decoding keeps greedy output, but batched verification can flip a near-tie of the
+    target's two best tokens (the demo's token-level check says which)."""
+    base = dict(baseline.outputs)
+    common = [(pid, text) for pid, text in drafted.outputs if pid in base]
+    differ = [pid for pid, text in common if text != base[pid]]
+    return len(common) - len(differ), len(common), differ
+
+
 def count_stalls(rates_by_prompt: dict[str, list[float]], drafted: bool) -> int:
     """Requests that ran at under a third of their peers' rate: the machine, not the configuration. A
     request's peers are the same prompt's other runs; with one run each, the other prompts' runs, but only
@@ -118,12 +131,14 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     cats: dict[str, dict[str, float]] = {}
     request_tps: list[float] = []
     by_prompt: dict[str, list[float]] = {}
+    outputs: dict[str, str] = {}
     for _ in range(max(1, repeats)):
         pred_n, pred_ms = 0, 0.0
         for p in prompts:
             if cancel is not None and cancel.is_set():
                 break
             c = server.complete(p.payload(), n_predict=n_predict, temperature=temperature)
+            outputs.setdefault(p.id, c.content)
             # An answer's first token comes from the prompt's logits, its time counted in the prompt's: the
             # generation rate counts the tokens after it (as llama-server's own predicted_per_second does since
             # it stopped counting that free token).
@@ -168,7 +183,8 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     live = bool(server.speculative) and (drafted or not counted)
     return Measurement(live, statistics.median(runs), tuple(runs), totals["pred"],
                        totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped,
-                       tuple(request_tps), count_stalls(by_prompt, drafted))
+                       tuple(request_tps), count_stalls(by_prompt, drafted),
+                       tuple(outputs.items()) if temperature == 0 else ())
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,9 @@ def _answer(result: TuneResult) -> str:
         if result.measured(True):
             return ("no recommendation: no no-draft baseline could be measured, so no speedup can be claimed "
                     "(see the log lines above for why the baselines failed)")
+        if not result.points and result.pruned:
+            return ("nothing was launched: no configuration fits the memory budget (see the pruned ones above); "
+                    "a smaller --ctx, or quantized KV caches (--kv q8_0 --draft-kv q8_0), may fit")
         return "nothing could be measured: every configuration failed (see the log lines above)"
     if not rec.config.has_draft:
         best = result.best_draft
@@ -188,7 +191,21 @@ def _answer(result: TuneResult) -> str:
         return f"{rec.label}: {rec.measurement.tokens_per_second:.1f} tok/s; the baseline measured nothing to compare with"
     speedup = rec.measurement.tokens_per_second / paired.measurement.tokens_per_second
     return (f"{rec.label}: {rec.measurement.tokens_per_second:.1f} tok/s, {speedup:.2f}x the paired baseline "
-            f"({paired.measurement.tokens_per_second:.1f} tok/s), acceptance {rec.measurement.acceptance_rate:.0%}")
+            f"({paired.measurement.tokens_per_second:.1f} tok/s), acceptance {rec.measurement.acceptance_rate:.0%}"
+            + _agreement_text(paired.measurement, rec.measurement))
+
+
+def _agreement_text(baseline, drafted) -> str:
+    from ggufpair.engine.measure import greedy_agreement
+
+    same, compared, differ = greedy_agreement(baseline, drafted)
+    if not compared:
+        return ""
+    if same == compared:
+        return f"; greedy answers identical to the baseline's on all {compared} prompts"
+    return (f"; greedy answers identical to the baseline's on {same} of {compared} prompts (differing: "
+            f"{', '.join(differ[:5])}): batched verification can flip a near-tie of the target's two best tokens, "
+            "but a draft that changes many answers deserves a closer look")
 
 
 def measured_memory(binary: Binary, dialect: Dialect, config) -> int | None:
@@ -221,6 +238,12 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     if rec is None or result.cancelled:  # a cancelled tune's partial results replace no saved profile
         return TuneOutputs(None, None, None, text, data)
     est = result.estimates.get((rec.config.cache_type_k, rec.config.draft_cache_type_k if rec.config.has_draft else None))
+    paired = result.baseline_for(rec.config) if rec.config.has_draft else None
+    if paired is not None:
+        from ggufpair.engine.measure import greedy_agreement
+
+        same, compared, _ = greedy_agreement(paired.measurement, rec.measurement)
+        data["greedy_identical"] = {"prompts": compared, "identical": same}
     data["recommended"] = {"label": rec.label, "tokens_per_second": rec.measurement.tokens_per_second,
                            "rate": RATE_DEFINITION, "draft": rec.config.has_draft, "n_predict": args.tokens,
                            "categories": sorted({q.category for q in result.prompts}) or args.categories.split(","),

@@ -52,6 +52,14 @@ def test_baseline_and_draft_runs_with_speculation_live(gemma_f16, gemma_q4, llam
     assert report.prompts == 2
     for d in report.divergences:  # if greedy text diverges, the report says where and whether it was a near tie
         assert d.index >= 0 and d.baseline_margin is not None
+    # The measurement keeps each prompt's greedy answer: the tune's agreement check compares the very runs it
+    # timed, and says what the token-level check says (same n_predict, same prompts, greedy both).
+    from ggufpair.engine.measure import greedy_agreement
+
+    assert [pid for pid, _ in m_spec.outputs] == ["count", "story"]
+    assert dict(m_base.outputs)["count"] == out_base[0].content and dict(m_spec.outputs)["count"] == out_spec[0].content
+    same, compared, differ = greedy_agreement(m_base, m_spec)
+    assert compared == 2 and same == report.identical and sorted(differ) == sorted(d.prompt_id for d in report.divergences)
 
 
 def test_incompatible_draft_is_reported_as_speculation_off(gemma_q4, model_copy, llama_server, dialect, tmp_path):

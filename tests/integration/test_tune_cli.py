@@ -24,6 +24,7 @@ def test_tune_command(demo_pair_folder, capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "needs a fix" in out and "override-kv" in out
+    assert "has no chat template" in out.replace("\n", " ")  # Gemma 3 270M is a base model: ChatML is used
     assert "recommendation" in out and "memory: predicted" in out
     (profile,) = state_dir("profiles").glob("*.toml")
     data = tomllib.loads(profile.read_text())

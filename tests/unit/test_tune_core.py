@@ -570,3 +570,23 @@ def test_a_no_draft_answer_is_saved_under_the_pair_tuned(tmp_path, monkeypatch):
     result = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), _point(4, [30.0, 31.0])])
     out = save_outputs(result, binary, probe_dialect(binary.path), "CPU", args, "", measure_memory=False)
     assert not result.recommended.config.has_draft and out.profile.name == "t+d.toml"
+
+
+def test_the_recommendation_says_whether_greedy_answers_stayed_the_same():
+    from dataclasses import replace
+
+    base, fast = _point(0, [40.0, 41.0], draft=False), _point(4, [50.0, 52.0])
+    base = replace(base, measurement=replace(base.measurement, outputs=(("a", "x"), ("b", "y"), ("c", "z"))))
+    same = replace(fast, measurement=replace(fast.measurement, outputs=(("a", "x"), ("b", "y"), ("c", "z"))))
+    text = recommendation_text(TuneResult(points=[base, same]))
+    assert "greedy answers identical to the baseline's on all 3 prompts" in text
+    changed = replace(fast, measurement=replace(fast.measurement, outputs=(("a", "x"), ("b", "Y"), ("c", "z"))))
+    text = recommendation_text(TuneResult(points=[base, changed]))
+    assert "identical to the baseline's on 2 of 3 prompts (differing: b)" in text
+    assert "greedy answers" not in recommendation_text(TuneResult(points=[_point(0, [40.0], draft=False),
+                                                                           _point(4, [50.0, 52.0])]))
+
+
+def test_a_tune_whose_every_configuration_was_pruned_says_so():
+    pruned = TuneResult(points=[], pruned=[("no draft, KV f16", "needs 30 GiB, budget 20 GiB")])
+    assert recommendation_text(pruned).startswith("nothing was launched: no configuration fits the memory budget")
