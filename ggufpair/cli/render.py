@@ -216,6 +216,8 @@ def print_demo(console: Console, result) -> None:
 
 
 def points_table(points, baseline_tps: float | None = None) -> Table:
+    from ggufpair.engine.measure import spread_text
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("configuration", "tok/s", "spread", "speedup", "accept", "acc/step", "by position"):
         table.add_column(col, no_wrap=col != "by position")
@@ -225,7 +227,7 @@ def points_table(points, baseline_tps: float | None = None) -> Table:
             table.add_row(p.label, "failed", "", "", "", "", p.error or "")
             continue
         table.add_row(
-            p.label, f"{m.tokens_per_second:.1f}" + (" (stopped)" if m.stopped_early else ""), f"{m.tps_spread:.0%}",
+            p.label, f"{m.tokens_per_second:.1f}" + (" (stopped)" if m.stopped_early else ""), spread_text(m),
             f"{m.tokens_per_second / baseline_tps:.2f}x" if baseline_tps else "",
             f"{m.acceptance_rate:.0%}" if m.acceptance_rate is not None else "-",
             f"{m.mean_accepted_per_step:.2f}" if m.mean_accepted_per_step is not None else "-",

@@ -86,6 +86,11 @@ class Measurement:
                    tuple(float(r) for r in d.get("request_tps", ())), int(d.get("stalls", 0)))
 
 
+def spread_text(m: Measurement) -> str:
+    """The repetitions' spread for a table: "1 run" when there was one (a spread of 0% would look certain)."""
+    return f"{m.tps_spread:.0%}" if len(m.tps_runs) > 1 else "1 run"
+
+
 def greedy_agreement(baseline: Measurement, drafted: Measurement) -> tuple[int, int, list[str]]:
     """(identical, compared, ids of the prompts that differ) between two runs' greedy answers to the same
     prompts: speculative decoding keeps greedy output, but batched verification can flip a near-tie of the

@@ -417,6 +417,8 @@ class ResultScreen(Screen):
         for name, c in (rec.measurement.per_category.items() if rec else ()):
             acc = c.get("acceptance_rate")
             cats.add_row(name, f"{c['tokens_per_second']:.1f}", "-" if acc is None else f"{acc:.0%}")
+        from ggufpair.engine.measure import spread_text
+
         table = self.query_one("#points", DataTable)
         table.add_columns("configuration (* recommended)", "tok/s", "spread", "acceptance", "acc/step")
         for p in s.result.points if s.result else []:
@@ -425,7 +427,7 @@ class ResultScreen(Screen):
             if m is None:
                 table.add_row(label, "failed", "", "", "")
             else:
-                table.add_row(label, f"{m.tokens_per_second:.1f}", f"{m.tps_spread:.0%}",
+                table.add_row(label, f"{m.tokens_per_second:.1f}", spread_text(m),
                               "-" if m.acceptance_rate is None else f"{m.acceptance_rate:.0%}",
                               "-" if m.mean_accepted_per_step is None else f"{m.mean_accepted_per_step:.2f}")
 

@@ -47,7 +47,7 @@ def test_tune_command(demo_pair_folder, capsys, tmp_path, monkeypatch):
     text = profile.read_text()
     claimed = f"tokens_per_second = {rec['tokens_per_second']}"
     assert claimed in text
-    profile.write_text(text.replace(claimed, "tokens_per_second = 100000.0", 1))
+    profile.write_text(text.replace(claimed, "tokens_per_second = 100000.0"))  # the point and the recommendation
     assert main(["check", str(profile)]) == 1
     out = capsys.readouterr().out
     assert ("INCONCLUSIVE" in out and "stalled" in out) if "stalled request" in out else "REGRESSION: " in out, out

@@ -590,3 +590,14 @@ def test_the_recommendation_says_whether_greedy_answers_stayed_the_same():
 def test_a_tune_whose_every_configuration_was_pruned_says_so():
     pruned = TuneResult(points=[], pruned=[("no draft, KV f16", "needs 30 GiB, budget 20 GiB")])
     assert recommendation_text(pruned).startswith("nothing was launched: no configuration fits the memory budget")
+
+
+@pytest.mark.parametrize("lengths,kv,planned", [((2, 4), ("f16",), 3), ((4,), ("f16",), 2), ((2, 4, 8), ("f16",), 4),
+                                                (tuple(range(1, 17)), ("f16",), 5), ((2, 4), ("f16", "q8_0"), 6),
+                                                (tuple(range(1, 17)), ("f16", "q8_0"), 2 + 2 * 2 + 2)])
+def test_planned_launches_count_only_confirmations_that_can_happen(lengths, kv, planned):
+    """A baseline per target KV, a long and a short run per KV pair (one when one length is asked), and up to
+    two confirmations in all of lengths not measured yet (none when only two lengths are asked)."""
+    spec = TuneSpec(base=ServerConfig(target=Path("t"), draft=Path("d")), lengths=lengths, target_kv=kv,
+                    draft_kv=("f16",))
+    assert spec.planned_launches(with_draft=True) == planned
