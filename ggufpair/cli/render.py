@@ -197,7 +197,10 @@ def print_demo(console: Console, result) -> None:
         print_plan(console, result.plan)
     if result.fix is not None:
         print_fix_result(console, result.fix, result.verdict_after)
-    console.rule("3. tune (paired baseline, same prompts, chat template, greedy)")
+    console.rule("3. tune (paired baseline, same prompts, chat-formatted, greedy)")
+    if result.verdict_before is not None and not result.verdict_before.target.has_chat_template:
+        console.print("The target has no chat template: llama-server formats the chat prompts with "
+                      "its ChatML default.", style="dim")
     base = result.points[0].measurement if result.points and result.points[0].ok else None
     console.print(points_table(result.points, base.tokens_per_second if base else None))
     if result.lossless is not None:
@@ -238,7 +241,7 @@ def points_table(points, baseline_tps: float | None = None) -> Table:
 
 def print_tune(console: Console, result, outputs) -> None:
     base = result.best_baseline
-    console.rule("measured (paired baseline, same prompts, chat template, greedy)")
+    console.rule("measured (paired baseline, same prompts, chat-formatted, greedy)")
     console.print(points_table(result.points, base.measurement.tokens_per_second if base else None))
     for what, why in result.pruned:
         console.print(f"not launched: {what}: {why}", style="dim")

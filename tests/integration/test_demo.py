@@ -25,6 +25,13 @@ def test_demo_end_to_end(capsys, llama_server, tmp_path):
     assert "speculative=false" in out and "draft model bos tokens must match" in out
     assert "--override-kv tokenizer.ggml.add_bos_token=bool:true" in out
     assert "Lossless check:" in out and "4. recommendation" in out
+    import re
+
+    assert re.search(r"Lossless check: greedy output identical (with and without the draft on all 4 prompts|"
+                     r"on \d of 4 prompts; \d diverge)", out.replace("\n", " "))
+    assert "has no chat template" in out  # Gemma 3 270M is a base model
+    if "no draft: " in out:  # the reason given is computed from the two files
+        assert re.search(r"From the files: a draft step reads \d+% of the weight bytes", out.replace("\n", " "))
     assert "n_max 2" in out and "n_max 4" in out
     profiles = list(state_dir("profiles").glob("*.toml"))
     assert len(profiles) == 1
