@@ -10,22 +10,36 @@ from pathlib import Path
 from typing import Any
 
 
-def state_dir(*parts: str) -> Path:
+def state_path(*parts: str) -> Path:
+    """Where state lives, without creating anything (for a read-only look)."""
     base = os.environ.get("GGUFPAIR_HOME")
     if base:
         root = Path(base)
     else:
         root = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ggufpair"
-    path = root.joinpath(*parts)
+    return root.joinpath(*parts)
+
+
+def state_dir(*parts: str) -> Path:
+    path = state_path(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one (fsync'd)."""
+def write_json_atomic(path: Path, data: Any, like: Path | None = None) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one (fsync'd). `like`: a
+    file whose owner, group and read/write bits the new one takes (where permitted), so that whoever can use
+    that file can read this one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
+            if like is not None:
+                st = os.stat(like)
+                try:
+                    os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                except PermissionError:
+                    pass  # not root: the file stays this user's, with the bits below
+                os.fchmod(f.fileno(), st.st_mode & 0o666)
             json.dump(data, f, indent=2)
             f.flush()
             os.fsync(f.fileno())

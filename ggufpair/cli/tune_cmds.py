@@ -76,9 +76,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     skipped: list[tuple[Path, str]] = []
     found = discover([Path(d) for d in args.dir], skipped)
     if args.json:
+        from ggufpair.fix.apply import pending_recovery
+
         print(json.dumps({"models": [{"path": str(c.path), "name": c.info.display_name, "quant": c.info.quant,
                                       "size": c.info.file_size, "vocab": c.info.vocab.n_tokens,
-                                      "context": c.info.context_length, "where": c.where} for c in found],
+                                      "context": c.info.context_length, "where": c.where,
+                                      "half_patched": pending_recovery(c.path)} for c in found],
                           "skipped": [{"path": str(p), "why": w} for p, w in skipped]}, indent=2))
         return 0
     console = _console(args)
@@ -91,6 +94,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                       f"{i.vocab.tokenizer_model or 'no tokenizer'} {i.vocab.n_tokens}", str(i.context_length or "?"),
                       str(c.path))
     console.print(table if found else "no GGUF models found (set GGUFPAIR_MODEL_DIRS, or pass --dir)")
+    from ggufpair.fix.apply import recovery_note
+
+    for note in filter(None, (recovery_note(c.path) for c in found)):
+        console.print(f"warning: {note}", style="bold yellow")
     if skipped:
         console.print(f"\nskipped {len(skipped)} file(s) that are not readable models:", style="yellow")
         for path, why in skipped[:10]:

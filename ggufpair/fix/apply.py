@@ -46,7 +46,7 @@ from ggufpair.fix.plan import Action, FixPlan, KeyChange
 from ggufpair.format.reader import GGUFHeader, _open_map, _pad, read_header
 from ggufpair.format.writer import encode_header, encode_kv, encode_value
 from ggufpair.pairing.verdict import Route
-from ggufpair.state import fsync_dir, state_dir, write_json_atomic
+from ggufpair.state import fsync_dir, state_path, write_json_atomic
 
 TMP_MARK = ".ggufpair-"
 CHUNK = 8 << 20
@@ -80,7 +80,9 @@ def temp_name(dest: Path) -> Path:
 
 
 def remove_stale_temps(dest: Path) -> list[Path]:
-    """Remove temporary files left by a killed rewrite of `dest` (the caller holds the file's lock)."""
+    """Remove temporary files left by a killed rewrite of `dest`. A rewrite holds an flock on its temporary
+    file until it is done, so one another fix is still writing (two models fixed to one --output name) is
+    spared, and one whose writer died (the kernel drops its lock) is removed, whatever became of its pid."""
     removed = []
     prefix = f".{dest.name}{TMP_MARK}"
     try:
@@ -89,45 +91,58 @@ def remove_stale_temps(dest: Path) -> list[Path]:
         return removed
     journal_temp = f".{prefix}journal.json."  # a journal's own temporary file (write_json_atomic)
     for p in entries:
-        if (p.name.startswith(prefix) or p.name.startswith(journal_temp)) and p.name.endswith(".tmp"):
-            if p.name.startswith(prefix) and _writer_alive(p.name[len(prefix):]):
-                continue  # another fix writing a copy to the same --output name (from another model)
-            try:
-                p.unlink()
-                removed.append(p)
-            except OSError:
-                pass
+        if not ((p.name.startswith(prefix) or p.name.startswith(journal_temp)) and p.name.endswith(".tmp")):
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass  # locked: its writer is at work
+        finally:
+            os.close(fd)
     return removed
 
 
-def _writer_alive(rest: str) -> bool:
-    """Whether the process that named a temporary file PID-HEX.tmp still runs (this one's are never stale)."""
-    pid = rest.split("-", 1)[0]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
+def _exists(path: Path) -> bool:
+    """os.path.exists that says False for a name the filesystem refuses (too long) or a folder it cannot
+    enter, instead of raising."""
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
+        os.stat(path)
         return True
-    return True
+    except (OSError, ValueError):
+        return False
 
 
 def _journal_places(path: Path) -> tuple[Path, Path]:
     """Where an in-place patch's journal may be: beside the model (found by any user, any $GGUFPAIR_HOME, a
-    `sudo` run), else, when that folder is not writable, in ggufpair's state folder."""
+    `sudo` run), else (a folder the user cannot write, a disk with no room, a name too long) in ggufpair's
+    state folder. Nothing is created: `inspect` looks here too."""
     real = Path(os.path.realpath(path))
     digest = hashlib.sha256(str(real).encode()).hexdigest()[:24]
-    return real.with_name(f".{real.name}{TMP_MARK}journal.json"), state_dir("journals") / f"{digest}.json"
+    return real.with_name(f".{real.name}{TMP_MARK}journal.json"), state_path("journals", f"{digest}.json")
 
 
 def _journal_path(path: Path) -> Path:
-    """The journal of `path`: the one that exists, else where a new one goes."""
+    """The journal of `path`: the one that exists, else where a new one goes first."""
     beside, home = _journal_places(path)
-    if beside.exists() or not home.exists() and os.access(beside.parent, os.W_OK):
+    if _exists(beside) or not _exists(home) and os.access(beside.parent, os.W_OK):
         return beside
     return home
+
+
+def _unlink_durably(journal: Path) -> None:
+    """Remove a journal and sync its folder: a journal back from the dead after a power cut would undo a
+    finished fix at the next run."""
+    journal.unlink()
+    try:
+        fsync_dir(journal.parent)
+    except OSError:
+        pass
 
 
 def recover_interrupted(path: str | Path) -> list[str]:
@@ -138,10 +153,15 @@ def recover_interrupted(path: str | Path) -> list[str]:
     path = Path(os.path.realpath(path))  # through a link: the file it names, where a fix wrote
     done = []
     journal = _journal_path(path)
-    if journal.exists():
+    if _exists(journal):
         try:
             data = json.loads(journal.read_text())
             patches = [(int(o), bytes.fromhex(old), bytes.fromhex(new)) for o, old, new in data["patches"]]
+        except PermissionError as e:
+            owner = os.stat(journal).st_uid
+            raise FixError(f"{path}: the journal of an interrupted fix ({journal}) is not readable by you "
+                           f"({e.strerror}); the file may be half-patched",
+                           hint=f"run `ggufpair fix {path}` as its owner (uid {owner}) or root: it rolls back") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise FixError(f"{path}: the journal of an interrupted fix ({journal}) is unreadable ({e})",
                            hint=f"check the file with `ggufpair inspect`; then delete {journal}") from None
@@ -160,7 +180,12 @@ def recover_interrupted(path: str | Path) -> list[str]:
                 _write_durably(f, [(offset, old) for offset, old, _new in patches])
         except OSError as e:
             raise _os_error(e, path, "rolling back an interrupted fix") from None
-        journal.unlink()
+        try:
+            _unlink_durably(journal)
+        except OSError as e:
+            raise FixError(f"{path}: rolled back an interrupted fix (the file is whole again), but its journal "
+                           f"{journal} could not be removed ({e.strerror})",
+                           hint=f"remove {journal} (as a user who can write its folder) before fixing the file again") from None
         done.append(f"rolled back an interrupted in-place fix of {path}")
     for p in remove_stale_temps(path):
         done.append(f"removed stale temporary file {p}")
@@ -184,7 +209,7 @@ def recover(path: str | Path) -> list[str]:
 
 def pending_recovery(path: str | Path) -> bool:
     """Whether an interrupted in-place fix of `path` waits to be rolled back."""
-    return any(p.exists() for p in _journal_places(Path(path)))
+    return any(_exists(p) for p in _journal_places(Path(path)))
 
 
 def recovery_note(path: str | Path) -> str | None:
@@ -363,7 +388,12 @@ def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> N
     except BaseException:
         recover_interrupted(path)
         raise
-    journal.unlink()
+    try:
+        _unlink_durably(journal)
+    except OSError as e:
+        raise FixError(f"{path}: fixed and verified, but the patch's journal {journal} could not be removed "
+                       f"({e.strerror}); left there, the next fix would roll the file back",
+                       hint=f"remove {journal}") from None
 
 
 def _write_journal(path: Path, record: dict) -> Path:
@@ -373,10 +403,16 @@ def _write_journal(path: Path, record: dict) -> Path:
     first = _journal_path(path)
     for journal in dict.fromkeys((first, _journal_places(path)[1])):
         try:
-            write_json_atomic(journal, record)
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(journal, record, like=path)
             return journal
         except OSError as e:
             error = e
+            if _exists(journal):  # renamed into place, then its folder's sync failed: not trusted, not left
+                try:
+                    journal.unlink()
+                except OSError:
+                    raise _os_error(e, journal, "writing the journal of an in-place patch") from None
     raise _os_error(error, first, "writing the journal of an in-place patch")
 
 
@@ -552,6 +588,8 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
         raise _os_error(e, dest.absolute().parent, "creating a temporary file") from None
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held (through `held`) until the end: the temp is not stale meanwhile
+    held = os.dup(fd)
     try:
         try:
             _take_attributes(src, fd, replacing=dest == src)
@@ -594,6 +632,8 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
     except BaseException:
         _unlink(tmp)
         raise
+    finally:
+        os.close(held)
     try:
         fsync_dir(dest.parent)
     except OSError as e:  # the rename is done: the fixed file is in place, only its folder entry is unsynced

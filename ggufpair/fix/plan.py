@@ -232,6 +232,8 @@ def plan_self_fix(path: str | Path, info: ModelInfo | None = None) -> FixPlan:
     texts = v.tokens.load() if v.tokens is not None else ()
     for key, stored, candidates in ((BOS_KEY, v.bos_id_stored, BOS_TEXTS), (EOS_KEY, v.eos_id_stored, EOS_TEXTS)):
         stored = planned.get(key, stored)  # the checks see the file as it will be, so a second run finds nothing
+        if v.tokens is None:
+            break  # no vocabulary (an EAGLE head, a tokenizer-less file): its ids mean nothing to repair
         if stored is not None and stored >= v.n_tokens:
             found = next((texts.index(t) for t in candidates if t in texts), None)
             if found is not None:

@@ -185,7 +185,8 @@ def _load_findings(tv: VocabInfo, dv: VocabInfo, target: ModelInfo, draft: Model
             # A draft of the target's tokenizer with a few texts changed into duplicates: the target's texts
             # (which load) repair it, like any other text difference.
             fix = (_text_patch_fix(tv.tokens.load(), dv.tokens.load(), start=0)
-                   if role == "draft" and not tv.load_error and not duplicates["target"] else None)
+                   if role == "draft" and not tv.load_error and not duplicates["target"] and tv.tokens is not None
+                   else None)
             out.append(Finding(
                 check=f"{role}_duplicate_tokens", severity=Severity.BLOCKER, keys=(TOKENS_KEY,), llama_reports=not out,
                 message=f"the {role} has duplicate token texts: {duplicates[role]}"

@@ -48,7 +48,7 @@ class TuneSpec:
         (target KV, draft KV) pair, and the confirmations."""
         combos = len(self.target_kv) * len(self.draft_kv) if with_draft else 0
         runs = 2 if len(self.lengths) > 1 else 1  # the long and the short run (one, when one length is asked)
-        confirm = min(self.confirm, len(self.lengths) - runs)  # only lengths not measured already
+        confirm = min(self.confirm, (len(self.lengths) - runs) * combos)  # lengths not measured already
         return len(self.target_kv) + runs * combos + (confirm if combos else 0)
 
 

@@ -809,25 +809,137 @@ def test_a_split_shard_renamed_out_of_the_pattern_is_a_clear_error(tmp_path):
 
 def test_stale_temps_are_removed_but_not_those_of_a_running_fix(tmp_path):
     """Two fixes of different models may write copies to one --output name: each holds only its own model's
-    lock, so the cleanup spares a temporary file whose writer still runs."""
+    lock, but a rewrite holds an flock on its temporary file, so the cleanup spares one still being written
+    (another process holds it here) and removes one whose writer is gone, whatever its name's pid says
+    (pid 1 is always alive: a pid check would have kept it)."""
     import subprocess
     import sys
 
     from ggufpair.fix.apply import remove_stale_temps
 
     dest = tmp_path / "out.gguf"
-    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    finished = subprocess.Popen([sys.executable, "-c", "pass"])
-    finished.wait()
+    live = tmp_path / ".out.gguf.ggufpair-4242-abcd1234.tmp"
+    dead = tmp_path / ".out.gguf.ggufpair-1-abcd1234.tmp"
+    journal_temp = tmp_path / "..out.gguf.ggufpair-journal.json.x1y2.tmp"
+    for p in (live, dead, journal_temp):
+        p.write_bytes(b"partial")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys, time
+fd = os.open({str(live)!r}, os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
     try:
-        live = tmp_path / f".out.gguf.ggufpair-{running.pid}-abcd1234.tmp"
-        dead = tmp_path / f".out.gguf.ggufpair-{finished.pid}-abcd1234.tmp"
-        journal_temp = tmp_path / "..out.gguf.ggufpair-journal.json.x1y2.tmp"
-        for p in (live, dead, journal_temp):
-            p.write_bytes(b"partial")
+        assert holder.stdout.readline().strip() == "locked"
         assert sorted(remove_stale_temps(dest)) == sorted([dead, journal_temp])
         assert live.exists()
     finally:
-        running.kill()
-        running.wait()
+        holder.kill()
+        holder.wait()
     assert remove_stale_temps(dest) == [live]
+
+
+def test_a_journal_whose_folder_sync_failed_is_not_left_to_undo_the_fix(tmp_path, monkeypatch):
+    """The journal was renamed beside the model, then its folder's fsync failed (a transient EIO, a FUSE
+    filesystem): it is removed before the state folder takes the journal, so no stale journal is left for
+    the next run to roll the finished fix back with."""
+    import ggufpair.state as state
+    from ggufpair.fix.apply import pending_recovery, recover
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
+    real_sync, failed = state.fsync_dir, []
+
+    def sync_fails_once_in_the_model_folder(folder):
+        if Path(folder) == tmp_path and not failed:
+            failed.append(folder)
+            raise OSError(5, "Input/output error")
+        real_sync(folder)
+
+    monkeypatch.setattr(state, "fsync_dir", sync_fails_once_in_the_model_folder)
+    assert apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH)).mode == "in-place" and failed
+    assert not pending_recovery(d) and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert recover(d) == [] and inspect_pair(t, d).compatible
+
+
+def test_a_journal_belongs_to_the_model_s_owner_and_a_stuck_one_is_explained(tmp_path, monkeypatch):
+    """A fix run as root on a user's model leaves (if cut short) a journal that user can read: same owner,
+    group and read bits as the model. A rollback whose journal cannot be removed says the file is whole."""
+    from ggufpair.fix import apply
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another owner needs root")
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
+    os.chown(d, 65534, 65533)
+    os.chmod(d, 0o640)
+    original = d.read_bytes()
+
+    def cut_short(f, pieces):
+        raise SystemExit("power cut")  # not an OSError: nothing rolls back in this process
+
+    monkeypatch.setattr(apply, "_write_durably", cut_short)
+    with pytest.raises(SystemExit):
+        apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH))
+    monkeypatch.undo()
+    journal = apply._journal_path(d)
+    st = os.stat(journal)
+    assert journal.parent == tmp_path and (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65533, 0o640)
+
+    def cannot_remove(path):
+        raise PermissionError(13, "Permission denied")  # root is never refused: a user would be
+
+    monkeypatch.setattr(apply, "_unlink_durably", cannot_remove)
+    with pytest.raises(FixError, match="rolled back an interrupted fix .the file is whole again.*could not be removed"):
+        apply.recover(d)
+    assert d.read_bytes() == original
+
+
+def test_reading_never_needs_a_writable_state_folder(tmp_path, monkeypatch, capsys):
+    """inspect and list only look for a journal; an unusable $GGUFPAIR_HOME (a read-only home, a service
+    account's /nonexistent) is no error."""
+    from ggufpair.cli.main import main
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    monkeypatch.setenv("GGUFPAIR_HOME", "/proc/ggufpair-home")
+    assert main(["inspect", str(t), str(d)]) == 9
+    assert main(["inspect", str(t)]) == 0
+    capsys.readouterr()
+    assert main(["list", "--dir", str(tmp_path), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["models"]) == 2
+
+
+def test_a_model_name_too_long_for_a_journal_beside_it(tmp_path):
+    """A name of 240 bytes leaves no room for `.NAME.ggufpair-journal.json` (255 at most): the journal goes to
+    the state folder; inspect and fix work as for any name."""
+    from ggufpair.cli.main import main
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
+    long = d.rename(tmp_path / ("d" * 235 + ".gguf"))
+    assert main(["inspect", str(t), str(long)]) == 9
+    assert main(["fix", str(long), "-r", str(t), "--route", "patch"]) == 0
+    assert inspect_pair(t, long).compatible and not list(state_dir("journals").iterdir())
+
+
+def test_a_tokenless_target_and_a_draft_with_duplicate_texts(tmp_path):
+    """No vocabulary in the target: nothing to copy texts from; the duplicates stay unfixable (no crash)."""
+    tokens = spm_tokens(300)
+    tokens[120] = tokens[30]
+    t = write_gguf(tmp_path / "t.gguf", {**model_kv(), "tokenizer.ggml.model": (T.STRING, "none")})
+    d = tiny_model(tmp_path / "d.gguf", tokens=tokens)
+    verdict = inspect_pair(t, d)
+    assert not verdict.compatible and not all(f.fixes for f in verdict.blockers)
+    assert plan_pair_fix(d, t).route is None
+
+
+def test_list_names_a_half_patched_model_it_can_still_read(tmp_path, capsys):
+    from ggufpair.cli.main import main
+    from ggufpair.fix import apply
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    entry = read_header(d).kv[ADD_BOS]
+    write_json_atomic(apply._journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
+    assert main(["list", "--dir", str(tmp_path), "--json"]) == 0
+    models = {m["path"]: m["half_patched"] for m in json.loads(capsys.readouterr().out)["models"]}
+    assert models == {str(d): True, str(t): False}
+    assert main(["list", "--dir", str(tmp_path)]) == 0
+    assert "rolls it back" in capsys.readouterr().out

@@ -594,7 +594,8 @@ def test_a_tune_whose_every_configuration_was_pruned_says_so():
 
 @pytest.mark.parametrize("lengths,kv,planned", [((2, 4), ("f16",), 3), ((4,), ("f16",), 2), ((2, 4, 8), ("f16",), 4),
                                                 (tuple(range(1, 17)), ("f16",), 5), ((2, 4), ("f16", "q8_0"), 6),
-                                                (tuple(range(1, 17)), ("f16", "q8_0"), 2 + 2 * 2 + 2)])
+                                                (tuple(range(1, 17)), ("f16", "q8_0"), 2 + 2 * 2 + 2),
+                                                ((2, 4, 8), ("f16", "q8_0"), 2 + 2 * 2 + 2)])  # n_max 2 in each
 def test_planned_launches_count_only_confirmations_that_can_happen(lengths, kv, planned):
     """A baseline per target KV, a long and a short run per KV pair (one when one length is asked), and up to
     two confirmations in all of lengths not measured yet (none when only two lengths are asked)."""
