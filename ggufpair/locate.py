@@ -175,8 +175,11 @@ def resolve(query: str, *, candidates: list[Candidate] | None = None, download: 
             on_event=lambda _: None) -> Path:
     """A model path for `query`: an existing path, a Hub reference, or a unique short-name match."""
     path = Path(query).expanduser()
-    if path.exists():
-        return path.absolute()  # profiles and launch scripts must work from any folder
+    try:
+        if path.exists():
+            return path.absolute()  # profiles and launch scripts must work from any folder
+    except PermissionError as e:
+        raise ModelFileError(path, f"cannot be reached ({e.strerror}: a folder on the way is not open to you)") from None
     hub = parse_hub_ref(query)
     if hub is not None:
         if not download:
