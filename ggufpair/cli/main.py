@@ -151,17 +151,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     from ggufpair.report import plain, plan_dict
 
     console = render.make_console(stderr=args.json)
-    args.model, args.reference = _local_model(args.model), _local_model(args.reference)
-    first = shard_paths(args.model)[0]
-    if args.dry_run:  # a dry run writes nothing, a rollback included
-        if pending_recovery(first):
-            raise UsageError(f"{first}: an interrupted fix of this file waits to be rolled back, so its header may be "
-                             "half-patched and a plan of it would mislead",
-                             hint="run the fix without --dry-run: it rolls back first, then plans")
-    else:
-        for line in recover(first):  # under the file's lock: never undoes a fix another process is running
-            console.print(line, style="yellow")
-    output = resolve_output(first, args.output)
+    # Every argument is checked before anything is written, a rollback of an interrupted fix included.
     route = RouteChoice(args.route)
     if args.output and args.backup:
         raise UsageError("--backup keeps the original when it is replaced; with --output it is never replaced",
@@ -169,13 +159,28 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if args.output and route == RouteChoice.OVERRIDE:
         raise UsageError("--output writes a fixed copy of the file, and the no-copy route writes none",
                          hint="drop --route override to write the copy, or drop --output")
+    if route == RouteChoice.OVERRIDE and not args.reference:
+        raise UsageError("--route override needs --reference: overrides are judged against the target")
+    args.model, args.reference = _local_model(args.model), _local_model(args.reference)
+    first = shard_paths(args.model)[0]
+    for path in (first, shard_paths(args.reference)[0] if args.reference else None):
+        if path is not None and not os.path.isfile(path):  # exit 3 before any write, a rollback included
+            raise ModelFileError(path, "no such file" if not os.path.exists(path) else "not a file")
+    output = resolve_output(first, args.output)
+    if args.dry_run:  # a dry run writes nothing, a rollback included
+        if pending_recovery(first):
+            raise UsageError(f"{first}: an interrupted fix of this file left a journal, so its header may be "
+                             "half-patched and a plan of it would mislead",
+                             hint="run the fix without --dry-run: it rolls back first, then plans (or says why "
+                                  "it cannot)")
+    else:
+        for line in recover(first):  # under the file's lock: never undoes a fix another process is running
+            console.print(line, style="yellow")
     if output is not None:
         route = RouteChoice.PATCH  # a copy to write is asked for
     if args.reference:
         plan = plan_pair_fix(args.model, args.reference, route)
     else:
-        if route == RouteChoice.OVERRIDE:
-            raise UsageError("--route override needs --reference: overrides are judged against the target")
         plan = plan_self_fix(args.model)
     if output is not None and plan.route is not None:
         plan = dataclasses.replace(plan, why=f"a fixed copy is written to {output}; {plan.path.name} stays as it is")

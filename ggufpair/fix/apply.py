@@ -76,22 +76,27 @@ class FixResult:
 
 
 def temp_name(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    """A hidden name beside `dest` (the name cut short where the whole would pass the filesystem's 255 bytes)."""
+    return dest.with_name(f".{_short(dest.name)}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _short(name: str, limit: int = 200) -> str:
+    raw = name.encode()
+    return name if len(raw) <= limit else raw[:limit].decode(errors="ignore")
 
 
 def remove_stale_temps(dest: Path) -> list[Path]:
-    """Remove temporary files left by a killed rewrite of `dest`. A rewrite holds an flock on its temporary
-    file until it is done, so one another fix is still writing (two models fixed to one --output name) is
+    """Remove temporary files left in `dest`'s folder by killed fixes (of this file, or copies to any name).
+    A rewrite holds an flock on its temporary file until it is done, so one another fix is still writing is
     spared, and one whose writer died (the kernel drops its lock) is removed, whatever became of its pid."""
     removed = []
-    prefix = f".{dest.name}{TMP_MARK}"
     try:
         entries = list(dest.parent.iterdir())
     except OSError:
         return removed
-    journal_temp = f".{prefix}journal.json."  # a journal's own temporary file (write_json_atomic)
     for p in entries:
-        if not ((p.name.startswith(prefix) or p.name.startswith(journal_temp)) and p.name.endswith(".tmp")):
+        # any fix's temp in the folder (a killed --output to another name too), or a journal's own temp
+        if not (p.name.startswith(".") and TMP_MARK in p.name and p.name.endswith(".tmp") and p.is_file()):
             continue
         try:
             fd = os.open(p, os.O_RDONLY)
@@ -213,11 +218,35 @@ def pending_recovery(path: str | Path) -> bool:
 
 
 def recovery_note(path: str | Path) -> str | None:
-    """What to tell someone reading `path` while an interrupted fix of it waits to be rolled back."""
+    """What to tell someone reading `path` while a journal of an in-place fix of it exists: a fix at work
+    (it holds the file's lock), or an interrupted one, which changed bytes or none."""
     if not pending_recovery(path):
         return None
-    return (f"an interrupted `ggufpair fix` left {path} half-patched; `ggufpair fix {path}` rolls it back "
-            "(the next fix of the file would too)")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return f"a `ggufpair fix` is patching {path} right now; read it again when it is done"
+        finally:
+            os.close(fd)
+    state = "half-patched"
+    try:
+        data = json.loads(_journal_path(Path(path)).read_text())
+        with open(path, "rb") as f:
+            untouched = True
+            for offset, old, _new in data["patches"]:
+                f.seek(int(offset))
+                untouched &= f.read(len(old) // 2) == bytes.fromhex(old)
+        if untouched:
+            state = "unchanged (cut short before writing), with a journal"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # unreadable here: say what may be
+    return (f"an interrupted `ggufpair fix` left {path} {state}; `ggufpair fix {path}` rolls it back and removes "
+            "the journal (the next fix of the file would too)")
 
 
 class _Lock:
@@ -280,7 +309,7 @@ def resolve_output(src: Path, output: str | Path | None) -> Path | None:
                          hint="remove it first, or give another --output path")
     if not out.parent.is_dir():
         raise UsageError(f"{out.parent}: no such folder for --output")
-    return out
+    return out.absolute()
 
 
 def apply_plan(plan: FixPlan, output: str | Path | None = None, backup: bool = False) -> FixResult:
@@ -379,10 +408,12 @@ def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> N
                                         "patches": [(o, old.hex(), new.hex()) for o, old, new in patches]})
         try:
             _write_durably(f, [(offset, new) for offset, _old, new in patches])
-        except OSError as e:
+        except BaseException as e:  # a failed write, or Ctrl-C: rolled back at once, not left to the next run
             f.close()
             recover_interrupted(path)
-            raise _os_error(e, path, "patching in place") from None
+            if isinstance(e, OSError):
+                raise _os_error(e, path, "patching in place") from None
+            raise
     try:
         _verify(header, old_head, read_header(path), plan, data_offset=header.data_offset)
     except BaseException:
@@ -583,6 +614,9 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
              backup: bool) -> tuple[int, Path | None]:
     old_head = header_snapshot(header)
     data_len = header.file_size - header.data_offset
+    backup_path: Path | None = None
+    if dest == src:
+        _check_replaceable(src)
     tmp = temp_name(dest)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -612,7 +646,12 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
         _verify(header, old_head, read_header(tmp), plan, data_offset=len(head), data_equal=equal)
         backup_path = _make_backup(src) if backup and dest == src else None
         if dest == src:
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except OSError as e:
+                raise FixError(f"{dest}: cannot be replaced by the fixed copy ({e.strerror}); the original is untouched",
+                               hint="is the file immutable (lsattr) or on a read-only mount? write the copy elsewhere "
+                                    "with --output PATH") from None
         else:  # a new file: linked, which fails if one appeared there meanwhile (rename would replace it)
             try:
                 os.link(tmp, dest)
@@ -628,9 +667,11 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
                 pass  # a hidden second name of the copy stays; harmless to the models, and rare
     except OSError as e:
         _unlink(tmp)
+        _unlink_backup(backup_path)
         raise _os_error(e, tmp, "writing the fixed copy") from None
     except BaseException:
         _unlink(tmp)
+        _unlink_backup(backup_path)
         raise
     finally:
         os.close(held)
@@ -672,6 +713,31 @@ def _take_attributes(src: Path, fd: int, replacing: bool) -> None:
             raise FixError(f"{src}: its extended attribute {name} cannot be carried over to the rewritten file "
                            f"({e.strerror}); nothing was written",
                            hint="write a copy with --output PATH, or run the fix as the file's owner") from None
+
+
+def _unlink_backup(backup: Path | None) -> None:
+    """A failed fix leaves no backup: the original is still where it was."""
+    if backup is not None:
+        try:
+            _unlink(backup)
+        except OSError:
+            pass
+
+
+FS_IOC_GETFLAGS, FS_IMMUTABLE_FL, FS_APPEND_FL = 0x80086601, 0x10, 0x20  # linux/fs.h
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse, before any copying, a file that no rename may replace: immutable or append-only (chattr)."""
+    try:
+        with open(path, "rb") as f:
+            flags = struct.unpack("l", fcntl.ioctl(f.fileno(), FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+    except OSError:
+        return  # no such flags on this filesystem
+    if flags & (FS_IMMUTABLE_FL | FS_APPEND_FL):
+        raise FixError(f"{path}: is {'immutable' if flags & FS_IMMUTABLE_FL else 'append-only'} (chattr), so it "
+                       "cannot be replaced by a fixed copy; nothing was written",
+                       hint="chattr -i (or -a) it first, or write the copy elsewhere with --output PATH")
 
 
 def _unlink(path: Path) -> None:

@@ -873,15 +873,14 @@ def test_a_journal_belongs_to_the_model_s_owner_and_a_stuck_one_is_explained(tmp
     os.chown(d, 65534, 65533)
     os.chmod(d, 0o640)
     original = d.read_bytes()
-
-    def cut_short(f, pieces):
-        raise SystemExit("power cut")  # not an OSError: nothing rolls back in this process
-
-    monkeypatch.setattr(apply, "_write_durably", cut_short)
-    with pytest.raises(SystemExit):
-        apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH))
-    monkeypatch.undo()
-    journal = apply._journal_path(d)
+    entry = read_header(d).kv[ADD_BOS]
+    # the journal a patch writes first, then the patch's byte, then a power cut
+    journal = apply._write_journal(d, {"path": str(d), "inode": os.stat(d).st_ino, "size": len(original),
+                                       "patches": [(entry.value_offset + 4, "00", "01")]})
+    with open(d, "r+b") as f:
+        f.seek(entry.value_offset + 4)
+        f.write(b"\x01")
+    assert journal == apply._journal_path(d)
     st = os.stat(journal)
     assert journal.parent == tmp_path and (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65533, 0o640)
 
@@ -943,3 +942,122 @@ def test_list_names_a_half_patched_model_it_can_still_read(tmp_path, capsys):
     assert models == {str(d): True, str(t): False}
     assert main(["list", "--dir", str(tmp_path)]) == 0
     assert "rolls it back" in capsys.readouterr().out
+
+
+def test_ctrl_c_during_an_in_place_patch_rolls_back_at_once(tmp_path, monkeypatch):
+    """KeyboardInterrupt in the middle of the patch's write: the bytes written so far are undone before the
+    interrupt goes on, and no journal is left for a later run."""
+    from ggufpair.fix import apply
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
+    original = d.read_bytes()
+    real_write = apply._write_durably
+
+    def interrupted(f, pieces):
+        if pieces and pieces[0][1] != original[pieces[0][0]:pieces[0][0] + len(pieces[0][1])]:  # the patch
+            f.seek(pieces[0][0])
+            f.write(pieces[0][1])
+            f.flush()
+            raise KeyboardInterrupt
+        real_write(f, pieces)  # the rollback
+
+    monkeypatch.setattr(apply, "_write_durably", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH))
+    assert d.read_bytes() == original and not apply.pending_recovery(d)
+
+
+def test_a_failed_backup_rewrite_leaves_no_backup_and_an_immutable_model_is_refused_first(tmp_path, monkeypatch):
+    import subprocess
+
+    from ggufpair.fix import apply
+
+    t = tiny_model(tmp_path / "t.gguf", "gpt2", changes={ADD_BOS: (T.BOOL, True)})
+    d = tiny_model(tmp_path / "d.gguf", "gpt2", changes={ADD_BOS: DROP})
+    real_replace = os.replace
+
+    def replace_refused(a, b):
+        if Path(b) == d:
+            raise PermissionError(1, "Operation not permitted")
+        real_replace(a, b)
+
+    monkeypatch.setattr(apply.os, "replace", replace_refused)
+    with pytest.raises(FixError, match="d.gguf: cannot be replaced by the fixed copy.*the original is untouched"):
+        apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), backup=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.gguf", "t.gguf"]  # no .bak, no temp
+    if subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is refused on this filesystem")
+    try:
+        copied = []
+        monkeypatch.setattr(apply, "_copy_and_compare", lambda *a, **k: copied.append(1))
+        with pytest.raises(FixError, match="is immutable .chattr.*nothing was written"):
+            apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH))
+        assert copied == []
+    finally:
+        subprocess.run(["chattr", "-i", str(d)])
+
+
+def test_a_killed_copy_to_another_name_is_cleaned_by_the_next_fix_in_that_folder(tmp_path):
+    """A temp of a killed --output fix (its writer gone: no lock on it) is removed by any later fix writing
+    in that folder, not only by one writing to the same name; long model names get short temp names."""
+    from ggufpair.fix.apply import temp_name
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = temp_name(out / "k.gguf")
+    stale.write_bytes(b"\0" * 4096)
+    apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), output=out / "k2.gguf")
+    assert sorted(p.name for p in out.iterdir()) == ["k2.gguf"]
+    assert len(temp_name(tmp_path / ("m" * 240 + ".gguf")).name.encode()) < 255
+
+
+def test_the_journal_note_tells_a_fix_at_work_and_an_untouched_file_from_a_half_patched_one(tmp_path):
+    import subprocess
+    import sys
+
+    from ggufpair.fix import apply
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    entry = read_header(d).kv[ADD_BOS]
+    write_json_atomic(apply._journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
+    assert "left " + str(d) + " unchanged (cut short before writing)" in apply.recovery_note(d)
+    with open(d, "r+b") as f:
+        f.seek(entry.value_offset + 4)
+        f.write(b"\x01")
+    assert f"left {d} half-patched" in apply.recovery_note(d)
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, time
+fd = os.open({str(d)!r}, os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert "is patching " + str(d) + " right now" in apply.recovery_note(d)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_usage_error_comes_before_any_rollback(tmp_path, capsys):
+    """A fix cut short left a journal; a later `fix` with bad arguments (or a missing reference) says so
+    without writing anything, the rollback included."""
+    from ggufpair.cli.main import main
+    from ggufpair.fix import apply
+
+    t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
+    entry = read_header(d).kv[ADD_BOS]
+    write_json_atomic(apply._journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
+    with open(d, "r+b") as f:
+        f.seek(entry.value_offset + 4)
+        f.write(b"\x01")
+    half = d.read_bytes()
+    assert main(["fix", str(d), "-r", str(t), "--output", str(tmp_path / "o.gguf"), "--backup"]) == 2
+    assert main(["fix", str(d), "-r", str(tmp_path / "missing.gguf")]) == 3
+    assert main(["fix", str(d), "--route", "override"]) == 2
+    assert d.read_bytes() == half and apply.pending_recovery(d)
+    assert "rolled back" not in capsys.readouterr().out
+    assert main(["fix", str(d), "-r", str(t)]) == 0 and not apply.pending_recovery(d)
