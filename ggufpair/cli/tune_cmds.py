@@ -197,8 +197,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     data, config = load_profile(find_profile(args.profile))
     _check_models(config, data.get("models"))
-    if config.has_draft and not args.force:
-        _check_pair_still_speculates(config)
+    if config.has_draft:
+        _check_pair_still_speculates(config, args.force)
     binary = find_llama_server(args.llama_server)
     host, port = listen_address(data, args.host, args.port)
     argv = [str(binary.path), *config.with_(host=host, port=port).argv(probe_dialect(binary.path))]
@@ -213,21 +213,30 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
-def _check_pair_still_speculates(config) -> None:
-    """llama.cpp's draft checks on the files as they are now, with the profile's overrides: a draft replaced
-    since the tune (re-downloaded, its fix undone) would make the server run, silently, without speculation."""
+def _check_pair_still_speculates(config, force: bool = False) -> None:
+    """llama.cpp's draft checks on the files as they are now, with the profile's overrides: a model replaced
+    since the tune (re-downloaded, its fix undone) would make the server run, silently, without speculation,
+    or fail to load."""
     from ggufpair.format.model_info import read_model_info
     from ggufpair.pairing.verdict import check_pair, parse_override
 
     overrides = dict(parse_override(a) for a in config.overrides)
     verdict = check_pair(read_model_info(config.target), read_model_info(config.draft), overrides)
-    if not verdict.compatible:
-        from ggufpair.errors import IncompatiblePairError
+    if verdict.compatible:
+        return
+    loads = not any(f.check.endswith(("_vocab_load", "_duplicate_tokens", "_key_type")) for f in verdict.blockers)
+    what = "serve this profile WITHOUT speculation" if loads else "fail to load this profile's models"
+    if force:
+        print(f"warning: llama-server will {what.replace('serve this profile', 'serve')}: {verdict.summary}",
+              file=sys.stderr)
+        return
+    from ggufpair.errors import IncompatiblePairError
 
-        raise IncompatiblePairError(f"{config.draft}: llama-server would serve this profile WITHOUT speculation: "
-                                    f"{verdict.summary}",
-                                    hint=f"`ggufpair fix {config.draft} --reference {config.target}` repairs a "
-                                         "fixable pair; --force launches anyway")
+    raise IncompatiblePairError(f"target {config.target}, draft {config.draft}: llama-server would {what}: "
+                                f"{verdict.summary}",
+                                hint="if the draft changed since the tune, `ggufpair fix DRAFT --reference TARGET` "
+                                     "repairs a fixable pair; if the target changed, tune again; --force "
+                                     "launches anyway")
 
 
 def find_profile(name: str) -> Path:

@@ -365,7 +365,9 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
                          "fit no straight line with a positive fixed cost (a disturbed run?): other lengths are "
                          "interpolated through the measured steps and the baseline's")
             on_event(f"  predicted best for KV {tkv}/{dkv}: " + ", ".join(f"n_max {n}: {t:.1f}" for n, t in ranked[:3]))
-            candidates += [(t, cfg.with_(draft_max=n)) for n, t in ranked[:spec.confirm]]
+            # the best predicted lengths not measured yet (the long and short runs need no confirmation)
+            unmeasured = [(n, t) for n, t in ranked if n not in (short_n, long_n)]
+            candidates += [(t, cfg.with_(draft_max=n)) for n, t in unmeasured[:spec.confirm]]
         measured = {(p.config.cache_type_k, p.config.draft_cache_type_k, p.config.draft_max)
                     for p in result.points if p.config.has_draft}
         confirmed = 0

@@ -64,7 +64,8 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
     extra = f", acceptance {m.acceptance_rate:.0%}" if m.acceptance_rate is not None else ""
     extra += " (stopped early: clearly slower)" if m.stopped_early else ""
     extra += f" ({m.stalls} stalled request(s): unreliable)" if m.stalls else ""
-    on_event(f"  {m.tokens_per_second:.1f} tok/s (spread {m.tps_spread:.0%}){extra}")
+    spread = f"spread {m.tps_spread:.0%}" if len(m.tps_runs) > 1 else "1 run"
+    on_event(f"  {m.tokens_per_second:.1f} tok/s ({spread}){extra}")
     return PointResult(config, m, None, time.perf_counter() - start)
 
 

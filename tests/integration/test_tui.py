@@ -178,6 +178,8 @@ def test_cancel_stops_the_server_and_keeps_partial_results(pair_dir):
             await pilot.press("c")
             await _wait_for(pilot, lambda: isinstance(app.screen, ResultScreen), 120)
             assert app.session.result.cancelled and app.session.result.launches >= 1
+            assert app.session.outputs.profile is None  # a partial tune replaces no saved profile
+            assert app.session.outputs.recommendation.startswith("CANCELLED after")
             assert not [p for p in psutil.Process(os.getpid()).children(recursive=True) if p.name() == "llama-server"]
     asyncio.run(flow())
 
@@ -194,4 +196,19 @@ def test_bad_tune_values_are_a_notification_and_nothing_starts(pair_dir):
             await pilot.press("ctrl+s")
             await _wait_for(pilot, lambda: any("--tokens 1" in n.message for n in app._notifications), 30)
             assert app.session.result is None
+    asyncio.run(flow())
+
+
+def test_an_incompatible_pair_is_not_tuned_before_it_is_fixed(pair_dir):
+    """Its draft runs would all fail to speculate and "no draft" would look like a measured answer."""
+    async def flow():
+        app = _app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await _choose_pair(pilot)
+            await pilot.press("n")  # no fix first
+            assert isinstance(app.screen, ConfigScreen)
+            await pilot.press("ctrl+s")
+            await _wait_for(pilot, lambda: any("incompatible" in n.message for n in app._notifications), 30)
+            assert app.session.result is None
+            assert not [p for p in psutil.Process(os.getpid()).children(recursive=True) if p.name() == "llama-server"]
     asyncio.run(flow())
