@@ -17,7 +17,7 @@ from ggufpair.fix.plan import RouteChoice, plan_pair_fix
 from ggufpair.format.model_info import ModelInfo
 from ggufpair.pairing.verdict import check_pair
 from ggufpair.tune.profile import launch_script, llama_swap_entry, profile_data, save_profile, write_script
-from ggufpair.tune.search import TuneResult, noise, simplicity
+from ggufpair.tune.search import NOISE_FLOOR, TuneResult, noise, simplicity
 
 PRESETS = Path(__file__).resolve().parent.parent.parent / "profiles" / "presets.toml"
 MAX_DRAFT_RATIO = 0.3
@@ -103,6 +103,15 @@ def stability_note(result: TuneResult) -> str:
     contenders = result.contenders
     fastest = max(contenders, key=tps)
     notes, unstable = [], False
+    by_kv: dict[str, list[float]] = {}
+    for p in result.measured(False):
+        by_kv.setdefault(p.config.cache_type_k, []).append(p.measurement.tokens_per_second)
+    for kv, rates in by_kv.items():
+        if len(rates) > 1 and min(rates) < max(rates) * (1 - 2 * NOISE_FLOOR):
+            unstable = True
+            notes.append(f" The no-draft baseline (KV {kv}) moved from {rates[0]:.1f} to {rates[-1]:.1f} tok/s "
+                         "between the start and the end of the tune: the machine was busier at one end. The "
+                         "faster is compared with; measure again on a quiet machine to be sure.")
     if len(contenders) > 1:
         others = ", ".join(f"{p.label} {tps(p):.1f}" for p in contenders if p is not rec)
         notes.append(f" {len(contenders)} configurations are within run-to-run noise of each other ({others} tok/s): "

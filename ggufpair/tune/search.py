@@ -45,11 +45,11 @@ class TuneSpec:
 
     def planned_launches(self, with_draft: bool) -> int:
         """Launches the search plans: a baseline per target KV type; with a draft, a long and a short run per
-        (target KV, draft KV) pair, and the confirmations."""
+        (target KV, draft KV) pair, the confirmations, and the baseline again at the end."""
         combos = len(self.target_kv) * len(self.draft_kv) if with_draft else 0
         runs = 2 if len(self.lengths) > 1 else 1  # the long and the short run (one, when one length is asked)
         confirm = min(self.confirm, (len(self.lengths) - runs) * combos)  # lengths not measured already
-        return len(self.target_kv) + runs * combos + (confirm if combos else 0)
+        return len(self.target_kv) + runs * combos + (confirm + 1 if combos else 0)  # + the closing baseline
 
 
 @dataclass
@@ -75,8 +75,10 @@ class TuneResult:
         return [p for p in self.measured(draft) if p.measurement.speculative or not draft]
 
     def baseline_for(self, config: ServerConfig) -> PointResult | None:
-        return next((p for p in self.measured(False) if p.config.cache_type_k == config.cache_type_k
-                     and p.config.cache_type_v == config.cache_type_v), None)
+        """The faster of the baselines with the same target KV (measured before and after the drafts)."""
+        return max((p for p in self.measured(False) if p.config.cache_type_k == config.cache_type_k
+                    and p.config.cache_type_v == config.cache_type_v),
+                   key=lambda p: p.measurement.tokens_per_second, default=None)
 
     @property
     def best_draft(self) -> PointResult | None:
@@ -381,3 +383,10 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
             run(cfg, f"confirm n_max {cfg.draft_max}, KV {cfg.cache_type_k}/{cfg.draft_cache_type_k} "
                      f"(predicted {predicted:.1f} tok/s)", True)
             confirmed += 1
+        # The baseline again, after the drafts: the pair measured at both ends of the tune, so a machine busy
+        # while the first baseline ran cannot make a draft look faster than it is (the faster baseline counts).
+        best = result.best_draft
+        if best is not None and not (cancel is not None and cancel.is_set()):
+            tkv = best.config.cache_type_k
+            run(_kv(base_cfg, tkv), f"baseline again, target KV {tkv} (the other end of the pairing)",
+                allow_early_stop=False)

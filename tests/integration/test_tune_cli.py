@@ -29,7 +29,8 @@ def test_tune_command(demo_pair_folder, capsys, tmp_path, monkeypatch):
     (profile,) = state_dir("profiles").glob("*.toml")
     data = tomllib.loads(profile.read_text())
     assert data["measurements"]["fix"].startswith("fixed by override: tokenizer.ggml.add_bos_token=bool:true")
-    assert len(data["measurements"]["points"]) == 3  # baseline, n_max 4, n_max 2
+    labels = [q["label"] for q in data["measurements"]["points"]]
+    assert len(labels) == 4 and labels[0].startswith("no draft") and labels[-1].startswith("no draft")  # both ends
     assert data["measurements"]["recommended"]["measured_memory_bytes"] > 0
     assert profile.with_suffix(".sh").exists() and profile.with_suffix(".llama-swap.yaml").exists()
     assert "${PORT}" in profile.with_suffix(".llama-swap.yaml").read_text()

@@ -592,13 +592,24 @@ def test_a_tune_whose_every_configuration_was_pruned_says_so():
     assert recommendation_text(pruned).startswith("nothing was launched: no configuration fits the memory budget")
 
 
-@pytest.mark.parametrize("lengths,kv,planned", [((2, 4), ("f16",), 3), ((4,), ("f16",), 2), ((2, 4, 8), ("f16",), 4),
-                                                (tuple(range(1, 17)), ("f16",), 5), ((2, 4), ("f16", "q8_0"), 6),
-                                                (tuple(range(1, 17)), ("f16", "q8_0"), 2 + 2 * 2 + 2),
-                                                ((2, 4, 8), ("f16", "q8_0"), 2 + 2 * 2 + 2)])  # n_max 2 in each
+@pytest.mark.parametrize("lengths,kv,planned", [((2, 4), ("f16",), 4), ((4,), ("f16",), 3), ((2, 4, 8), ("f16",), 5),
+                                                (tuple(range(1, 17)), ("f16",), 6), ((2, 4), ("f16", "q8_0"), 7),
+                                                (tuple(range(1, 17)), ("f16", "q8_0"), 2 + 2 * 2 + 2 + 1),
+                                                ((2, 4, 8), ("f16", "q8_0"), 2 + 2 * 2 + 2 + 1)])  # n_max 2 in each
 def test_planned_launches_count_only_confirmations_that_can_happen(lengths, kv, planned):
     """A baseline per target KV, a long and a short run per KV pair (one when one length is asked), and up to
-    two confirmations in all of lengths not measured yet (none when only two lengths are asked)."""
+    two confirmations in all of lengths not measured yet (none when only two lengths are asked), and the
+    closing baseline."""
     spec = TuneSpec(base=ServerConfig(target=Path("t"), draft=Path("d")), lengths=lengths, target_kv=kv,
                     draft_kv=("f16",))
     assert spec.planned_launches(with_draft=True) == planned
+
+
+def test_a_baseline_disturbed_at_the_start_is_replaced_by_the_closing_one():
+    """The machine was busy while the first baseline ran (8.3 tok/s); the draft (26 tok/s) looked 3x faster.
+    The baseline measured again at the end (32.4) is the one compared with: no draft, and the move is said."""
+    busy, quiet = _point(0, [8.0, 8.6], draft=False), _point(0, [32.0, 32.8], draft=False)
+    result = TuneResult(points=[busy, _point(4, [26.0, 26.6]), quiet])
+    assert result.best_baseline is quiet and result.baseline_for(quiet.config) is quiet
+    assert not result.recommended.config.has_draft
+    assert "baseline (KV f16) moved from 8.3 to 32.4 tok/s" in recommendation_text(result)
