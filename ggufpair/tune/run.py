@@ -28,7 +28,9 @@ def prepare_pair(target: Path, draft: Path, route: str, on_event: Callable[[str]
     --override-kv arguments to launch with, and a note for the profile."""
     plan = plan_pair_fix(draft, target, RouteChoice(route) if route != "auto" else RouteChoice.AUTO)
     if plan.unfixable:
-        raise UsageError("llama.cpp will not speculate with this pair, and metadata cannot fix it:\n  "
+        from ggufpair.errors import IncompatiblePairError
+
+        raise IncompatiblePairError("llama.cpp will not speculate with this pair, and metadata cannot fix it:\n  "
                          + "\n  ".join(plan.unfixable), hint="pick a draft from the target's family (`ggufpair tune --target ...` suggests some)")
     if plan.empty:
         return (), "compatible as is"

@@ -613,3 +613,13 @@ def test_a_baseline_disturbed_at_the_start_is_replaced_by_the_closing_one():
     assert result.best_baseline is quiet and result.baseline_for(quiet.config) is quiet
     assert not result.recommended.config.has_draft
     assert "baseline (KV f16) moved from 8.3 to 32.4 tok/s" in recommendation_text(result)
+
+
+def test_tune_of_a_pair_metadata_cannot_fix_is_exit_10_before_any_launch(tmp_path, capsys):
+    """As inspect, fix and launch say of such a pair (it was a usage error, exit 2)."""
+    from ggufpair.cli.main import main
+
+    t = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv("llama")})
+    d = write_gguf(tmp_path / "d.gguf", {**model_kv(), **vocab_kv("gpt2")})
+    assert main(["tune", "--target", str(t), "--draft", str(d), "--lengths", "2,4"]) == 10
+    assert "metadata cannot fix it" in capsys.readouterr().err
