@@ -113,16 +113,6 @@ def remove_stale_temps(dest: Path) -> list[Path]:
     return removed
 
 
-def _exists(path: Path) -> bool:
-    """os.path.exists that says False for a name the filesystem refuses (too long) or a folder it cannot
-    enter, instead of raising."""
-    try:
-        os.stat(path)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
 def _journal_places(path: Path) -> tuple[Path, Path]:
     """Where an in-place patch's journal may be: beside the model (found by any user, any $GGUFPAIR_HOME, a
     `sudo` run), else (a folder the user cannot write, a disk with no room, a name too long) in ggufpair's
@@ -133,9 +123,10 @@ def _journal_places(path: Path) -> tuple[Path, Path]:
 
 
 def _journal_path(path: Path) -> Path:
-    """The journal of `path`: the one that exists, else where a new one goes first."""
+    """The journal of `path`: the one that exists, else where a new one goes first. (os.path.exists, not
+    Path.exists: a name too long or a folder that cannot be entered is "not there", not an error.)"""
     beside, home = _journal_places(path)
-    if _exists(beside) or not _exists(home) and os.access(beside.parent, os.W_OK):
+    if os.path.exists(beside) or not os.path.exists(home) and os.access(beside.parent, os.W_OK):
         return beside
     return home
 
@@ -150,6 +141,23 @@ def _unlink_durably(journal: Path) -> None:
         pass
 
 
+def _remove_journal(path: Path, journal: Path, state: str, consequence: str) -> None:
+    """Remove the journal once the file is whole (rolled back, or patched and verified); when it cannot be,
+    a FixError saying the file's `state` and the `consequence` of the journal staying."""
+    try:
+        _unlink_durably(journal)
+    except OSError as e:
+        raise FixError(f"{path}: {state}, but {journal} could not be removed ({e.strerror}); {consequence}",
+                       hint=f"remove {journal} (as a user who can write its folder)") from None
+
+
+def _load_journal(journal: Path) -> tuple[dict, list[tuple[int, bytes, bytes]]]:
+    """A journal's record and its (offset, old bytes, new bytes) patches; OSError, ValueError, KeyError or
+    TypeError when it cannot be read."""
+    data = json.loads(journal.read_text())
+    return data, [(int(o), bytes.fromhex(old), bytes.fromhex(new)) for o, old, new in data["patches"]]
+
+
 def recover_interrupted(path: str | Path) -> list[str]:
     """Undo an in-place patch that was interrupted, and remove stale temporary files. Returns what was done.
     The caller holds the file's lock (`recover`), so no running fix is undone. A journal that does not match
@@ -158,10 +166,9 @@ def recover_interrupted(path: str | Path) -> list[str]:
     path = Path(os.path.realpath(path))  # through a link: the file it names, where a fix wrote
     done = []
     journal = _journal_path(path)
-    if _exists(journal):
+    if os.path.exists(journal):
         try:
-            data = json.loads(journal.read_text())
-            patches = [(int(o), bytes.fromhex(old), bytes.fromhex(new)) for o, old, new in data["patches"]]
+            data, patches = _load_journal(journal)
         except PermissionError as e:
             owner = os.stat(journal).st_uid
             raise FixError(f"{path}: the journal of an interrupted fix ({journal}) is not readable by you "
@@ -185,12 +192,8 @@ def recover_interrupted(path: str | Path) -> list[str]:
                 _write_durably(f, [(offset, old) for offset, old, _new in patches])
         except OSError as e:
             raise _os_error(e, path, "rolling back an interrupted fix") from None
-        try:
-            _unlink_durably(journal)
-        except OSError as e:
-            raise FixError(f"{path}: rolled back an interrupted fix (the file is whole again), but its journal "
-                           f"{journal} could not be removed ({e.strerror})",
-                           hint=f"remove {journal} (as a user who can write its folder) before fixing the file again") from None
+        _remove_journal(path, journal, "rolled back an interrupted fix (the file is whole again)",
+                        "remove it before fixing the file again")
         done.append(f"rolled back an interrupted in-place fix of {path}")
     for p in remove_stale_temps(path):
         done.append(f"removed stale temporary file {p}")
@@ -214,7 +217,7 @@ def recover(path: str | Path) -> list[str]:
 
 def pending_recovery(path: str | Path) -> bool:
     """Whether an interrupted in-place fix of `path` waits to be rolled back."""
-    return any(_exists(p) for p in _journal_places(Path(path)))
+    return any(os.path.exists(p) for p in _journal_places(Path(path)))
 
 
 def recovery_note(path: str | Path) -> str | None:
@@ -235,12 +238,12 @@ def recovery_note(path: str | Path) -> str | None:
             os.close(fd)
     state = "half-patched"
     try:
-        data = json.loads(_journal_path(Path(path)).read_text())
+        _data, patches = _load_journal(_journal_path(Path(path)))
         with open(path, "rb") as f:
             untouched = True
-            for offset, old, _new in data["patches"]:
-                f.seek(int(offset))
-                untouched &= f.read(len(old) // 2) == bytes.fromhex(old)
+            for offset, old, _new in patches:
+                f.seek(offset)
+                untouched &= f.read(len(old)) == old
         if untouched:
             state = "unchanged (cut short before writing), with a journal"
     except (OSError, ValueError, KeyError, TypeError):
@@ -419,12 +422,7 @@ def _patch_in_place(path: Path, header: GGUFHeader, patches, plan: FixPlan) -> N
     except BaseException:
         recover_interrupted(path)
         raise
-    try:
-        _unlink_durably(journal)
-    except OSError as e:
-        raise FixError(f"{path}: fixed and verified, but the patch's journal {journal} could not be removed "
-                       f"({e.strerror}); left there, the next fix would roll the file back",
-                       hint=f"remove {journal}") from None
+    _remove_journal(path, journal, "fixed and verified", "left there, the next fix would roll the file back")
 
 
 def _write_journal(path: Path, record: dict) -> Path:
@@ -439,7 +437,7 @@ def _write_journal(path: Path, record: dict) -> Path:
             return journal
         except OSError as e:
             error = e
-            if _exists(journal):  # renamed into place, then its folder's sync failed: not trusted, not left
+            if os.path.exists(journal):  # renamed into place, then its folder's sync failed: not trusted, not left
                 try:
                     journal.unlink()
                 except OSError:
@@ -688,8 +686,8 @@ def _take_attributes(src: Path, fd: int, replacing: bool) -> None:
     original, also its owner, group and extended attributes (ACLs among them), before any data is copied, so
     the people and services that could use the model still can. Refused when they cannot be kept (a user
     replacing a file they do not own)."""
-    st = os.stat(src)
-    if replacing and (st.st_uid, st.st_gid) != (os.fstat(fd).st_uid, os.fstat(fd).st_gid):
+    st, mine = os.stat(src), os.fstat(fd)
+    if replacing and (st.st_uid, st.st_gid) != (mine.st_uid, mine.st_gid):
         try:
             os.fchown(fd, st.st_uid, st.st_gid)
         except PermissionError:
