@@ -33,6 +33,18 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ggufpair.cli.main", *args]
 
 
+def _slots_when_up(proc: subprocess.Popen, port: int, timeout: float = 120) -> list | None:
+    """The launched server's /slots once it answers; None if the process ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/slots", timeout=2) as r:
+                return json.load(r)
+        except OSError:
+            time.sleep(0.5)
+    return None
+
+
 def test_launch_by_name_serves_with_speculation_and_stops_on_sigterm(gemma_f16, gemma_q4, llama_server):
     """By the saved name, on the port the profile (and its launch script) were made for."""
     port = _free_port()
@@ -42,14 +54,7 @@ def test_launch_by_name_serves_with_speculation_and_stops_on_sigterm(gemma_f16, 
     proc = subprocess.Popen(_cli("launch", "launch test pair"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
-        deadline, slots = time.monotonic() + 120, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/slots", timeout=2) as r:
-                    slots = json.load(r)
-                break
-            except OSError:
-                time.sleep(0.5)
+        slots = _slots_when_up(proc, port)
         assert slots and all(s.get("speculative") for s in slots), proc.stderr.read() if proc.poll() is not None else ""
         # The launching process became llama-server: the same pid, so SIGTERM reaches the server itself.
         assert "llama-server" in psutil.Process(proc.pid).name()
@@ -99,14 +104,7 @@ def test_a_profile_whose_draft_no_longer_speculates_is_refused_unless_forced(gem
     assert "WITHOUT speculation" in out.stderr and "BOS ids differ" in out.stderr and "--force" in out.stderr
     proc = subprocess.Popen(_cli("launch", str(path), "--force"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline, slots = time.monotonic() + 120, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/slots", timeout=2) as r:
-                    slots = json.load(r)
-                break
-            except OSError:
-                time.sleep(0.5)
+        slots = _slots_when_up(proc, port)
         assert slots and not any(s.get("speculative") for s in slots)
     finally:
         proc.kill()

@@ -87,11 +87,12 @@ def test_a_context_that_cannot_be_allocated_is_an_oom(gemma_q4, llama_server, di
     assert any("alloc" in line for line in err.value.log_lines)
 
 
-def test_a_server_killed_while_starting_is_called_an_oom(gemma_f16, llama_server, dialect, tmp_path):
-    """SIGKILL while loading, which only the kernel's OOM killer (or a person) sends: kind `oom`, said so."""
+def _signal_the_loading_server(sig: int):
+    """A started thread that sends `sig` to this process's llama-server as soon as one is loading a model
+    (not a --list-devices probe)."""
     import threading
 
-    def kill_the_server():
+    def send():
         for _ in range(600):
             for child in psutil.Process().children(recursive=True):
                 try:
@@ -99,12 +100,18 @@ def test_a_server_killed_while_starting_is_called_an_oom(gemma_f16, llama_server
                 except psutil.Error:
                     continue
                 if serving:
-                    child.send_signal(signal.SIGKILL)
+                    child.send_signal(sig)
                     return
             time.sleep(0.01)
 
-    killer = threading.Thread(target=kill_the_server, daemon=True)
-    killer.start()
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_server_killed_while_starting_is_called_an_oom(gemma_f16, llama_server, dialect, tmp_path):
+    """SIGKILL while loading, which only the kernel's OOM killer (or a person) sends: kind `oom`, said so."""
+    killer = _signal_the_loading_server(signal.SIGKILL)
     with pytest.raises(ServerStartError) as err:
         LlamaServer(llama_server, _config(gemma_f16), dialect=dialect, log_path=tmp_path / "killed.log").start()
     killer.join(10)
@@ -149,24 +156,9 @@ def test_no_llama_server_is_left_behind(how, gemma_q4):
 def test_a_server_killed_by_a_signal_while_starting_is_a_crash(gemma_f16, llama_server, dialect, tmp_path):
     """A real llama-server dying of SIGSEGV while loading (as the AMX kernels make it on some CPUs): kind
     `crash`, the signal named, and on an AMX CPU the hint for llama.cpp's known AMX bug."""
-    import threading
-
     from ggufpair.engine.runner import cpu_has_amx
 
-    def segfault_the_server():
-        for _ in range(600):
-            for child in psutil.Process().children(recursive=True):
-                try:
-                    serving = child.name() == "llama-server" and "-m" in child.cmdline()  # not a --list-devices
-                except psutil.Error:
-                    continue
-                if serving:
-                    child.send_signal(signal.SIGSEGV)
-                    return
-            time.sleep(0.01)
-
-    killer = threading.Thread(target=segfault_the_server, daemon=True)
-    killer.start()
+    killer = _signal_the_loading_server(signal.SIGSEGV)
     with pytest.raises(ServerStartError) as err:
         with LlamaServer(llama_server, _config(gemma_f16), dialect=dialect, log_path=tmp_path / "crash.log"):
             pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,24 @@ from tests.ggufmake import DROP, bpe_tokens, model_kv, spm_tokens, tiny_model, v
 from tests.pair_cases import ADD_BOS, ADD_EOS, BOS
 
 BIG_TENSORS = [("token_embd.weight", (256, 300)), ("blk.0.attn_q.weight", (256, 256)), ("output_norm.weight", (256,))]
+
+
+@contextlib.contextmanager
+def _locked_by_another_process(path):
+    """Another process holds an exclusive flock on `path` (a fix at work, as ggufpair's lock or a rewrite's
+    temp lock) until the block ends."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _tensor_bytes(path):
@@ -745,9 +764,6 @@ def test_a_rollback_never_undoes_a_running_fix_nor_writes_into_a_replaced_file(t
     """While another process holds the file's lock (a fix at work), fix neither rolls back its journal nor
     removes its temporary file, and a dry run writes nothing; a journal whose file was replaced since (other
     bytes where the patch was) is refused and kept."""
-    import subprocess
-    import sys
-
     from ggufpair.cli.main import main
     from ggufpair.state import write_json_atomic
 
@@ -760,17 +776,10 @@ def test_a_rollback_never_undoes_a_running_fix_nor_writes_into_a_replaced_file(t
     stale = temp_name(d)
     stale.write_bytes(b"x")
     patched = d.read_bytes()
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
-                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(d)],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with _locked_by_another_process(d):
         assert main(["fix", str(d), "-r", str(t)]) == 6  # another fix is working on this file
         assert main(["fix", str(d), "-r", str(t), "--dry-run"]) == 2  # a rollback waits: no plan of a half-patched file
         assert d.read_bytes() == patched and _journal_path(d).exists() and stale.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     # The file is replaced by another one (bytes at the journal's offset are neither old nor new): refused, kept.
     other = bytearray(patched)
     other[entry.value_offset + 4] = 0x07
@@ -812,9 +821,6 @@ def test_stale_temps_are_removed_but_not_those_of_a_running_fix(tmp_path):
     lock, but a rewrite holds an flock on its temporary file, so the cleanup spares one still being written
     (another process holds it here) and removes one whose writer is gone, whatever its name's pid says
     (pid 1 is always alive: a pid check would have kept it)."""
-    import subprocess
-    import sys
-
     from ggufpair.fix.apply import remove_stale_temps
 
     dest = tmp_path / "out.gguf"
@@ -823,20 +829,9 @@ def test_stale_temps_are_removed_but_not_those_of_a_running_fix(tmp_path):
     journal_temp = tmp_path / "..out.gguf.ggufpair-journal.json.x1y2.tmp"
     for p in (live, dead, journal_temp):
         p.write_bytes(b"partial")
-    holder = subprocess.Popen([sys.executable, "-c", f"""
-import fcntl, os, sys, time
-fd = os.open({str(live)!r}, os.O_RDONLY)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(60)
-"""], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with _locked_by_another_process(live):
         assert sorted(remove_stale_temps(dest)) == sorted([dead, journal_temp])
         assert live.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert remove_stale_temps(dest) == [live]
 
 
@@ -1014,9 +1009,6 @@ def test_a_killed_copy_to_another_name_is_cleaned_by_the_next_fix_in_that_folder
 
 
 def test_the_journal_note_tells_a_fix_at_work_and_an_untouched_file_from_a_half_patched_one(tmp_path):
-    import subprocess
-    import sys
-
     from ggufpair.fix import apply
 
     t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
@@ -1027,19 +1019,8 @@ def test_the_journal_note_tells_a_fix_at_work_and_an_untouched_file_from_a_half_
         f.seek(entry.value_offset + 4)
         f.write(b"\x01")
     assert f"left {d} half-patched" in apply.recovery_note(d)
-    holder = subprocess.Popen([sys.executable, "-c", f"""
-import fcntl, os, time
-fd = os.open({str(d)!r}, os.O_RDONLY)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(60)
-"""], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with _locked_by_another_process(d):
         assert "is patching " + str(d) + " right now" in apply.recovery_note(d)
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_usage_error_comes_before_any_rollback(tmp_path, capsys):
