@@ -222,21 +222,12 @@ def _check_pair_still_speculates(config, force: bool = False) -> None:
 
     overrides = dict(parse_override(a) for a in config.overrides)
     verdict = check_pair(read_model_info(config.target), read_model_info(config.draft), overrides)
-    if verdict.compatible:
-        return
-    loads = not any(f.check.endswith(("_vocab_load", "_duplicate_tokens", "_key_type")) for f in verdict.blockers)
-    what = "serve this profile WITHOUT speculation" if loads else "fail to load this profile's models"
     if force:
-        print(f"warning: llama-server will {what.replace('serve this profile', 'serve')}: {verdict.summary}",
-              file=sys.stderr)
+        if not verdict.compatible:
+            print(f"warning: llama-server will {verdict.server_outcome}: {verdict.summary}", file=sys.stderr)
         return
-    from ggufpair.errors import IncompatiblePairError
-
-    raise IncompatiblePairError(f"target {config.target}, draft {config.draft}: llama-server would {what}: "
-                                f"{verdict.summary}",
-                                hint="if the draft changed since the tune, `ggufpair fix DRAFT --reference TARGET` "
-                                     "repairs a fixable pair; if the target changed, tune again; --force "
-                                     "launches anyway")
+    verdict.refuse(hint="if the draft changed since the tune, `ggufpair fix DRAFT --reference TARGET` repairs a "
+                        "fixable pair; if the target changed, tune again; --force launches anyway")
 
 
 def find_profile(name: str) -> Path:

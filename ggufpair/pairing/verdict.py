@@ -83,6 +83,22 @@ class Verdict:
         return next((f.check for f in self.blockers if f.llama_reports), None)
 
     @property
+    def server_outcome(self) -> str:
+        """What llama-server does with an incompatible pair: it fails to load a vocabulary it refuses or aborts
+        on, or it serves, silently, without speculation."""
+        if any(f.check.endswith(("_vocab_load", "_duplicate_tokens", "_key_type")) for f in self.blockers):
+            return "fail to load the models"
+        return "serve WITHOUT speculation"
+
+    def refuse(self, hint: str) -> None:
+        """Raise IncompatiblePairError (exit 10) for an incompatible pair, saying what llama-server would do."""
+        if not self.compatible:
+            from ggufpair.errors import IncompatiblePairError
+
+            raise IncompatiblePairError(f"target {self.target.path}, draft {self.draft.path}: the pair is incompatible, "
+                                        f"so llama-server would {self.server_outcome}: {self.summary}", hint=hint)
+
+    @property
     def summary(self) -> str:
         if self.compatible:
             return "compatible: llama.cpp will speculate with this draft"

@@ -305,13 +305,6 @@ class TuneScreen(Screen):
                                     ctx=int(v["ctx"]) if v["ctx"] else None, kv=v["kv"], draft_kv=v["draft_kv"],
                                     lengths=v["lengths"])
         same_file(s.target.path, s.draft.path)
-        from ggufpair.errors import UsageError
-        from ggufpair.pairing.verdict import check_pair, parse_override
-
-        verdict = check_pair(s.target.info, s.draft.info, dict(parse_override(a) for a in s.overrides))
-        if not verdict.compatible:  # its draft runs would fail, and "no draft" would pass for a measured answer
-            raise UsageError(f"the pair is incompatible ({verdict.summary}): llama-server would not speculate",
-                             hint="fix it first on the verdict screen: o (no copy) or f (patch the file)")
         binary = find_llama_server(self.app.llama_server)
         dialect = probe_dialect(binary.path)
         devs = devices(binary.path)

@@ -235,6 +235,12 @@ def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, dr
          cancel: threading.Event | None = None) -> TuneResult:
     """Run the search. `on_point` sees every measured point; setting `cancel` stops the server in use and
     returns the partial result (`cancelled` set)."""
+    if draft is not None:  # its draft runs would all fail, and "no draft" would pass for a measured answer
+        from ggufpair.pairing.verdict import check_pair, parse_override
+
+        check_pair(target, draft, dict(parse_override(a) for a in spec.base.overrides)).refuse(
+            hint="fix it first: `ggufpair fix DRAFT --reference TARGET` (in the TUI: o, no copy, or f, patch the "
+                 "file, on the verdict screen)")
     start = time.perf_counter()
     result = TuneResult()
     try:
@@ -356,9 +362,8 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
                          f"(spec_decode_*), so only n_max {short_n} and {long_n} were measured; name other lengths "
                          "with --lengths to measure them")
                 continue
-            base_pt = next((p for p in result.points if p.ok and not p.config.has_draft and p.config.cache_type_k == tkv
-                            and p.measurement.predicted_tokens), None)
-            base_ms = base_pt.measurement.predicted_ms / base_pt.measurement.predicted_tokens if base_pt else None
+            base_m = base_pt.measurement if (base_pt := result.baseline_for(cfg)) else None
+            base_ms = base_m.predicted_ms / base_m.predicted_tokens if base_m and base_m.predicted_tokens else None
             predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position, base_ms)
             ranked = predictor.best(lengths)
             result.predictions[(tkv, dkv)] = ranked

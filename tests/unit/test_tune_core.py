@@ -623,3 +623,20 @@ def test_tune_of_a_pair_metadata_cannot_fix_is_exit_10_before_any_launch(tmp_pat
     d = write_gguf(tmp_path / "d.gguf", {**model_kv(), **vocab_kv("gpt2")})
     assert main(["tune", "--target", str(t), "--draft", str(d), "--lengths", "2,4"]) == 10
     assert "metadata cannot fix it" in capsys.readouterr().err
+
+
+def test_tune_refuses_a_pair_llama_cpp_would_not_speculate_with_before_any_launch(tmp_path):
+    """The CLI fixes the pair first and the TUI asks for the fix; tune itself refuses what is still
+    incompatible, with what llama-server would do, and the no-copy fix's overrides make it pass."""
+    from ggufpair.errors import IncompatiblePairError
+
+    t = read_model_info(write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv()}))
+    d = read_model_info(write_gguf(tmp_path / "d.gguf", {**model_kv(), **vocab_kv(),
+                                                        "tokenizer.ggml.add_bos_token": (T.BOOL, False)}))
+    spec = TuneSpec(base=ServerConfig(target=t.path, draft=d.path, ctx=2048), lengths=(2, 4), budget_bytes=1000)
+    missing = Binary(tmp_path / "no-llama-server", "flag")  # would fail loudly if anything were launched
+    with pytest.raises(IncompatiblePairError, match="incompatible, so llama-server would serve WITHOUT speculation"):
+        tune(missing, parse_help(HELP.read_text()), spec, t, d, tmp_path / "logs")
+    fixed = TuneSpec(base=spec.base.with_(overrides=("tokenizer.ggml.add_bos_token=bool:true",)), lengths=(2, 4),
+                     budget_bytes=1000)
+    assert tune(missing, parse_help(HELP.read_text()), fixed, t, d, tmp_path / "logs").launches == 0  # all pruned
