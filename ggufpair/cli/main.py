@@ -74,8 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _local_model(query: str | None) -> str | None:
     """A path as given, or a local model's short name resolved to its path (`270M`, "gemma-3 Q4_K_M"); Hub
     references are not downloaded here."""
-    import os
-
     if query is None or os.path.exists(query):
         return query
     from ggufpair.locate import resolve

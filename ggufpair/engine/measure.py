@@ -86,9 +86,9 @@ class Measurement:
                    tuple(float(r) for r in d.get("request_tps", ())), int(d.get("stalls", 0)))
 
 
-def spread_text(m: Measurement) -> str:
-    """The repetitions' spread for a table: "1 run" when there was one (a spread of 0% would look certain)."""
-    return f"{m.tps_spread:.0%}" if len(m.tps_runs) > 1 else "1 run"
+def spread_text(m: Measurement, label: str = "") -> str:
+    """The repetitions' spread (after `label`): "1 run" when there was one (a spread of 0% would look certain)."""
+    return f"{label}{m.tps_spread:.0%}" if len(m.tps_runs) > 1 else "1 run"
 
 
 def greedy_agreement(baseline: Measurement, drafted: Measurement) -> tuple[int, int, list[str]]:

@@ -127,7 +127,6 @@ def plan_pair_fix(draft: str | Path, reference: str | Path, route: RouteChoice =
     if unfixable and changes:
         # The fixable part alone cannot make llama.cpp speculate: nothing is changed (a write would be for nothing).
         keys = ", ".join(dict.fromkeys(c.key for c in changes))
-        changes, overrides, array_edits = [], [], {}
         why = (f"metadata cannot fix every problem (below), so nothing is changed: fixing the rest ({keys}) "
                "alone would still leave llama.cpp without speculation")
         return FixPlan(draft_info.path, None, (), (), why, size, mtime, target_info.path, tuple(unfixable))

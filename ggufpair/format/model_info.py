@@ -117,6 +117,7 @@ def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None
     template = header.get(Keys.Tokenizer.CHAT_TEMPLATE)
 
     by_name = {t.name: t.n_bytes for t in tensors}
+    weight_bytes = sum(t.n_bytes for t in tensors)
     return ModelInfo(
         path=paths[0],
         shards=paths,
@@ -132,10 +133,9 @@ def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None
         file_type=file_type,
         quant=_quant_name(file_type, tensors),
         parameter_count=sum(t.n_elements for t in tensors),
-        weight_bytes=sum(t.n_bytes for t in tensors),
+        weight_bytes=weight_bytes,
         output_bytes=(by_name.get("output.weight") or by_name.get("token_embd.weight", 0)),
-        step_bytes=sum(t.n_bytes for t in tensors) - (by_name.get("token_embd.weight", 0)
-                                                      if "output.weight" in by_name else 0),
+        step_bytes=weight_bytes - (by_name.get("token_embd.weight", 0) if "output.weight" in by_name else 0),
         n_layers=n_layers,
         n_embd=n_embd,
         n_head=n_head,

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 from ggufpair.engine.binary import Binary
 from ggufpair.engine.dialect import Dialect
-from ggufpair.engine.measure import RATE_DEFINITION
-from ggufpair.errors import UsageError
+from ggufpair.engine.measure import RATE_DEFINITION, greedy_agreement
+from ggufpair.errors import IncompatiblePairError, UsageError
 from ggufpair.fix.apply import apply_plan
 from ggufpair.fix.plan import RouteChoice, plan_pair_fix
 from ggufpair.format.model_info import ModelInfo
@@ -28,8 +28,6 @@ def prepare_pair(target: Path, draft: Path, route: str, on_event: Callable[[str]
     --override-kv arguments to launch with, and a note for the profile."""
     plan = plan_pair_fix(draft, target, RouteChoice(route) if route != "auto" else RouteChoice.AUTO)
     if plan.unfixable:
-        from ggufpair.errors import IncompatiblePairError
-
         raise IncompatiblePairError("llama.cpp will not speculate with this pair, and metadata cannot fix it:\n  "
                          + "\n  ".join(plan.unfixable), hint="pick a draft from the target's family (`ggufpair tune --target ...` suggests some)")
     if plan.empty:
@@ -207,8 +205,6 @@ def _answer(result: TuneResult) -> str:
 
 
 def _agreement_text(baseline, drafted) -> str:
-    from ggufpair.engine.measure import greedy_agreement
-
     same, compared, differ = greedy_agreement(baseline, drafted)
     if not compared:
         return ""
@@ -251,8 +247,6 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     est = result.estimates.get((rec.config.cache_type_k, rec.config.draft_cache_type_k if rec.config.has_draft else None))
     paired = result.baseline_for(rec.config) if rec.config.has_draft else None
     if paired is not None:
-        from ggufpair.engine.measure import greedy_agreement
-
         same, compared, _ = greedy_agreement(paired.measurement, rec.measurement)
         data["greedy_identical"] = {"prompts": compared, "identical": same}
     data["recommended"] = {"label": rec.label, "tokens_per_second": rec.measurement.tokens_per_second,
@@ -263,15 +257,15 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                                        for q in result.prompts],
                            "predicted_memory_bytes": est.total if est else None,
                            "measured_memory_bytes": (measured_memory(binary, dialect, rec.config)
-                                                     if measure_memory and not result.cancelled else None)}
+                                                     if measure_memory else None)}
     config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
     # named after the pair tuned, even when the answer is no draft: tunes of other drafts keep their own profiles
     name = f"{config.target.stem}" + (f"+{drafted.stem}" if drafted else "")
     listen = {"host": args.host, "port": args.port}
-    profile = save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}, **listen))
+    pdata = profile_data(name, config, binary, device, {**data, "recommendation": text}, **listen)
+    profile = save_profile(pdata)
     if getattr(args, "profile", None):
-        save_profile(profile_data(name, config, binary, device, {**data, "recommendation": text}, **listen),
-                     Path(args.profile))
+        save_profile(pdata, Path(args.profile))
     script_path = Path(args.script) if getattr(args, "script", None) else profile.with_suffix(".sh")
     script = write_script(launch_script(config, binary, dialect, host=args.host, port=args.port, profile=profile),
                           script_path)

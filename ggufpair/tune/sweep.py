@@ -10,7 +10,7 @@ from typing import Callable
 from ggufpair.engine.binary import Binary
 from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.dialect import Dialect
-from ggufpair.engine.measure import Measurement, Prompt, measure
+from ggufpair.engine.measure import Measurement, Prompt, measure, spread_text
 from ggufpair.engine.runner import LlamaServer
 from ggufpair.errors import EngineError
 
@@ -64,8 +64,7 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
     extra = f", acceptance {m.acceptance_rate:.0%}" if m.acceptance_rate is not None else ""
     extra += " (stopped early: clearly slower)" if m.stopped_early else ""
     extra += f" ({m.stalls} stalled request(s): unreliable)" if m.stalls else ""
-    spread = f"spread {m.tps_spread:.0%}" if len(m.tps_runs) > 1 else "1 run"
-    on_event(f"  {m.tokens_per_second:.1f} tok/s ({spread}){extra}")
+    on_event(f"  {m.tokens_per_second:.1f} tok/s ({spread_text(m, 'spread ')}){extra}")
     return PointResult(config, m, None, time.perf_counter() - start)
 
 
