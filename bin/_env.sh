@@ -10,9 +10,10 @@ setup_wanted() {
 }
 
 cmake_args() {
-  # llama.cpp's build: no tests or examples; CUDA when this machine has both nvcc and an NVIDIA GPU
-  # (GGUFPAIR_CUDA=1 or 0 forces the choice; nvcc alone, as on CPU-only build hosts, is not enough).
-  local args="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+  # llama.cpp's build: no tests or examples; the RPC backend (ggml-rpc-server, llama-server --rpc) for models
+  # spread over other machines; CUDA when this machine has both nvcc and an NVIDIA GPU (GGUFPAIR_CUDA=1 or 0
+  # forces the choice; nvcc alone, as on CPU-only build hosts, is not enough).
+  local args="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_RPC=ON"
   local cuda="${GGUFPAIR_CUDA:-auto}"
   if [ "$cuda" = auto ]; then
     cuda=0
