@@ -247,11 +247,7 @@ def print_tune(console: Console, result, outputs) -> None:
         console.print(f"not launched: {what}: {why}", style="dim")
     rec = result.recommended
     if rec is not None and rec.measurement.per_category:
-        table = Table("category", "tok/s", "acceptance", box=None, header_style="bold", title="recommended, by category")
-        for cat, v in rec.measurement.per_category.items():
-            acc = v.get("acceptance_rate")
-            table.add_row(cat, f"{v['tokens_per_second']:.1f}", "-" if acc is None else f"{acc:.0%}")
-        console.print(table)
+        console.print(category_table(result))
     console.print(f"{result.launches} launches in {result.seconds:.0f} s", style="dim")
     console.rule("recommendation")
     console.print(Text(outputs.recommendation, style="bold"))
@@ -263,6 +259,23 @@ def print_tune(console: Console, result, outputs) -> None:
     for label, path in (("profile", outputs.profile), ("launch script", outputs.script), ("llama-swap entry", outputs.swap)):
         if path:
             console.print(f"{label}: {path}")
+
+
+def category_table(result) -> Table:
+    """Per prompt category: the baseline's rate, the recommendation's, and the fastest configuration there."""
+    rec, base = result.recommended, result.best_baseline
+    table = Table("category", "no spec. tok/s", "recommended", "accept", "fastest here", "tok/s", "speedup",
+                  box=None, header_style="bold", title="by category (same prompts, same session)")
+    winners = result.category_winners()
+    for cat, v in rec.measurement.per_category.items():
+        acc = v.get("acceptance_rate")
+        b = base.measurement.per_category.get(cat, {}).get("tokens_per_second") if base else None
+        win, speedup = winners.get(cat, (None, None))
+        wtps = win.measurement.per_category.get(cat, {}).get("tokens_per_second") if win else None
+        table.add_row(cat, f"{b:.1f}" if b else "-", f"{v['tokens_per_second']:.1f}", "-" if acc is None else f"{acc:.0%}",
+                      ("no speculation" if not win.config.speculates else win.label) if win else "-",
+                      f"{wtps:.1f}" if wtps else "-", f"{speedup:.2f}x" if speedup else "-")
+    return table
 
 
 def print_suggestions(console: Console, target, suggestions) -> None:

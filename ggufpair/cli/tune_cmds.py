@@ -12,17 +12,26 @@ from pathlib import Path
 from ggufpair.errors import UsageError
 
 MIB = 1 << 20
+NGRAM_KIND_NAMES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")  # engine.kinds
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("tune", help="find the fastest draft length and KV types that fit, against a paired baseline")
+    p = sub.add_parser("tune", help="find the fastest speculation (a draft, n-gram lookup, both) that fits, "
+                                    "against a paired baseline")
     p.add_argument("--target", "-t", required=True, help="path, short name (31B, 'gemma-4-31b-it Q4_K_M') or org/repo[:QUANT]")
-    p.add_argument("--draft", "-d", help="the draft (same forms); without it, compatible drafts are suggested")
+    p.add_argument("--draft", "-d", help="the draft (same forms); without it, n-gram lookup (no draft file) is tuned "
+                                         "and compatible drafts are suggested")
+    p.add_argument("--kinds", default="draft,ngram",
+                   help="kinds of speculation to try: draft (the draft model), ngram (every n-gram kind the build "
+                        f"offers) or some of {', '.join(NGRAM_KIND_NAMES)} (default draft,ngram; no speculation is "
+                        "always measured as the baseline)")
     p.add_argument("--lengths", default="1-16", help="draft lengths, e.g. 1-16 or 2,4,8 (default 1-16)")
     p.add_argument("--kv", default="f16,q8_0,q4_0", help="target KV types to try (default f16,q8_0,q4_0)")
     p.add_argument("--draft-kv", default="f16,q8_0,q4_0", help="draft KV types to try (default f16,q8_0,q4_0)")
     p.add_argument("--ctx", type=int, help="context size (default: the largest that fits, up to the target's training context)")
-    p.add_argument("--categories", default="chat,code,math,summarization,korean,chinese", help="built-in prompt categories")
+    p.add_argument("--categories", default="chat,code,edit,math,summarization,korean,chinese",
+                   help="built-in prompt categories, two prompts each: chat, code, edit (answers that repeat the "
+                        "prompt), math, summarization, korean, chinese (default: all)")
     p.add_argument("--prompts", metavar="FILE", help="JSONL of chat messages instead of the built-in prompts")
     p.add_argument("--tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
     p.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement (default 2)")
@@ -118,6 +127,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ggufpair.state import state_dir
     from ggufpair.tune.prompts import builtin_prompts, load_prompts
     from ggufpair.tune.run import prepare_pair, save_outputs, suggest_drafts
+    from ggufpair.engine.kinds import parse_kinds
     from ggufpair.tune.search import TuneSpec, context_that_fits, same_file, tune
 
     console = _console(args)
@@ -133,20 +143,34 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.ctx and target.context_length and args.ctx > target.context_length:
         console.print(f"note: --ctx {args.ctx} is above the target's training context ({target.context_length}); "
                       "llama.cpp allows it, but the model was not trained for it", style="yellow")
-    if args.draft and not target.has_chat_template:
-        console.print(f"note: {target_path.name} has no chat template: llama-server formats the chat prompts with "
-                      "its default one (ChatML), which this model may not have been trained on; the speeds are "
-                      "still paired, but acceptance can differ on your real prompts", style="yellow")
+    binary = find_llama_server(args.llama_server)
+    dialect = probe_dialect(binary.path)
+    kinds = parse_kinds(args.kinds, dialect)
+    ngram_kinds = tuple(k for k in kinds if k in dialect.ngram_kinds)
     if not args.draft:
         suggestions = suggest_drafts(target, candidates or [])
         render.print_suggestions(console, target, suggestions)
-        return 0 if suggestions else 1
-    draft_path = resolve(args.draft, candidates=candidates, on_event=say)
-    same_file(target_path, draft_path)
-    binary = find_llama_server(args.llama_server)
-    dialect = probe_dialect(binary.path)
-    overrides, fix_note = prepare_pair(target_path, draft_path, args.route, say)
-    draft = read_model_info(draft_path)
+        if not ngram_kinds:
+            if "draft" in kinds and not dialect.ngram_kinds:
+                console.print("this llama-server build has no n-gram kinds (--spec-type), so there is nothing to "
+                              "tune without a draft", style="yellow")
+            return 0 if suggestions else 1
+        console.print(f"tuning n-gram lookup (no draft file): {', '.join(ngram_kinds)}; give --draft to tune a "
+                      "draft model as well", style="bold")
+    use_draft = bool(args.draft) and "draft" in kinds
+    if args.draft and not use_draft:
+        console.print(f"note: --kinds {args.kinds} leaves out the draft model; {args.draft} is not measured",
+                      style="yellow")
+    if not target.has_chat_template:
+        console.print(f"note: {target_path.name} has no chat template: llama-server formats the chat prompts with "
+                      "its default one (ChatML), which this model may not have been trained on; the speeds are "
+                      "still paired, but acceptance can differ on your real prompts", style="yellow")
+    draft_path, draft, overrides, fix_note = None, None, (), "no draft model"
+    if use_draft:
+        draft_path = resolve(args.draft, candidates=candidates, on_event=say)
+        same_file(target_path, draft_path)
+        overrides, fix_note = prepare_pair(target_path, draft_path, args.route, say)
+        draft = read_model_info(draft_path)
     devs = devices(binary.path if args.gpu_layers != "0" else None)  # GPUs when the build lists any, else host RAM
     budget = int(sum(d.free_bytes for d in devs) * (1 - args.margin))
     kind = device_kind(devs)
@@ -158,7 +182,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     say(f"memory budget {budget / MIB:.0f} MiB on {describe(devs)}; context {base.ctx}")
     spec = TuneSpec(base=base, lengths=lengths, target_kv=tuple(args.kv.split(",")),
                     draft_kv=tuple(args.draft_kv.split(",")), prompts=tuple(prompts), n_predict=args.tokens,
-                    repeats=args.repeats, budget_bytes=budget, device=kind)
+                    repeats=args.repeats, budget_bytes=budget, device=kind, ngram_kinds=ngram_kinds)
     result = tune(binary, dialect, spec, target, draft, state_dir("logs"), say)
     outputs = save_outputs(result, binary, dialect, describe(devs), args, fix_note)
     render.print_tune(console, result, outputs)
@@ -184,8 +208,11 @@ def _validate_tune_args(args: argparse.Namespace) -> tuple[int, ...]:
     from ggufpair.tune.profile import check_port
     from ggufpair.tune.search import check_tune_values
 
+    from ggufpair.engine.kinds import parse_kinds
+
     check_port(args.port)
     check_gpu_layers(args.gpu_layers)
+    parse_kinds(args.kinds)  # the names; what the build offers is checked once it is found
     return check_tune_values(tokens=args.tokens, repeats=args.repeats, margin=args.margin, ctx=args.ctx,
                              kv=args.kv, draft_kv=args.draft_kv, lengths=args.lengths)
 
@@ -309,7 +336,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         before *= (n - 1) / n if n > 1 else 1.0
         console.print(f"note: this profile's rate counted each answer's first token; compared as {before:.1f} "
                       f"tok/s on today's terms (assuming full {n}-token answers)", style="yellow")
-    if config.has_draft and not point.measurement.speculative:
+    if config.speculates and not point.measurement.speculative:
         console.print("REGRESSION: speculation is off on this build", style="bold red")
         return 1
     m = point.measurement

@@ -45,7 +45,9 @@ class ServerConfig:
     parallel: int = 1
     threads: int | None = None
     overrides: tuple[str, ...] = ()  # --override-kv KEY=TYPE:VALUE, applied to target and draft alike
-    spec_type: str = "draft-simple"
+    spec_type: str = "draft-simple"  # the draft model's kind (draft-simple, draft-eagle3, ...)
+    ngram: str | None = None  # a draftless n-gram kind (engine.kinds), alone or beside the draft
+    ngram_params: tuple[tuple[str, int], ...] = ()  # (name, value) over the kind's defaults
     host: str = "127.0.0.1"
     port: int | None = None
     metrics: bool = True
@@ -62,6 +64,12 @@ class ServerConfig:
         if self.flash_attn == "off" and (self.cache_type_v in QUANTIZED_KV or self.draft_cache_type_v in QUANTIZED_KV):
             raise UsageError("a quantized V cache needs flash attention: llama.cpp refuses it with -fa off",
                              hint="use flash_attn auto or on, or an f16 V cache")
+        if self.ngram is not None:
+            from ggufpair.engine.kinds import kind
+
+            kind(self.ngram).values(self.ngram_params)  # a usage error for an unknown kind or parameter
+        elif self.ngram_params:
+            raise UsageError("n-gram parameters were given without an n-gram kind")
         if self.draft is not None and not (0 <= self.draft_min <= self.draft_max and self.draft_max >= 1):
             raise UsageError(f"draft length must satisfy 0 <= min <= max and max >= 1 (got {self.draft_min}..{self.draft_max})")
 
@@ -75,8 +83,39 @@ class ServerConfig:
     def has_draft(self) -> bool:
         return self.draft is not None
 
+    @property
+    def speculates(self) -> bool:
+        """A draft model, an n-gram kind, or both."""
+        return self.draft is not None or self.ngram is not None
+
+    @property
+    def ngram_values(self) -> dict[str, int]:
+        from ggufpair.engine.kinds import kind
+
+        return kind(self.ngram).values(self.ngram_params) if self.ngram else {}
+
+    @property
+    def stateful(self) -> bool:
+        """Whether what the server learns from one request can speed up a later one (an n-gram kind that
+        keeps its table across requests): such configurations are measured on a fresh server per repetition."""
+        from ggufpair.engine.kinds import kind
+
+        return self.ngram is not None and kind(self.ngram).stateful
+
     def without_draft(self) -> "ServerConfig":
         return replace(self, draft=None)
+
+    def without_speculation(self) -> "ServerConfig":
+        """The paired baseline: no draft model and no n-gram kind."""
+        return replace(self, draft=None, ngram=None, ngram_params=())
+
+    def with_ngram(self, name: str | None, values: dict[str, int] | None = None) -> "ServerConfig":
+        """This configuration with an n-gram kind (every parameter recorded, defaults included) or none."""
+        from ggufpair.engine.kinds import kind
+
+        if name is None:
+            return replace(self, ngram=None, ngram_params=())
+        return replace(self, ngram=name, ngram_params=tuple(sorted(kind(name).values(values or {}).items())))
 
     def with_(self, **changes: Any) -> "ServerConfig":
         return replace(self, **changes)
@@ -96,6 +135,11 @@ class ServerConfig:
             a += ["-ngl", str(self.gpu_layers)]
         a += self._flash_attn_args(dialect)
         a += ["-ctk", self.cache_type_k, "-ctv", self.cache_type_v]
+        a += self._spec_type_args(dialect)
+        if self.ngram is not None:
+            from ggufpair.engine.kinds import kind
+
+            a += kind(self.ngram).argv(self.ngram_values, dialect)
         if self.draft is not None:
             a += self._draft_args(dialect)
         for ov in self.overrides:
@@ -122,18 +166,33 @@ class ServerConfig:
                                             (self.cache_type_v in QUANTIZED_KV or self.draft_cache_type_v in QUANTIZED_KV))
         return ["-fa"] if wants else []
 
+    def _spec_type_args(self, dialect: Dialect) -> list[str]:
+        """One --spec-type with every kind in use (a router preset keeps only the last --spec-type line)."""
+        types: list[str] = []
+        if self.ngram is not None:
+            if self.ngram not in dialect.spec_types:
+                raise UsageError(f"this llama-server build has no --spec-type {self.ngram}",
+                                 hint=f"its types: {', '.join(dialect.spec_types) or 'none (no n-gram lookup)'}")
+            if self.draft is not None and not dialect.ngram_with_draft:
+                raise UsageError(f"this llama-server build runs {self.ngram} only without a draft model (its "
+                                 "--spec-type takes one draftless kind, which replaces the draft)",
+                                 hint="tune the n-gram kind and the draft apart, or use a 2026-11 or newer build")
+            types.append(self.ngram)
+        if self.draft is not None:
+            if self.spec_type in dialect.spec_types:
+                types.append(self.spec_type)  # without it, -md loads the draft and then frees it
+            elif self.spec_type != "draft-simple" or dialect.draft_spec_types:
+                raise UsageError(f"this llama-server build has no --spec-type {self.spec_type}",
+                                 hint=f"its types: {', '.join(dialect.spec_types) or 'none (-md alone enables a draft)'}")
+            # Otherwise the build has no --spec-type, or one that only names draftless kinds (which would take
+            # precedence over the draft): -md alone enables the draft there.
+        return ["--spec-type", ",".join(types)] if types else []
+
     def _draft_args(self, dialect: Dialect) -> list[str]:
         model_flag, max_flag = dialect.draft_model_flag, dialect.draft_max_flag
         if model_flag is None or max_flag is None:
             raise UsageError("this llama-server build has no draft-model flags")
         a = [model_flag, str(self.draft)]
-        if self.spec_type in dialect.spec_types:
-            a += ["--spec-type", self.spec_type]  # without it, -md loads the draft and then frees it
-        elif self.spec_type != "draft-simple" or dialect.draft_spec_types:
-            raise UsageError(f"this llama-server build has no --spec-type {self.spec_type}",
-                             hint=f"its types: {', '.join(dialect.spec_types) or 'none (-md alone enables a draft)'}")
-        # Otherwise the build has no --spec-type, or one that only names draftless kinds (which would take
-        # precedence over the draft): -md alone enables the draft there.
         a += [max_flag, str(self.draft_max)]
         if dialect.draft_min_flag:
             a += [dialect.draft_min_flag, str(self.draft_min)]

@@ -48,6 +48,20 @@ class Dialect:
         return tuple(t for t in self.spec_types if t.startswith("draft"))
 
     @property
+    def ngram_kinds(self) -> tuple[str, ...]:
+        """The draftless n-gram kinds of --spec-type, in llama.cpp's priority order."""
+        from ggufpair.engine.kinds import offered
+
+        return tuple(k.name for k in offered(self))
+
+    @property
+    def ngram_with_draft(self) -> bool:
+        """Whether an n-gram kind can run beside a draft model (a comma list of --spec-type kinds, tried in
+        llama.cpp's fixed priority, n-gram kinds first). Early-2026 builds took a draftless kind only instead
+        of the draft ("when no draft model is provided")."""
+        return bool(self.draft_spec_types) and bool(self.ngram_kinds)
+
+    @property
     def draft_max_flag(self) -> str | None:
         return self.pick("--spec-draft-n-max", "--draft-max", "--draft")
 
@@ -86,6 +100,9 @@ class Dialect:
             "draft length": f"{self.draft_max_flag} / {self.draft_min_flag}",
             "spec names": "--spec-*" if self.spec_names else "--draft-max/--draft-min (older)",
             "--spec-type": ",".join(self.spec_types) if self.spec_types else "absent (-md alone enables speculation)",
+            "n-gram kinds": (", ".join(self.ngram_kinds) + ("; with a draft too" if self.ngram_with_draft else
+                                                             "; only without a draft model")) if self.ngram_kinds
+            else "none",
             "-fa": "on|off|auto" if self.fa_takes_value else "bare switch",
             "no mmap": " ".join(self.no_mmap_args) or "unsupported",
             "--override-kv": self.has("--override-kv"),

@@ -47,6 +47,8 @@ class Measurement:
     # each prompt's greedy answer in the first repetition (prompt id, text): the same prompts' answers with
     # and without a draft are compared (`greedy_agreement`); not saved in profiles
     outputs: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    servers: int = 1  # llama-servers the repetitions ran on (one each for a kind that learns across requests)
+    seen_texts: int = 0  # timed requests whose prompt their server had been sent before
 
     @property
     def tps_spread(self) -> float:
@@ -74,6 +76,7 @@ class Measurement:
             "accept_by_position": list(self.accept_by_position), "per_category": self.per_category,
             "predicted_ms": self.predicted_ms, "stopped_early": self.stopped_early,
             "request_tps": [round(r, 2) for r in self.request_tps], "stalls": self.stalls,
+            "servers": self.servers, "seen_texts": self.seen_texts,
         }
 
     @classmethod
@@ -83,7 +86,8 @@ class Measurement:
                    int(d.get("predicted_tokens", 0)), int(d.get("draft_tokens", 0)), int(d.get("accepted_tokens", 0)),
                    int(d.get("drafts", 0)), tuple(d.get("accept_by_position", ())), dict(d.get("per_category", {})),
                    float(d.get("predicted_ms", 0.0)), bool(d.get("stopped_early", False)),
-                   tuple(float(r) for r in d.get("request_tps", ())), int(d.get("stalls", 0)))
+                   tuple(float(r) for r in d.get("request_tps", ())), int(d.get("stalls", 0)),
+                   servers=int(d.get("servers", 1)), seen_texts=int(d.get("seen_texts", 0)))
 
 
 def spread_text(m: Measurement, label: str = "") -> str:
@@ -121,15 +125,36 @@ def _metric_delta(before: dict[str, float], after: dict[str, float], key: str) -
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
-def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128, repeats: int = 3,
-            temperature: float = 0.0, warmup: bool = True, stop_early=None, cancel=None) -> Measurement:
-    """Run every prompt `repeats` times (after one excluded warm-up request) and aggregate the server's own timings.
+WARMUP_CHAT = ({"role": "user", "content": "Reply with one word: ready?"},)
+WARMUP_RAW = "The weather today is"
+"""The warm-up request's text, which no prompt set uses: a warm-up with a timed prompt's text would fill an
+n-gram table with that prompt's answer before it is timed."""
 
-    `stop_early(tps_so_far)` is asked after each repetition; True ends the measurement there. A set `cancel`
-    event ends it after the current request."""
-    if warmup and prompts:
-        server.complete(prompts[0].payload(), n_predict=min(16, n_predict), temperature=temperature)
-    before = server.metrics()
+
+def warmup_payload(prompts: list[Prompt]):
+    return WARMUP_RAW if prompts and isinstance(prompts[0].messages, str) else [dict(m) for m in WARMUP_CHAT]
+
+
+def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128, repeats: int = 3,
+            temperature: float = 0.0, warmup: bool = True, stop_early=None, cancel=None,
+            restart=None) -> Measurement:
+    """Run every prompt `repeats` times (after one excluded warm-up request of a text of its own) and aggregate
+    the server's own timings.
+
+    `restart()`, when given, stops the server and returns a fresh one, started, for every repetition after the
+    first: for a kind that learns across requests (an n-gram table), so that no timed request is drafted from
+    an earlier identical one. `stop_early(tps_so_far)` is asked after each repetition; True ends the
+    measurement there. A set `cancel` event ends it after the current request."""
+    segments: list[tuple[dict[str, float], dict[str, float]]] = []  # /metrics before and after, per server
+    live_servers: list[bool] = []
+
+    def begin(srv: LlamaServer) -> dict[str, float]:
+        if warmup and prompts:
+            srv.complete(warmup_payload(prompts), n_predict=min(16, n_predict), temperature=temperature)
+        live_servers.append(bool(srv.speculative))
+        return srv.metrics()
+
+    before = begin(server)
     runs: list[float] = []
     totals = {"pred": 0, "draft": 0, "acc": 0, "ms": 0.0}
     stopped = False
@@ -137,12 +162,18 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     request_tps: list[float] = []
     by_prompt: dict[str, list[float]] = {}
     outputs: dict[str, str] = {}
-    for _ in range(max(1, repeats)):
+    seen = 0
+    for rep in range(max(1, repeats)):
+        if rep and restart is not None:
+            segments.append((before, server.metrics()))
+            server = restart()
+            before = begin(server)
         pred_n, pred_ms = 0, 0.0
         for p in prompts:
             if cancel is not None and cancel.is_set():
                 break
             c = server.complete(p.payload(), n_predict=n_predict, temperature=temperature)
+            seen += c.seen
             outputs.setdefault(p.id, c.content)
             # An answer's first token comes from the prompt's logits, its time counted in the prompt's: the
             # generation rate counts the tokens after it (as llama-server's own predicted_per_second does since
@@ -168,12 +199,12 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
         if stop_early is not None and len(runs) < repeats and stop_early(statistics.median(runs)):
             stopped = True
             break
-    after = server.metrics()
-    drafts = int(_metric_delta(before, after, "spec_decode_num_drafts_total"))
+    segments.append((before, server.metrics()))
+    drafts = int(sum(_metric_delta(b, a, "spec_decode_num_drafts_total") for b, a in segments))
     positions = []
     i = 0
-    while f"spec_decode_num_accepted_tokens_per_pos_total:{i}" in after:
-        acc_i = _metric_delta(before, after, f"spec_decode_num_accepted_tokens_per_pos_total:{i}")
+    while all(f"spec_decode_num_accepted_tokens_per_pos_total:{i}" in a for _, a in segments):
+        acc_i = sum(_metric_delta(b, a, f"spec_decode_num_accepted_tokens_per_pos_total:{i}") for b, a in segments)
         positions.append(acc_i / drafts if drafts else 0.0)
         i += 1
     per_category = {
@@ -183,13 +214,13 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     }
     # Live speculation needs more than /slots saying so at start: these very requests must have drafted. The
     # server omits timings.draft_n when nothing was drafted; without /metrics either, /slots is all there is.
-    counted = "spec_decode_num_drafts_total" in after
+    counted = all("spec_decode_num_drafts_total" in a for _, a in segments)
     drafted = totals["draft"] > 0 or drafts > 0
-    live = bool(server.speculative) and (drafted or not counted)
+    live = all(live_servers) and (drafted or not counted)
     return Measurement(live, statistics.median(runs), tuple(runs), totals["pred"],
                        totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped,
                        tuple(request_tps), count_stalls(by_prompt, drafted),
-                       tuple(outputs.items()) if temperature == 0 else ())
+                       tuple(outputs.items()) if temperature == 0 else (), servers=len(segments), seen_texts=seen)
 
 
 @dataclass(frozen=True)

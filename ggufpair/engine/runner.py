@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import signal
 import subprocess
@@ -99,6 +101,7 @@ class Completion:
     tokens: tuple[int, ...]  # generated token ids, when logprobs were asked for
     top2: tuple[tuple[float, float] | None, ...]  # per token: the two best logprobs (None where not given)
     finish_reason: str | None
+    seen: bool = False  # this server had been sent the same prompt before (an n-gram table may hold its answer)
 
 
 class LlamaServer:
@@ -115,6 +118,7 @@ class LlamaServer:
         self.process = ServerProcess(binary.path, config.argv(self.dialect, with_network=False), host=config.host,
                                      port=config.port, log_path=log_path, ready_timeout=ready_timeout)
         self.speculative: bool | None = None
+        self.sent: set[str] = set()  # digests of every prompt sent: whether a request's text is new to this server
         self.free_before: dict[str, int] = {}
         self.free_after: dict[str, int] = {}
 
@@ -144,13 +148,14 @@ class LlamaServer:
             raise ServerStartError(kind, _start_message(kind, self.config, lines), lines,
                                    hint=_start_hint(kind)) from None
         self.free_after = self._free_memory()
-        if self.config.has_draft:
+        if self.config.speculates:
             self.speculative = self._speculation_live()
             if not self.speculative and self.require_speculation:
                 lines = matching_lines(self.process.log_text(), SPEC_OFF_PATTERNS)
                 self.stop()
                 reason = "; ".join(lines) or "no reason in the log"
-                raise SpeculationOffError(f"llama-server loaded the draft but serves WITHOUT speculation: {reason}", lines)
+                what = "loaded the draft" if self.config.has_draft else f"started with --spec-type {self.config.ngram}"
+                raise SpeculationOffError(f"llama-server {what} but serves WITHOUT speculation: {reason}", lines)
         return self
 
     def _speculation_live(self) -> bool:
@@ -198,6 +203,9 @@ class LlamaServer:
     def complete(self, messages: list[dict[str, str]] | str, *, n_predict: int = 128, temperature: float = 0.0,
                  seed: int = 1234, logprobs: bool = False) -> Completion:
         """One generation: chat (messages, through the model's chat template) or raw (a prompt string)."""
+        digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+        seen = digest in self.sent
+        self.sent.add(digest)
         if isinstance(messages, str):
             body = {"prompt": messages, "n_predict": n_predict, "temperature": temperature, "seed": seed,
                     "cache_prompt": False}
@@ -218,7 +226,7 @@ class LlamaServer:
         t = data.get("timings") or {}
         return Completion(content, int(t.get("prompt_n", 0)), float(t.get("prompt_ms", 0.0)),
                           int(t.get("predicted_n", 0)), float(t.get("predicted_ms", 0.0)),
-                          int(t.get("draft_n", 0)), int(t.get("draft_n_accepted", 0)), tokens, top2, finish)
+                          int(t.get("draft_n", 0)), int(t.get("draft_n_accepted", 0)), tokens, top2, finish, seen)
 
     def _exited_within(self, seconds: float) -> bool:
         """Whether the server process has died (a dropped connection comes before its exit status)."""

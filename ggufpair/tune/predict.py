@@ -13,6 +13,11 @@ of one KV configuration are enough to predict the rest:
   clamped line then no longer gives back the very runs it was fitted to.
 
 A step then yields 1 + q_0 + ... + q_{n-1} tokens on average, so tps(n) = 1000 * (1 + sum q_i) / s(n).
+
+An n-gram kind drafts only at the steps where its lookup finds a match: a fraction h of the steps (measured
+in the long run, and taken not to move with the length). The others are plain target steps, at the
+baseline's cost s(0), so tps(n) = 1000 * (h * (1 + sum q_i) + 1 - h) / (h * s(n) + (1 - h) * s(0)), and a
+run's cost per drafted step is its time less its plain steps' time, over its drafted steps.
 """
 
 from __future__ import annotations
@@ -35,6 +40,26 @@ def step_sample(n: int, m: Measurement, predicted_ms: float) -> StepSample | Non
     return StepSample(n, predicted_ms / m.drafts, m.predicted_tokens / m.drafts)
 
 
+def steps_of(m: Measurement) -> int:
+    """Verification steps of a measurement: each yields one target token plus the drafts it accepted (an
+    answer's first token comes from the prompt, so each request's count starts after it)."""
+    after_first = m.predicted_tokens - len(m.request_tps)
+    return max(after_first - m.accepted_tokens, 1)
+
+
+def drafted_fraction(m: Measurement) -> float:
+    return min(1.0, m.drafts / steps_of(m)) if m.drafts else 0.0
+
+
+def lookup_step_sample(n: int, m: Measurement, baseline_step_ms: float) -> StepSample | None:
+    """An n-gram run's cost per drafted step: its time less its plain steps' (at the baseline's cost)."""
+    if not m.drafts:
+        return None
+    plain = max(steps_of(m) - m.drafts, 0)
+    drafted_ms = max(m.predicted_ms - plain * baseline_step_ms, baseline_step_ms * m.drafts)
+    return StepSample(n, drafted_ms / m.drafts, (m.drafts + m.accepted_tokens) / m.drafts)
+
+
 @dataclass(frozen=True)
 class Predictor:
     """`knots`: measured (draft length, ms per step) points, sorted, the no-draft baseline's step at n = 0
@@ -46,10 +71,11 @@ class Predictor:
     knots: tuple[tuple[int, float], ...]
     a_ms: float  # the line through the two draft runs: fixed cost per step...
     b_ms: float  # ...and cost per drafted token (a negative a_ms: the runs disagree with a linear cost)
+    drafted: float = 1.0  # the fraction of steps that draft (below 1 for an n-gram kind's lookups)
 
     @classmethod
     def fit(cls, short: StepSample, long: StepSample, accept_by_position: tuple[float, ...],
-            baseline_step_ms: float | None = None) -> "Predictor":
+            baseline_step_ms: float | None = None, drafted: float = 1.0) -> "Predictor":
         if long.n == short.n:
             raise ValueError("two different draft lengths are needed to fit the step cost")
         b = (long.step_ms - short.step_ms) / (long.n - short.n)
@@ -57,7 +83,9 @@ class Predictor:
         knots = {short.n: short.step_ms, long.n: long.step_ms}
         if baseline_step_ms:
             knots[0] = baseline_step_ms  # a step that drafts nothing is one target decode
-        return cls(tuple(accept_by_position), tuple(sorted(knots.items())), a, b)
+        if drafted < 1.0 and not baseline_step_ms:
+            raise ValueError("an n-gram kind's plain steps need the baseline's step cost")
+        return cls(tuple(accept_by_position), tuple(sorted(knots.items())), a, b, drafted)
 
     @property
     def linear(self) -> bool:
@@ -80,7 +108,11 @@ class Predictor:
         return s1 + max((s1 - s0) / (n1 - n0), 0.0) * (n - n1)
 
     def tps(self, n: int) -> float:
-        return 1000.0 * self.tokens_per_step(n) / self.step_ms(n)
+        h = self.drafted
+        if h >= 1.0:
+            return 1000.0 * self.tokens_per_step(n) / self.step_ms(n)
+        plain_ms = self.knots[0][1]  # the baseline's step (n = 0), required for h < 1
+        return 1000.0 * (h * self.tokens_per_step(n) + 1 - h) / (h * self.step_ms(n) + (1 - h) * plain_ms)
 
     def best(self, lengths) -> list[tuple[int, float]]:
         """(n, predicted tok/s), best first, for draft lengths the acceptance profile covers."""

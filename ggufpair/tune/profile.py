@@ -46,6 +46,8 @@ def profile_data(name: str, config: ServerConfig, binary: Binary, device: str, m
     """`host`/`port`: where the launch script (and `ggufpair launch`, unless told otherwise) serves."""
     server = {k: v for k, v in config.to_dict().items() if v is not None and v != () and k not in ("host", "port")}
     server = {k: list(v) if isinstance(v, tuple) else v for k, v in server.items()}
+    if config.ngram_params:
+        server["ngram_params"] = dict(config.ngram_params)  # a table: {n_match = 24, n_max = 64, ...}
     models = {"target": model_identity(config.target)}
     if config.draft is not None:
         models["draft"] = model_identity(config.draft)
@@ -100,6 +102,8 @@ def load_profile(path: Path) -> tuple[dict, ServerConfig]:
         for key in ("overrides", "extra"):
             if key in server:
                 server[key] = tuple(server[key])
+        if "ngram_params" in server:
+            server["ngram_params"] = tuple(sorted(dict(server["ngram_params"]).items()))
         return data, ServerConfig(**server)
     except (KeyError, TypeError, ValueError) as e:
         raise UsageError(f"{path}: not a ggufpair profile ({type(e).__name__}: {e})") from None

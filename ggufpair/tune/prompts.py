@@ -32,6 +32,44 @@ _SETS: dict[str, list[str]] = {
         "Summarize in one sentence: The library will close for renovation from June to August. Books can be "
         "returned at the community centre, and the children's reading club will meet in the park.",
     ],
+    # Edit-style work, where the answer repeats much of the prompt: n-gram lookup (no draft model) drafts it
+    # from the prompt itself.
+    "edit": [
+        "Change this Python function so that it also skips lines that start with '#'. Reply with the whole "
+        "function and nothing else.\n\n"
+        "def read_names(path):\n"
+        "    names = []\n"
+        "    with open(path, encoding='utf-8') as f:\n"
+        "        for line in f:\n"
+        "            line = line.strip()\n"
+        "            if not line:\n"
+        "                continue\n"
+        "            first, _, last = line.partition(' ')\n"
+        "            names.append((last.title(), first.title()))\n"
+        "    names.sort()\n"
+        "    return names\n",
+        "Correct the spelling mistakes in this paragraph and reply with the whole corrected paragraph:\n\n"
+        "The comittee will meet on Thursday to dicsuss the new parking rules. Residents who want to speek "
+        "should register at the front desk before the meeting begins. Coffee and biscuits will be provided, "
+        "and the meeting is expected to finish by nine o'clock in the evening.",
+        "Fill in this template for a delivery to Anna Berg at 12 Mill Road on 3 March, and reply with the "
+        "filled template only:\n\n"
+        "Delivery note\n"
+        "Recipient: [NAME]\n"
+        "Address: [ADDRESS]\n"
+        "Date: [DATE]\n"
+        "Items: two boxes of printer paper, one desk lamp\n"
+        "Signature on receipt: ____________",
+        "Rename the variable `total` to `subtotal` everywhere in this code and reply with the whole code:\n\n"
+        "def invoice(items, tax_rate):\n"
+        "    total = 0\n"
+        "    for price, quantity in items:\n"
+        "        total += price * quantity\n"
+        "    tax = total * tax_rate\n"
+        "    print('net', total)\n"
+        "    print('tax', tax)\n"
+        "    return total + tax\n",
+    ],
     "korean": [
         "서울에서 부산까지 기차로 여행할 때 준비할 것들을 알려 주세요.",
         "비 오는 날 집에서 할 수 있는 활동 세 가지를 추천해 주세요.",

@@ -118,7 +118,7 @@ def stability_note(result: TuneResult) -> str:
                      "ggufpair takes the simplest (unquantized KV first, then the shorter draft), so their "
                      "order does not decide.")
     outside = sorted((p for p in result.live(False) + result.live(True) if p not in contenders), key=lambda p: -tps(p))
-    if rec.config.has_draft:
+    if rec.config.speculates:
         base = result.best_baseline
         margin = min(rec.measurement.tps_runs) / max(base.measurement.tps_runs) - 1
         if margin < noise(rec.measurement, base.measurement):
@@ -138,10 +138,10 @@ def stability_note(result: TuneResult) -> str:
     simpler = lambda p: simplicity(p) < simplicity(rec)  # noqa: E731
     for p in outside:  # the first configuration that noise could make the pick
         band = noise(fastest.measurement)
-        if p.config.has_draft != rec.config.has_draft:
+        if p.config.speculates != rec.config.speculates:
             # A draft within the noise of the baseline may clear the margin next time (both move); a baseline
             # outside a draft pick is the margin note's business.
-            threat, within = p.config.has_draft and tps(p) * (1 + band) >= tps(fastest), ""
+            threat, within = p.config.speculates and tps(p) * (1 + band) >= tps(fastest), ""
         else:  # noise could bring it into the band, where its simplicity would win
             threat, within = simpler(p) and tps(p) * (1 + 2 * band) >= tps(fastest), "twice "
         if threat:
@@ -162,9 +162,30 @@ def stability_note(result: TuneResult) -> str:
     return "".join(notes)
 
 
+def kind_of(config) -> str:
+    """What a configuration speculates with: none, draft, an n-gram kind, or an n-gram kind + draft."""
+    if not config.speculates:
+        return "none"
+    return "+".join(([config.ngram] if config.ngram else []) + (["draft"] if config.has_draft else []))
+
+
+def workload_note(result: TuneResult) -> str:
+    """When the best kind of speculation differs between prompt categories: which wins where."""
+    winners = result.category_winners()
+    kinds = {kind_of(p.config) for p, _ in winners.values()}
+    if len(kinds) < 2 or result.cancelled:
+        return ""
+    by_kind: dict[str, list[str]] = {}
+    for cat, (p, speedup) in winners.items():
+        by_kind.setdefault(kind_of(p.config), []).append(cat if not p.config.speculates else f"{cat} ({speedup:.2f}x)")
+    parts = [f"{'no speculation' if k == 'none' else k} for {', '.join(cats)}" for k, cats in by_kind.items()]
+    return (" The best kind depends on the workload: " + "; ".join(parts) + " (per-category rates of the measured "
+            "configurations against the baseline's on the same prompts; the profile keeps each category's winner).")
+
+
 def recommendation_text(result: TuneResult) -> str:
     text = _recommendation(result)
-    note = stability_note(result)
+    note = stability_note(result) + workload_note(result)
     return text + ("." if note and not text.endswith(".") else "") + note
 
 
@@ -186,15 +207,18 @@ def _answer(result: TuneResult) -> str:
             return ("nothing was launched: no configuration fits the memory budget (see the pruned ones above); "
                     "a smaller --ctx, or quantized KV caches (--kv q8_0 --draft-kv q8_0), may fit")
         return "nothing could be measured: every configuration failed (see the log lines above)"
-    if not rec.config.has_draft:
-        best = result.best_draft
+    if not rec.config.speculates:
+        best = result.best_speculative
+        only_drafts = all(p.config.ngram is None for p in result.points)  # a tune of drafts alone says "draft"
+        answer, what, without = (("no draft", "draft configuration", "without a draft") if only_drafts else
+                                 ("no speculation", "speculating configuration", "without speculation"))
         if best is None:
-            if not any(p.config.has_draft for p in result.points):
-                return "no draft configuration was measured; nothing to recommend over no draft"
-            return "no draft configuration ran with speculation live; recommending no draft"
-        return (f"no draft: the fastest draft configuration ({best.label}) reached "
+            if not any(p.config.speculates for p in result.points):
+                return f"no {what} was measured; nothing to recommend over {answer}"
+            return f"no {what} ran with speculation live; recommending {answer}"
+        return (f"{answer}: the fastest {what} ({best.label}) reached "
                 f"{best.measurement.tokens_per_second:.1f} tok/s against {rec.measurement.tokens_per_second:.1f} "
-                "without a draft, not faster beyond the run-to-run spread")
+                f"{without}, not faster beyond the run-to-run spread")
     paired = result.baseline_for(rec.config) or base
     if not paired.measurement.tokens_per_second:
         return f"{rec.label}: {rec.measurement.tokens_per_second:.1f} tok/s; the baseline measured nothing to compare with"
@@ -236,21 +260,22 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     data: dict[str, Any] = {
         "launches": result.launches, "planned": result.planned, "seconds": round(result.seconds, 1), "fix": fix_note,
         "cancelled": result.cancelled, "draft_model": str(drafted) if drafted else None,
-        "points": [{"label": p.label, "draft_max": p.config.draft_max if p.config.has_draft else 0,
-                    "target_kv": p.config.cache_type_k, "draft_kv": p.config.draft_cache_type_k if p.config.has_draft else None,
-                    "error": p.error, **(p.measurement.to_dict() if p.measurement else {})} for p in result.points],
+        "points": [point_dict(p) for p in result.points],
         "pruned": [{"configuration": c, "why": w} for c, w in result.pruned],
         "predictions": {f"{t}/{d}": [[n, round(tps, 2)] for n, tps in ranked] for (t, d), ranked in result.predictions.items()},
     }
     if rec is None or result.cancelled:  # a cancelled tune's partial results replace no saved profile
         return TuneOutputs(None, None, None, text, data)
     est = result.estimates.get((rec.config.cache_type_k, rec.config.draft_cache_type_k if rec.config.has_draft else None))
-    paired = result.baseline_for(rec.config) if rec.config.has_draft else None
+    paired = result.baseline_for(rec.config) if rec.config.speculates else None
     if paired is not None:
         same, compared, _ = greedy_agreement(paired.measurement, rec.measurement)
         data["greedy_identical"] = {"prompts": compared, "identical": same}
+    data["category_winners"] = {cat: {"label": p.label, "kind": kind_of(p.config), "speedup": round(x, 3)}
+                                for cat, (p, x) in result.category_winners().items()}
     data["recommended"] = {"label": rec.label, "tokens_per_second": rec.measurement.tokens_per_second,
-                           "rate": RATE_DEFINITION, "draft": rec.config.has_draft, "n_predict": args.tokens,
+                           "rate": RATE_DEFINITION, "draft": rec.config.has_draft, "kind": kind_of(rec.config),
+                           "measured_on": measured_on(rec), "n_predict": args.tokens,
                            "categories": sorted({q.category for q in result.prompts}) or args.categories.split(","),
                            # the prompts themselves, so that `ggufpair check` re-measures on the same ones
                            "prompts": [{"id": q.id, "category": q.category, "messages": q.payload()}
@@ -276,6 +301,25 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     return TuneOutputs(profile, script, swap, text, data)
 
 
+def measured_on(point) -> str:
+    """How the point's repetitions were kept honest for a kind with a table: what the profile records."""
+    if point.config.stateful:
+        return (f"a fresh llama-server per repetition ({point.measurement.servers}): the kind keeps its table "
+                "across requests")
+    return "one llama-server, prompts repeated (the kind keeps nothing across requests)"
+
+
+def point_dict(p) -> dict[str, Any]:
+    """A measured point as a profile keeps it (`result_from_profile` reads it back)."""
+    c = p.config
+    d = {"label": p.label, "kind": kind_of(c), "draft_max": c.draft_max if c.has_draft else 0,
+         "target_kv": c.cache_type_k, "draft_kv": c.draft_cache_type_k if c.has_draft else None, "error": p.error}
+    if c.ngram is not None:
+        d["ngram"] = c.ngram
+        d["ngram_params"] = dict(c.ngram_params)
+    return {**d, **(p.measurement.to_dict() if p.measurement else {})}
+
+
 def result_from_profile(path: Path) -> tuple[TuneResult, TuneOutputs]:
     """A saved profile's tune read back: its points (every measurement as recorded) and its outputs."""
     from ggufpair.engine.measure import Measurement
@@ -295,6 +339,8 @@ def result_from_profile(path: Path) -> tuple[TuneResult, TuneOutputs]:
             if p.get("draft_max"):
                 cfg = cfg.with_(draft=draft, draft_max=p["draft_max"], draft_cache_type_k=p["draft_kv"],
                                 draft_cache_type_v=p["draft_kv"])
+            if p.get("ngram"):
+                cfg = cfg.with_ngram(p["ngram"], dict(p.get("ngram_params", {})))
             measured = Measurement.from_dict(p) if "tokens_per_second" in p else None
             result.points.append(PointResult(cfg, measured, p.get("error"), 0.0))
         for key, ranked in m.get("predictions", {}).items():

@@ -42,14 +42,36 @@ class TuneSpec:
     confirm: int = 2  # real runs of the best predicted lengths
     early_stop: float = 0.85  # stop a run whose first repetition is below this fraction of the best so far
     device: str = "cpu"
+    ngram_kinds: tuple[str, ...] = ()  # draftless kinds to try (engine.kinds), in llama.cpp's priority order
+    mix: bool = True  # with a draft too: the best n-gram kind beside the best draft configuration
+    ngram_finalists: int = 1  # n-gram kinds whose parameters are searched after the scouting runs
 
     def planned_launches(self, with_draft: bool) -> int:
         """Launches the search plans: a baseline per target KV type; with a draft, a long and a short run per
-        (target KV, draft KV) pair, the confirmations, and the baseline again at the end."""
+        (target KV, draft KV) pair and the confirmations; per n-gram kind a scouting run at its defaults, and for
+        the finalists a short length, a confirmation and the other key and floor values; the mix; and the
+        baseline again at the end."""
+        from ggufpair.engine.kinds import kind
+
         combos = len(self.target_kv) * len(self.draft_kv) if with_draft else 0
         runs = 2 if len(self.lengths) > 1 else 1  # the long and the short run (one, when one length is asked)
         confirm = min(self.confirm, (len(self.lengths) - runs) * combos)  # lengths not measured already
-        return len(self.target_kv) + runs * combos + (confirm + 1 if combos else 0)  # + the closing baseline
+        kinds = [kind(k) for k in self.ngram_kinds]
+        finalists = sorted(kinds, key=lambda k: -ngram_search_size(k))[:self.ngram_finalists]
+        ngram = len(kinds) + sum(ngram_search_size(k) for k in finalists)
+        mix = 1 if with_draft and kinds and self.mix else 0
+        speculating = combos or kinds
+        return len(self.target_kv) + runs * combos + confirm + ngram + mix + (1 if speculating else 0)
+
+
+def ngram_search_size(k) -> int:
+    """Launches after a kind's scouting run: a short length and one confirmation (when it has a length with
+    three values or more), and one run for each other parameter that has another value worth trying."""
+    n = 0
+    if k.length is not None and len(k.length.values) > 1:
+        n += 1 + (len(k.length.values) > 2)
+    n += sum(1 for p in k.params if p.role in ("key", "min") and len(p.values) > 1)
+    return n
 
 
 @dataclass
@@ -67,12 +89,13 @@ class TuneResult:
     def launches(self) -> int:
         return len(self.points)
 
-    def measured(self, draft: bool) -> list[PointResult]:
-        return [p for p in self.points if p.ok and p.config.has_draft == draft]
+    def measured(self, speculating: bool) -> list[PointResult]:
+        """The points that measured something: baselines (False), or configurations that speculate (True)."""
+        return [p for p in self.points if p.ok and p.config.speculates == speculating]
 
-    def live(self, draft: bool) -> list[PointResult]:
-        """The measured points that count: baselines, and draft runs with speculation live."""
-        return [p for p in self.measured(draft) if p.measurement.speculative or not draft]
+    def live(self, speculating: bool) -> list[PointResult]:
+        """The measured points that count: baselines, and speculating runs with speculation live."""
+        return [p for p in self.measured(speculating) if p.measurement.speculative or not speculating]
 
     def baseline_for(self, config: ServerConfig) -> PointResult | None:
         """The faster of the baselines with the same target KV (measured before and after the drafts)."""
@@ -81,8 +104,8 @@ class TuneResult:
                    key=lambda p: p.measurement.tokens_per_second, default=None)
 
     @property
-    def best_draft(self) -> PointResult | None:
-        """The fastest draft configuration that ran with speculation live."""
+    def best_speculative(self) -> PointResult | None:
+        """The fastest speculating configuration (a draft, an n-gram kind, or both) that ran with it live."""
         return max(self.live(True), key=lambda p: p.measurement.tokens_per_second, default=None)
 
     @property
@@ -113,8 +136,28 @@ class TuneResult:
 
     @property
     def draft_pays_off(self) -> bool:
+        """Whether speculation (of any kind) is recommended."""
         rec = self.recommended
-        return rec is not None and rec.config.has_draft
+        return rec is not None and rec.config.speculates
+
+    def category_winners(self) -> dict[str, tuple[PointResult, float]]:
+        """Per prompt category, the fastest configuration there and its speedup over the paired baseline's
+        rate on that category; the baseline itself where nothing beats it by more than the noise."""
+        base = self.best_baseline
+        if base is None:
+            return {}
+        out = {}
+        for cat, b in base.measurement.per_category.items():
+            ref = b.get("tokens_per_second") or 0.0
+            if not ref:
+                continue
+            best, best_tps = base, ref
+            for p in self.live(True):
+                tps = p.measurement.per_category.get(cat, {}).get("tokens_per_second", 0.0)
+                if tps > best_tps and tps >= ref * (1 + noise(p.measurement, base.measurement)):
+                    best, best_tps = p, tps
+            out[cat] = (best, best_tps / ref)
+        return out
 
 
 NOISE_FLOOR = 0.05
@@ -133,12 +176,18 @@ def noise(*measurements) -> float:
 
 
 def simplicity(point: PointResult) -> tuple:
-    """Among equally fast configurations, prefer no draft, then the less quantized KV caches (target first),
-    then the shorter draft."""
+    """Among equally fast configurations, prefer no speculation, then an n-gram kind alone (no second model),
+    then a draft, then both; then the less quantized KV caches (target first), then the shorter draft, then
+    llama.cpp's own default parameters of the n-gram kind."""
     c = point.config
-    if not c.has_draft:
-        return (0, KV_RANK.get(c.cache_type_k, 9), 0, 0)
-    return (1, KV_RANK.get(c.cache_type_k, 9), KV_RANK.get(c.draft_cache_type_k, 9), c.draft_max)
+    kind_rank = (0 if not c.speculates else 1 if not c.has_draft else 2 if c.ngram is None else 3)
+    off_default = 0
+    if c.ngram is not None:
+        from ggufpair.engine.kinds import kind
+
+        off_default = sum(v != kind(c.ngram).param(n).default for n, v in c.ngram_params)
+    return (kind_rank, KV_RANK.get(c.cache_type_k, 9), KV_RANK.get(c.draft_cache_type_k, 9) if c.has_draft else 0,
+            c.draft_max if c.has_draft else 0, off_default)
 
 
 def check_tune_values(*, tokens: int, repeats: int, margin: float, ctx: int | None, kv: str, draft_kv: str,
@@ -283,7 +332,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
     spec = with_draft_kind(spec, draft)
     prompts = list(spec.prompts)
     result.prompts = tuple(prompts)
-    base_cfg = spec.base.without_draft()
+    base_cfg = spec.base.without_speculation()
     lengths = sorted(set(spec.lengths))
     combos = [(t, d) for t in spec.target_kv for d in (spec.draft_kv if draft is not None else ())]
     planned = spec.planned_launches(draft is not None)
@@ -388,10 +437,120 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
             run(cfg, f"confirm n_max {cfg.draft_max}, KV {cfg.cache_type_k}/{cfg.draft_cache_type_k} "
                      f"(predicted {predicted:.1f} tok/s)", True)
             confirmed += 1
-        # The baseline again, after the drafts: the pair measured at both ends of the tune, so a machine busy
-        # while the first baseline ran cannot make a draft look faster than it is (the faster baseline counts).
-        best = result.best_draft
-        if best is not None and not (cancel is not None and cancel.is_set()):
-            tkv = best.config.cache_type_k
-            run(_kv(base_cfg, tkv), f"baseline again, target KV {tkv} (the other end of the pairing)",
-                allow_early_stop=False)
+    if spec.ngram_kinds:
+        _ngram_stage(spec, base_cfg, result, run, fits, on_event)
+        _mix_stage(spec, dialect, draft, result, run, fits, on_event)
+    # The baseline again, after the speculating runs: the pair measured at both ends of the tune, so a machine
+    # busy while the first baseline ran cannot make speculation look faster than it is (the faster counts).
+    best = result.best_speculative
+    if best is not None and not (cancel is not None and cancel.is_set()):
+        tkv = best.config.cache_type_k
+        run(_kv(base_cfg, tkv), f"baseline again, target KV {tkv} (the other end of the pairing)",
+            allow_early_stop=False)
+
+
+def _ngram_stage(spec: TuneSpec, base_cfg: ServerConfig, result: TuneResult, run, fits, on_event) -> None:
+    """The draftless kinds: each at llama.cpp's defaults first (the run that tells whether lookup finds
+    anything in these prompts at all); the fastest go on to a short length, a prediction of the other lengths
+    from the long run's acceptance by position and its drafting rate, a confirmation, and one run for each
+    other value of the key and floor parameters."""
+    from ggufpair.engine.kinds import kind
+    from ggufpair.tune.predict import drafted_fraction, lookup_step_sample, steps_of
+
+    bl = result.best_baseline
+    if bl is None:
+        result.pruned += [(k, "no baseline was measured to compare it with") for k in spec.ngram_kinds]
+        return
+    tkv = bl.config.cache_type_k
+    cfg0 = _kv(base_cfg, tkv)
+    if not fits(cfg0, "n-gram kinds", (tkv, None)):
+        return
+    base_step = bl.measurement.predicted_ms / steps_of(bl.measurement)
+    scouts: list[tuple[object, PointResult]] = []
+    for name in spec.ngram_kinds:
+        scouts.append((kind(name), run(cfg0.with_ngram(name), f"{kind(name).describe({})}, KV {tkv} "
+                                       "(llama.cpp's defaults)", True)))
+    alive = []
+    for k, pt in scouts:
+        m = pt.measurement
+        if not pt.ok:
+            result.pruned.append((k.name, f"failed to run: {pt.error}"))
+        elif not m.speculative:
+            result.pruned.append((k.name, "drafted nothing on these prompts: its lookup never found a match"))
+        else:
+            alive.append((k, pt))
+    alive.sort(key=lambda kp: -kp[1].measurement.tokens_per_second)
+    for k, pt in alive[spec.ngram_finalists:]:
+        lead = alive[0][1].measurement.tokens_per_second
+        result.pruned.append((k.name, f"{pt.measurement.tokens_per_second:.1f} tok/s at its defaults against "
+                                      f"{alive[0][0].name}'s {lead:.1f}: its parameters were not searched"))
+        on_event(f"  {k.name}: {pt.measurement.tokens_per_second:.1f} tok/s at its defaults, behind "
+                 f"{alive[0][0].name} ({lead:.1f}): not searched further")
+    for k, scout in alive[:spec.ngram_finalists]:
+        values = dict(scout.config.ngram_values)
+        mine = [scout]
+
+        def at(changes: dict[str, int]) -> ServerConfig:
+            v = {**values, **changes}
+            for p in k.params:  # a floor never above the length (llama.cpp keeps n_min <= n_max)
+                if p.role == "min" and k.length is not None:
+                    v[p.name] = min(v[p.name], v[k.length.name])
+            return cfg0.with_ngram(k.name, v)
+
+        def measured_at(cfg: ServerConfig) -> bool:
+            return any(q.config == cfg for q in result.points)
+
+        length = k.length
+        if length is not None and len(length.values) > 1:
+            long_v, short_v = values[length.name], min(length.values)
+            short = run(at({length.name: short_v}), f"{k.name} {length.name} {short_v}, KV {tkv}", True)
+            mine.append(short)
+            s1 = lookup_step_sample(short_v, short.measurement, base_step) if short.ok else None
+            s2 = lookup_step_sample(long_v, scout.measurement, base_step)
+            if s1 is not None and s2 is not None and scout.measurement.accept_by_position and short_v != long_v:
+                predictor = Predictor.fit(s1, s2, scout.measurement.accept_by_position, base_step,
+                                          drafted=drafted_fraction(scout.measurement))
+                ranked = predictor.best(length.values)
+                result.predictions[(k.name, length.name)] = ranked
+                on_event(f"  predicted for {k.name} by {length.name}: "
+                         + ", ".join(f"{n}: {t:.1f}" for n, t in ranked[:3]))
+                todo = [(n, t) for n, t in ranked if not measured_at(at({length.name: n}))]
+                if todo:
+                    n, t = todo[0]
+                    mine.append(run(at({length.name: n}), f"confirm {k.name} {length.name} {n} (predicted "
+                                                          f"{t:.1f} tok/s)", True))
+        best = max((q for q in mine if q.ok and q.measurement.speculative),
+                   key=lambda q: q.measurement.tokens_per_second, default=scout)
+        values = dict(best.config.ngram_values)
+        for p in k.params:
+            if p.role not in ("key", "min") or len(p.values) < 2:
+                continue
+            lower = [v for v in p.values if v < values[p.name]]
+            other = (lower[-1] if p.role == "key" else lower[0]) if lower else max(p.values)
+            cfg = at({p.name: other})
+            if measured_at(cfg) or other == values[p.name]:
+                continue
+            pt = run(cfg, f"{k.name} {p.name} {other}, KV {tkv}", True)
+            if pt.ok and pt.measurement.speculative and pt.measurement.tokens_per_second > best.measurement.tokens_per_second:
+                best, values = pt, dict(pt.config.ngram_values)
+
+
+def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run, fits, on_event) -> None:
+    """The best n-gram kind beside the best draft configuration: llama.cpp tries the n-gram lookup first at
+    every step and falls back to the draft model when it finds nothing."""
+    if draft is None or not spec.mix:
+        return
+    lookups = [p for p in result.live(True) if p.config.ngram is not None and not p.config.has_draft]
+    drafts = [p for p in result.live(True) if p.config.has_draft and p.config.ngram is None]
+    if not lookups or not drafts:
+        return
+    look = max(lookups, key=lambda p: p.measurement.tokens_per_second)
+    dr = max(drafts, key=lambda p: p.measurement.tokens_per_second)
+    cfg = dr.config.with_ngram(look.config.ngram, look.config.ngram_values)
+    what = f"{look.config.ngram} with the draft"
+    if not dialect.ngram_with_draft:
+        result.pruned.append((what, "this llama-server build runs an n-gram kind only without a draft model"))
+        return
+    if fits(cfg, what, (cfg.cache_type_k, cfg.draft_cache_type_k)):
+        run(cfg, f"{look.config.ngram} + the draft at n_max {dr.config.draft_max} (lookup first, the draft "
+                 "when it finds nothing)", True)

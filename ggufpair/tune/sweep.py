@@ -30,37 +30,73 @@ class PointResult:
 
     @property
     def label(self) -> str:
-        """`no draft, KV f16/f16` or `n_max 4, KV f16/f16 + draft q8_0/q8_0` (K/V types)."""
-        c = self.config
-        kv = f"KV {c.cache_type_k}/{c.cache_type_v}"
-        if not c.has_draft:
-            return f"no draft, {kv}"
-        return f"n_max {c.draft_max}, {kv} + draft {c.draft_cache_type_k}/{c.draft_cache_type_v}"
+        return config_label(self.config)
+
+
+def config_label(c: ServerConfig) -> str:
+    """`no draft, KV f16/f16`, `n_max 4, KV f16/f16 + draft q8_0/q8_0` (K/V types), `ngram-mod n_match 24,
+    n_min 48, n_max 64, KV f16/f16`, or an n-gram kind and a draft together."""
+    kv = f"KV {c.cache_type_k}/{c.cache_type_v}"
+    parts = []
+    if c.ngram is not None:
+        from ggufpair.engine.kinds import kind
+
+        parts.append(kind(c.ngram).describe(c.ngram_values))
+    if c.has_draft:
+        parts.append(f"n_max {c.draft_max}")
+    if not parts:
+        return f"no draft, {kv}"
+    tail = f" + draft {c.draft_cache_type_k}/{c.draft_cache_type_v}" if c.has_draft else ""
+    return f"{' + '.join(parts)}, {kv}{tail}"
+
+
+def point_name(c: ServerConfig) -> str:
+    """A file-name-safe name for a configuration's server log."""
+    parts = [f"draft{c.draft_max}-{c.cache_type_k}-{c.draft_cache_type_k}"] if c.has_draft else []
+    if c.ngram is not None:
+        parts.insert(0, c.ngram + "".join(f"-{v}" for _, v in c.ngram_params) + f"-{c.cache_type_k}")
+    return "+".join(parts) or f"baseline-{c.cache_type_k}"
 
 
 def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: list[Prompt], *, n_predict: int,
               repeats: int, log_dir: Path, on_event: Events = lambda _: None, stop_early=None,
               cancel=None) -> PointResult:
+    """Measure one configuration; a kind that learns across requests (config.stateful) gets a fresh server
+    for every repetition, so that no timed request meets its own text in the server's table."""
     start = time.perf_counter()
     log_dir.mkdir(parents=True, exist_ok=True)
-    name = (f"draft{config.draft_max}-{config.cache_type_k}-{config.draft_cache_type_k}" if config.has_draft
-            else f"baseline-{config.cache_type_k}")
-    label = PointResult(config, None, None, 0).label
-    on_event(f"measuring {label}")
+    name, label = point_name(config), config_label(config)
+    on_event(f"measuring {label}" + (" (a fresh server per repetition: the kind keeps its table across "
+                                     "requests)" if config.stateful and repeats > 1 else ""))
+    servers: list[LlamaServer] = []
+
+    def fresh() -> LlamaServer:
+        if servers:
+            servers[-1].stop()
+        n = len(servers)
+        servers.append(LlamaServer(binary, config, dialect=dialect,
+                                   log_path=log_dir / (f"{name}.log" if not n else f"{name}.{n + 1}.log")))
+        return servers[-1].start()
+
+    restart = fresh if config.stateful else None
     try:
-        with LlamaServer(binary, config, dialect=dialect, log_path=log_dir / f"{name}.log") as server:
-            m = measure(server, prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early, cancel=cancel)
-            if m.stalls and not (cancel is not None and cancel.is_set()):
-                # A request far slower than the others: something else had the machine. Measure once more on the
-                # same server and keep the run without stalls; a second stalled run is kept and flagged.
-                on_event(f"  {m.stalls} request(s) ran at under a third of the median rate: measuring again")
-                again = measure(server, prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early,
-                                cancel=cancel, warmup=False)
-                if not (cancel is not None and cancel.is_set()):  # a cancelled second run is partial: keep the first
-                    m = again if again.stalls <= m.stalls else m
+        m = measure(fresh(), prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early, cancel=cancel,
+                    restart=restart)
+        if m.stalls and not (cancel is not None and cancel.is_set()):
+            # A request far slower than the others: something else had the machine. Measure once more (on the
+            # same server, or on fresh ones for a kind with a table) and keep the run without stalls; a second
+            # stalled run is kept and flagged.
+            on_event(f"  {m.stalls} request(s) ran at under a third of the median rate: measuring again")
+            again = measure(fresh() if restart else servers[-1], prompts, n_predict=n_predict, repeats=repeats,
+                            stop_early=stop_early, cancel=cancel, warmup=restart is not None, restart=restart)
+            if not (cancel is not None and cancel.is_set()):  # a cancelled second run is partial: keep the first
+                m = again if again.stalls <= m.stalls else m
     except EngineError as e:
         on_event(f"  failed: {e.message}")
         return PointResult(config, None, e.message, time.perf_counter() - start)
+    finally:
+        if servers:
+            servers[-1].stop()
     extra = f", acceptance {m.acceptance_rate:.0%}" if m.acceptance_rate is not None else ""
     extra += " (stopped early: clearly slower)" if m.stopped_early else ""
     extra += f" ({m.stalls} stalled request(s): unreliable)" if m.stalls else ""
