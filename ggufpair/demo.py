@@ -1,6 +1,7 @@
 """The built-in demo: a real pair from the PyPI model packages, a real metadata defect, and ggufpair's whole
-path on it (inspect, fix, a short tune with a paired baseline, the lossless check, a profile and a launch
-script). On a CPU the 262k-token output layer dominates both models, so the honest answer may be "no draft".
+path on it (inspect, fix, a short tune of the draft and of n-gram lookup with a paired baseline, the lossless
+check, a profile and a launch script). On a CPU the 262k-token output layer dominates both models, so the
+draft does not pay off there, while n-gram lookup does on prompts whose answer repeats them.
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ from ggufpair.pairing.verdict import Route, Verdict, inspect_pair, parse_overrid
 from ggufpair.state import state_dir
 from ggufpair.tune.profile import launch_script, profile_data, save_profile, write_script
 from ggufpair.tune.prompts import builtin_prompts
-from ggufpair.tune.run import recommendation_text
-from ggufpair.tune.search import TuneResult
-from ggufpair.tune.sweep import PointResult, run_point
+from ggufpair.tune.run import kind_of, point_dict, recommendation_text
+from ggufpair.tune.search import TuneResult, TuneSpec, tune
+from ggufpair.tune.sweep import PointResult
+
+DEMO_KINDS = ("ngram-simple", "ngram-mod", "ngram-cache")
+"""The n-gram kinds the demo tries: `tune` tries all five; ngram-map-k and ngram-map-k4v drafted nothing on
+these prompts here at their defaults (2026-12-01), so the demo spends its minutes on the other three."""
 
 Events = Callable[[str], None]
 
@@ -46,6 +51,8 @@ class DemoResult:
     verdict_after: Verdict | None = None
     points: list[PointResult] = field(default_factory=list)
     lossless: LosslessReport | None = None
+    lossless_of: str = ""  # the configuration the lossless check compared with the baseline
+    tuned: TuneResult | None = None
     recommendation: str = ""
     recommended: ServerConfig | None = None
     profile_path: Path | None = None
@@ -81,7 +88,7 @@ def assemble_pair(binary: Binary, folder: Path, on_event: Events) -> tuple[Path,
 
 
 def run_demo(on_event: Events, *, draft_lengths: tuple[int, ...] = (2, 4, 8), n_predict: int = 64,
-             repeats: int = 2, categories: tuple[str, ...] = ("chat", "code"), threads: int | None = None,
+             repeats: int = 2, categories: tuple[str, ...] = ("chat", "code", "edit"), threads: int | None = None,
              binary: Binary | None = None) -> DemoResult:
     binary = binary or find_llama_server()
     dialect = probe_dialect(binary.path)
@@ -110,30 +117,32 @@ def run_demo(on_event: Events, *, draft_lengths: tuple[int, ...] = (2, 4, 8), n_
     base = base.with_(overrides=result.plan.override_args)
 
     prompts = builtin_prompts(categories, per_category=2)
-    on_event(f"tune: a paired no-draft baseline and draft lengths {', '.join(map(str, draft_lengths))} "
-             f"on {len(prompts)} chat prompts ({', '.join(categories)}), {repeats} repetitions, greedy")
-    baseline = run_point(binary, dialect, base, prompts, n_predict=n_predict, repeats=repeats, log_dir=logs,
-                         on_event=on_event)
-    result.points.append(baseline)
-    for n in draft_lengths:
-        result.points.append(run_point(binary, dialect, base.with_(draft=draft, draft_max=n), prompts,
-                                       n_predict=n_predict, repeats=repeats, log_dir=logs, on_event=on_event))
+    kinds = tuple(k for k in DEMO_KINDS if k in dialect.ngram_kinds)
+    on_event(f"tune: a paired no-speculation baseline, the draft at lengths {', '.join(map(str, draft_lengths))}"
+             + (f", n-gram lookup ({', '.join(kinds)}; no draft file) and its mix with the draft" if kinds else "")
+             + f", on {len(prompts)} chat prompts ({', '.join(categories)}), {repeats} repetitions, greedy")
+    spec = TuneSpec(base=base.with_(draft=draft), lengths=tuple(draft_lengths), target_kv=("f16",), draft_kv=("f16",),
+                    prompts=tuple(prompts), n_predict=n_predict, repeats=repeats, confirm=1, ngram_kinds=kinds)
+    result.tuned = tune(binary, dialect, spec, read_model_info(target), read_model_info(draft), logs, on_event)
+    result.points = result.tuned.points
     _recommend(result)
 
-    best_draft = max((p for p in result.points[1:] if p.ok), key=lambda p: p.measurement.tokens_per_second, default=None)
-    if baseline.ok and best_draft is not None:
-        on_event("lossless check: greedy output with and without the draft")
-        with LlamaServer(binary, base, dialect=dialect, log_path=logs / "lossless-base.log") as s:
+    best = result.tuned.best_speculative
+    baseline = result.tuned.baseline_for(best.config) if best is not None else None
+    if baseline is not None:
+        on_event(f"lossless check: greedy output with and without speculation ({best.label})")
+        with LlamaServer(binary, baseline.config, dialect=dialect, log_path=logs / "lossless-base.log") as s:
             out_base = greedy_outputs(s, prompts, n_predict)
-        with LlamaServer(binary, best_draft.config, dialect=dialect, log_path=logs / "lossless-draft.log") as s:
-            out_draft = greedy_outputs(s, prompts, n_predict)
-        result.lossless = compare_outputs(prompts, out_base, out_draft)
+        with LlamaServer(binary, best.config, dialect=dialect, log_path=logs / "lossless-spec.log") as s:
+            out_spec = greedy_outputs(s, prompts, n_predict)
+        result.lossless = compare_outputs(prompts, out_base, out_spec)
+        result.lossless_of = best.label
 
     if result.recommended is not None:
-        rec = next((p for p in result.points if p.config == result.recommended or
-                    (not result.recommended.has_draft and not p.config.has_draft)), None)
-        measurements = {"points": [_point_dict(p) for p in result.points], "recommendation": result.recommendation,
+        rec = result.tuned.recommended
+        measurements = {"points": [point_dict(p) for p in result.points], "recommendation": result.recommendation,
                         "recommended": {"label": rec.label if rec else "", "draft": result.recommended.has_draft,
+                                        "kind": kind_of(result.recommended),
                                         "tokens_per_second": rec.measurement.tokens_per_second if rec and rec.ok else 0.0,
                                         "rate": RATE_DEFINITION,
                                         "n_predict": n_predict, "categories": list(categories)}}
@@ -145,14 +154,15 @@ def run_demo(on_event: Events, *, draft_lengths: tuple[int, ...] = (2, 4, 8), n_
 
 
 def _recommend(result: DemoResult) -> None:
-    """The same rule as `ggufpair tune`: a draft only if it beats its paired baseline beyond the noise."""
-    tuned = TuneResult(points=result.points)
+    """`ggufpair tune`'s own answer: speculation only if it beats its paired baseline beyond the noise; and
+    when the draft model is not part of it, why not, from the two files."""
+    tuned = result.tuned
     rec = tuned.recommended
     result.recommendation = recommendation_text(tuned)
     if rec is None:
         return
     result.recommended = rec.config if rec.config.has_draft else rec.config.with_(overrides=())  # the fix is for the draft
-    if not rec.config.has_draft and tuned.best_draft is not None:
+    if not rec.config.has_draft and any(p.config.has_draft for p in tuned.live(True)):
         result.recommendation += " " + step_cost_note(read_model_info(result.target), read_model_info(result.draft))
 
 
@@ -168,6 +178,3 @@ def step_cost_note(target, draft) -> str:
             "step is much cheaper than a target step.")
 
 
-def _point_dict(p: PointResult) -> dict:
-    return {"label": p.label, "draft_max": p.config.draft_max if p.config.has_draft else 0, "error": p.error,
-            "seconds": round(p.seconds, 2), **(p.measurement.to_dict() if p.measurement else {})}

@@ -201,10 +201,15 @@ def print_demo(console: Console, result) -> None:
     if result.verdict_before is not None and not result.verdict_before.target.has_chat_template:
         console.print("The target has no chat template: llama-server formats the chat prompts with "
                       "its ChatML default.", style="dim")
-    base = result.points[0].measurement if result.points and result.points[0].ok else None
-    console.print(points_table(result.points, base.tokens_per_second if base else None))
+    base = result.tuned.best_baseline if result.tuned is not None else None
+    console.print(points_table(result.points, base.measurement.tokens_per_second if base else None))
+    for what, why in (result.tuned.pruned if result.tuned is not None else ()):
+        console.print(f"left out: {what}: {why}", style="dim")
+    if result.tuned is not None and result.tuned.recommended is not None:
+        console.print(category_table(result.tuned))
     if result.lossless is not None:
-        console.print(f"Lossless check: {result.lossless.summary()}")
+        console.print(f"Lossless check ({result.lossless_of} against no speculation): "
+                      + result.lossless.summary().replace("with and without the draft", "with and without it"))
         for d in result.lossless.divergences:
             margin = "unknown" if d.baseline_margin is None else f"{d.baseline_margin:.3f} nats"
             console.print(f"  {d.prompt_id}: first difference at generated token {d.index} "
@@ -244,7 +249,7 @@ def print_tune(console: Console, result, outputs) -> None:
     console.rule("measured (paired baseline, same prompts, chat-formatted, greedy)")
     console.print(points_table(result.points, base.measurement.tokens_per_second if base else None))
     for what, why in result.pruned:
-        console.print(f"not launched: {what}: {why}", style="dim")
+        console.print(f"left out: {what}: {why}", style="dim")
     rec = result.recommended
     if rec is not None and rec.measurement.per_category:
         console.print(category_table(result))

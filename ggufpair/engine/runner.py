@@ -247,6 +247,20 @@ class LlamaServer:
         return parse_metrics(text)
 
 
+_KIND_STATS = re.compile(r"statistics\s+([\w-]+): .*?#gen drafts =\s*(\d+), #acc drafts =\s*(\d+), "
+                        r"#gen tokens =\s*(\d+), #acc tokens =\s*(\d+)")
+
+
+def kind_statistics(log: str) -> dict[str, dict[str, int]]:
+    """Per speculation kind, what it drafted and had accepted, from the last statistics lines llama.cpp logs
+    at each request's end (`-lv 4`; cumulative for the server): shows which kinds of a mix really drafted."""
+    out: dict[str, dict[str, int]] = {}
+    for m in _KIND_STATS.finditer(log):
+        out[m.group(1)] = {"drafts": int(m.group(2)), "accepted_drafts": int(m.group(3)),
+                           "tokens": int(m.group(4)), "accepted_tokens": int(m.group(5))}
+    return out
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():

@@ -44,7 +44,7 @@ class TuneSpec:
     device: str = "cpu"
     ngram_kinds: tuple[str, ...] = ()  # draftless kinds to try (engine.kinds), in llama.cpp's priority order
     mix: bool = True  # with a draft too: the best n-gram kind beside the best draft configuration
-    ngram_finalists: int = 1  # n-gram kinds whose parameters are searched after the scouting runs
+    ngram_finalists: int = 2  # n-gram kinds whose parameters are searched after the scouting runs
 
     def planned_launches(self, with_draft: bool) -> int:
         """Launches the search plans: a baseline per target KV type; with a draft, a long and a short run per
@@ -57,7 +57,7 @@ class TuneSpec:
         runs = 2 if len(self.lengths) > 1 else 1  # the long and the short run (one, when one length is asked)
         confirm = min(self.confirm, (len(self.lengths) - runs) * combos)  # lengths not measured already
         kinds = [kind(k) for k in self.ngram_kinds]
-        finalists = sorted(kinds, key=lambda k: -ngram_search_size(k))[:self.ngram_finalists]
+        finalists = sorted(kinds, key=lambda k: -ngram_search_size(k))[:self.ngram_finalists]  # at most these
         ngram = len(kinds) + sum(ngram_search_size(k) for k in finalists)
         mix = 1 if with_draft and kinds and self.mix else 0
         speculating = combos or kinds
@@ -480,13 +480,16 @@ def _ngram_stage(spec: TuneSpec, base_cfg: ServerConfig, result: TuneResult, run
         else:
             alive.append((k, pt))
     alive.sort(key=lambda kp: -kp[1].measurement.tokens_per_second)
-    for k, pt in alive[spec.ngram_finalists:]:
-        lead = alive[0][1].measurement.tokens_per_second
+    # The fastest kinds with parameters to search go on (a kind without any is done once scouted).
+    searchable = [(k, pt) for k, pt in alive if ngram_search_size(k)]
+    finalists = searchable[:spec.ngram_finalists]
+    for k, pt in searchable[spec.ngram_finalists:]:
+        lead_kind, lead = finalists[-1][0].name, finalists[-1][1].measurement.tokens_per_second
         result.pruned.append((k.name, f"{pt.measurement.tokens_per_second:.1f} tok/s at its defaults against "
-                                      f"{alive[0][0].name}'s {lead:.1f}: its parameters were not searched"))
+                                      f"{lead_kind}'s {lead:.1f}: its parameters were not searched"))
         on_event(f"  {k.name}: {pt.measurement.tokens_per_second:.1f} tok/s at its defaults, behind "
-                 f"{alive[0][0].name} ({lead:.1f}): not searched further")
-    for k, scout in alive[:spec.ngram_finalists]:
+                 f"{lead_kind} ({lead:.1f}): not searched further")
+    for k, scout in finalists:
         values = dict(scout.config.ngram_values)
         mine = [scout]
 
