@@ -52,6 +52,7 @@ class DemoResult:
     points: list[PointResult] = field(default_factory=list)
     lossless: LosslessReport | None = None
     lossless_of: str = ""  # the configuration the lossless check compared with the baseline
+    lossless_what: str = "the draft"
     tuned: TuneResult | None = None
     recommendation: str = ""
     recommended: ServerConfig | None = None
@@ -137,6 +138,7 @@ def run_demo(on_event: Events, *, draft_lengths: tuple[int, ...] = (2, 4, 8), n_
             out_spec = greedy_outputs(s, prompts, n_predict)
         result.lossless = compare_outputs(prompts, out_base, out_spec)
         result.lossless_of = best.label
+        result.lossless_what = "the draft" if best.config.has_draft and not best.config.ngram else "speculation"
 
     if result.recommended is not None:
         rec = result.tuned.recommended

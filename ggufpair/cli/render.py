@@ -208,8 +208,8 @@ def print_demo(console: Console, result) -> None:
     if result.tuned is not None and result.tuned.recommended is not None:
         console.print(category_table(result.tuned))
     if result.lossless is not None:
-        console.print(f"Lossless check ({result.lossless_of} against no speculation): "
-                      + result.lossless.summary().replace("with and without the draft", "with and without it"))
+        console.print(f"Lossless check: {result.lossless.summary(result.lossless_what)} (compared: "
+                      f"{result.lossless_of} against no speculation)")
         for d in result.lossless.divergences:
             margin = "unknown" if d.baseline_margin is None else f"{d.baseline_margin:.3f} nats"
             console.print(f"  {d.prompt_id}: first difference at generated token {d.index} "

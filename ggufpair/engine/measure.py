@@ -246,9 +246,9 @@ class LosslessReport:
     def all_identical(self) -> bool:
         return self.identical == self.prompts
 
-    def summary(self) -> str:
+    def summary(self, what: str = "the draft") -> str:
         if self.all_identical:
-            return f"greedy output identical with and without the draft on all {self.prompts} prompts"
+            return f"greedy output identical with and without {what} on all {self.prompts} prompts"
         ties = sum(1 for d in self.divergences if d.near_tie)
         return (f"greedy output identical on {self.identical} of {self.prompts} prompts; {len(self.divergences)} "
                 f"diverge, {ties} of them at a near tie of the target's two best tokens (batched verification "

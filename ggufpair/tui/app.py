@@ -213,9 +213,10 @@ class VerdictScreen(Screen):
 
 class ConfigScreen(Screen):
     BINDINGS = [Binding("ctrl+s", "start", "Start tune"), Binding("escape", "app.pop_screen", "Back")]
-    FIELDS = [("lengths", "draft lengths", "1-8"), ("kv", "target KV types", "f16,q8_0,q4_0"),
+    FIELDS = [("kinds", "kinds (draft, ngram, ngram-mod, ...)", "draft,ngram"), ("lengths", "draft lengths", "1-8"),
+              ("kv", "target KV types", "f16,q8_0,q4_0"),
               ("draft_kv", "draft KV types", "f16,q8_0,q4_0"), ("ctx", "context (empty: largest that fits)", ""),
-              ("categories", "prompt categories", "chat,code"), ("margin", "memory margin", "0.1"),
+              ("categories", "prompt categories", "chat,code,edit"), ("margin", "memory margin", "0.1"),
               ("tokens", "tokens per prompt", "64"), ("repeats", "repetitions", "2")]
 
     def compose(self) -> ComposeResult:
@@ -293,6 +294,7 @@ class TuneScreen(Screen):
         from ggufpair.engine.config import ServerConfig
         from ggufpair.engine.devices import describe, device_kind, devices
         from ggufpair.engine.dialect import probe_dialect
+        from ggufpair.engine.kinds import parse_kinds
         from ggufpair.state import state_dir
         from ggufpair.tune.prompts import builtin_prompts
         from ggufpair.tune.run import save_outputs
@@ -305,23 +307,26 @@ class TuneScreen(Screen):
                                     ctx=int(v["ctx"]) if v["ctx"] else None, kv=v["kv"], draft_kv=v["draft_kv"],
                                     lengths=v["lengths"])
         same_file(s.target.path, s.draft.path)
+        parse_kinds(v["kinds"] or "draft,ngram")
         binary = find_llama_server(self.app.llama_server)
         dialect = probe_dialect(binary.path)
+        kinds = parse_kinds(v["kinds"] or "draft,ngram", dialect)
+        draft = s.draft if "draft" in kinds else None  # the kinds asked for may leave the draft model out
         devs = devices(binary.path)
         budget = int(sum(d.free_bytes for d in devs) * (1 - margin))
         kind = device_kind(devs)
-        base = ServerConfig(target=s.target.path, draft=s.draft.path, ctx=int(v["ctx"] or 4096),
-                            overrides=s.overrides, threads=self.app.threads)
+        base = ServerConfig(target=s.target.path, draft=draft.path if draft else None, ctx=int(v["ctx"] or 4096),
+                            overrides=s.overrides if draft else (), threads=self.app.threads)
         if not v["ctx"]:
-            base = base.with_(ctx=context_that_fits(s.target.info, s.draft.info, base, budget, kind,
+            base = base.with_(ctx=context_that_fits(s.target.info, draft.info if draft else None, base, budget, kind,
                                                     dialect.fa_takes_value))
         spec = TuneSpec(base=base, lengths=lengths, target_kv=tuple(v["kv"].split(",")),
                         draft_kv=tuple(v["draft_kv"].split(",")),
                         prompts=tuple(builtin_prompts(v["categories"].split(","), per_category=1)),
                         n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=budget,
-                        device=kind)
-        self.post(self.set_plan, spec.planned_launches(with_draft=True), budget)
-        result = tune(binary, dialect, spec, s.target.info, s.draft.info, state_dir("logs"),
+                        device=kind, ngram_kinds=tuple(k for k in kinds if k in dialect.ngram_kinds))
+        self.post(self.set_plan, spec.planned_launches(with_draft=draft is not None), budget)
+        result = tune(binary, dialect, spec, s.target.info, draft.info if draft else None, state_dir("logs"),
                       on_event=lambda m: self.post(self.show_event, m), on_point=lambda p: self.post(self.add_point, p),
                       cancel=self.cancel_event)
         args = SimpleNamespace(tokens=spec.n_predict, categories=v["categories"], profile=None, script=None,
@@ -347,15 +352,15 @@ class TuneScreen(Screen):
         widget = self.query_one("#chart", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
-        plt.title("tok/s by draft length (line: the no-draft baseline)")
+        plt.title("tok/s by draft length, a curve per kind (line: no speculation)")
         series: dict[str, list] = {}
         base = None
         for p in self.points:
             if not p.ok:
                 continue
-            if p.config.has_draft:
-                key = f"{p.config.cache_type_k}+{p.config.draft_cache_type_k}"
-                series.setdefault(key, []).append((p.config.draft_max, p.measurement.tokens_per_second))
+            if p.config.speculates:
+                key, x = curve_of(p.config)
+                series.setdefault(key, []).append((x, p.measurement.tokens_per_second))
             else:
                 base = max(base or 0, p.measurement.tokens_per_second)
         for key, pts in series.items():
@@ -397,6 +402,19 @@ class TuneScreen(Screen):
         self.app.pop_screen()
 
 
+def curve_of(config) -> tuple[str, int]:
+    """The chart's curve for a configuration and its x: a draft by its KV types and length; an n-gram kind by
+    the most tokens it drafts (the kind's length parameter, held at the other parameters' best)."""
+    from ggufpair.engine.kinds import kind
+
+    if config.ngram is None:
+        return f"draft {config.cache_type_k}+{config.draft_cache_type_k}", config.draft_max
+    k = kind(config.ngram)
+    if config.has_draft:
+        return f"{k.name}+draft", config.draft_max
+    return k.name, config.ngram_values[k.length.name] if k.length else (k.fixed_length or 0)
+
+
 class ResultScreen(Screen):
     BINDINGS = [Binding("w", "write('bash')", "Write script"), Binding("l", "write('llama-swap')", "llama-swap entry"),
                 Binding("escape", "app.pop_screen", "Back"), Binding("q", "app.quit", "Quit")]
@@ -413,10 +431,14 @@ class ResultScreen(Screen):
         self.query_one("#summary", Static).update("\n".join(output_lines(o)) if o else "no result")
         rec = s.result.recommended if s.result else None
         cats = self.query_one("#categories", DataTable)
-        cats.add_columns("recommended, by category", "tok/s", "acceptance")
+        cats.add_columns("recommended, by category", "tok/s", "acceptance", "fastest on this category", "speedup")
+        winners = s.result.category_winners() if rec else {}
         for name, c in (rec.measurement.per_category.items() if rec else ()):
             acc = c.get("acceptance_rate")
-            cats.add_row(name, f"{c['tokens_per_second']:.1f}", "-" if acc is None else f"{acc:.0%}")
+            win, speedup = winners.get(name, (None, None))
+            cats.add_row(name, f"{c['tokens_per_second']:.1f}", "-" if acc is None else f"{acc:.0%}",
+                         "-" if win is None else win.label if win.config.speculates else "no speculation",
+                         "-" if speedup is None else f"{speedup:.2f}x")
         from ggufpair.engine.measure import spread_text
 
         table = self.query_one("#points", DataTable)

@@ -27,17 +27,20 @@ def test_demo_end_to_end(capsys, llama_server, tmp_path):
     assert "Lossless check:" in out and "4. recommendation" in out
     import re
 
-    assert re.search(r"Lossless check: greedy output identical (with and without the draft on all 4 prompts|"
-                     r"on \d of 4 prompts; \d diverge)", out.replace("\n", " "))
+    assert re.search(r"Lossless check: greedy output identical (with and without (the draft|speculation) on all 6 "
+                     r"prompts|on \d of 6 prompts; \d diverge)", out.replace("\n", " "))
     assert "has no chat template" in out  # Gemma 3 270M is a base model
-    if "no draft: " in out:  # the reason given is computed from the two files
-        assert re.search(r"From the files: a draft step reads \d+% of the weight bytes", out.replace("\n", " "))
-    assert "n_max 2" in out and "n_max 4" in out
+    assert "n_max 2" in out and "n_max 4" in out and "by category" in out and "edit" in out
     profiles = list(state_dir("profiles").glob("*.toml"))
     assert len(profiles) == 1
     data, config = load_profile(profiles[0])
     assert data["provenance"]["llama_server"] == str(llama_server.path)
-    assert data["models"]["target"]["size"] > 0 and len(data["measurements"]["points"]) == 3
+    # the baseline, the draft and the n-gram kinds (no draft file) were measured, each point saying its kind
+    kinds = {p["kind"] for p in data["measurements"]["points"]}
+    assert {"none", "draft", "ngram-simple", "ngram-mod", "ngram-cache"} <= kinds
+    assert data["models"]["target"]["size"] > 0
+    if data["measurements"]["recommended"]["kind"] != "draft":  # why the draft model is not it, from the files
+        assert re.search(r"From the files: a draft step reads \d+% of the weight bytes", out.replace("\n", " "))
     assert config.draft is not None or config.overrides == ()
 
     # `check` re-measures the saved profile on this build and compares with what was saved.
