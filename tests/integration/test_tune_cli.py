@@ -20,7 +20,7 @@ def test_tune_command(demo_pair_folder, capsys, tmp_path, monkeypatch):
         {"role": "user", "content": "Explain in two sentences how to reset a router."}]}) + "\n")
     code = main(["tune", "--target", "270M F16", "--draft", "270M Q4_K_M", "--lengths", "2,4", "--kv", "f16",
                  "--draft-kv", "f16", "--tokens", "16", "--repeats", "1", "--prompts", str(prompts), "--ctx", "1024",
-                 "--threads", "2", "--format", "llama-swap"])
+                 "--threads", "2", "--format", "llama-swap", "--kinds", "draft"])  # n-gram kinds: the last test
     out = capsys.readouterr().out
     assert code == 0, out
     assert "needs a fix" in out and "override-kv" in out
@@ -61,6 +61,35 @@ def test_tune_without_draft_suggests_and_ambiguous_names_list_candidates(models_
     assert "matches 2 models" in capsys.readouterr().err
     # The Q4_K_M file has the target's vocabulary but ~47% of its weights (a draft must be under 30%), and no
     # preset covers a 270M Gemma 3: nothing to suggest, exit 1. (Which drafts are suggested: test_tune_core.)
-    assert main(["tune", "--target", "270M F16"]) == 1
+    # `--kinds draft` asks for drafts only: without --draft there is then nothing to tune but suggestions.
+    assert main(["tune", "--target", "270M F16", "--kinds", "draft"]) == 1
     out = capsys.readouterr().out
     assert "Drafts for gemma-3 270M F16" in out and "none found locally" in out and "b.gguf" not in out
+
+
+def test_tune_without_a_draft_tunes_n_gram_lookup_and_its_profile_launches_and_checks(gemma_f16, capsys):
+    """No draft file: the n-gram kinds asked for against no speculation, on edit prompts; the profile, its
+    launch script and `check` carry the kind and its parameters."""
+    code = main(["tune", "--target", str(gemma_f16), "--kinds", "ngram-simple,ngram-mod", "--categories", "edit",
+                 "--kv", "f16", "--tokens", "48", "--repeats", "2", "--ctx", "2048", "--threads", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "tuning n-gram lookup (no draft file): ngram-simple, ngram-mod" in out
+    (profile,) = state_dir("profiles").glob("*.toml")
+    data = tomllib.loads(profile.read_text())
+    points = data["measurements"]["points"]
+    assert {p["kind"] for p in points} == {"none", "ngram-simple", "ngram-mod"}
+    assert not any(p.get("draft_max") for p in points)
+    mod = [p for p in points if p["kind"] == "ngram-mod" and "tokens_per_second" in p]
+    assert mod and all(p["servers"] == len(p["tps_runs"]) and p["seen_texts"] == 0 for p in mod)  # fresh servers
+    simple = [p for p in points if p["kind"] == "ngram-simple" and p.get("drafts")]
+    assert simple and all(p["ngram_params"]["size_m"] in (8, 16, 32, 48) for p in simple)
+    rec = data["measurements"]["recommended"]
+    if rec["kind"] != "none":  # lookup paid: the profile serves it, and its script passes it to llama-server
+        assert data["server"]["ngram"] == rec["kind"]
+        assert ("fresh llama-server" if rec["kind"] == "ngram-mod" else "one llama-server") in rec["measured_on"]
+        script = profile.with_suffix(".sh").read_text()
+        assert f"--spec-type {rec['kind']}" in script and "--spec-ngram-" in script
+    assert main(["check", str(profile), "--tolerance", "0.9"]) in (0, 1)
+    checked = capsys.readouterr().out
+    assert "when profiled" in checked and "speculation is off" not in checked
