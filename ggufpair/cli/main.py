@@ -277,7 +277,42 @@ def report_error(err: GgufpairError) -> None:
         print(f"hint: {hint}", file=sys.stderr)
 
 
+class _ClosedPipeSafe:
+    """stdout that survives its reader going away (`ggufpair inspect A B | head -2`): the first write that meets
+    a closed pipe points the descriptor at /dev/null (so no flush, at exit either, fails) and the command goes
+    on to its own exit code, with nothing printed about it."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _closed(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if not isinstance(sys.stdout, _ClosedPipeSafe) and sys.stdout is sys.__stdout__ and sys.stdout is not None:
+        sys.stdout = _ClosedPipeSafe(sys.stdout)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -77,3 +77,18 @@ def test_a_pair_metadata_cannot_fix_exits_10(tmp_path):
     d = tiny_model(tmp_path / "d.gguf", tokenizer="gpt2")
     out = _run("inspect", str(t), str(d))
     assert out.returncode == EXIT_CODES["incompatible pair (inspect)"] == 10, out.stdout
+
+
+def test_a_closed_pipe_keeps_the_verdicts_exit_code_and_prints_no_traceback(tmp_path):
+    """`ggufpair inspect T D | head -2`: the reader goes away before the table is written; the exit code is
+    still the verdict's (it was 1, with no message), and nothing is said about the pipe."""
+    t = tiny_model(tmp_path / "t.gguf")
+    d = tiny_model(tmp_path / "d.gguf", changes={ADD_BOS: (T.BOOL, False)})
+    alone = _run("inspect", str(t), str(d)).returncode
+    r, w = os.pipe()
+    os.close(r)  # a reader that has already gone: the first write meets a closed pipe
+    proc = subprocess.run([sys.executable, "-m", "ggufpair.cli.main", "inspect", str(t), str(d)], stdout=w,
+                          stderr=subprocess.PIPE, text=True)
+    os.close(w)
+    assert alone == 9 and proc.returncode == alone
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr and proc.stderr == ""
