@@ -157,6 +157,9 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if args.output and route == RouteChoice.OVERRIDE:
         raise UsageError("--output writes a fixed copy of the file, and the no-copy route writes none",
                          hint="drop --route override to write the copy, or drop --output")
+    if args.backup and route == RouteChoice.OVERRIDE:
+        raise UsageError("--backup keeps the original of a file that is changed, and the no-copy route changes none",
+                         hint="drop --route override to patch the file (the original kept as .bak), or drop --backup")
     if route == RouteChoice.OVERRIDE and not args.reference:
         raise UsageError("--route override needs --reference: overrides are judged against the target")
     args.model, args.reference = _local_model(args.model), _local_model(args.reference)
@@ -174,8 +177,8 @@ def cmd_fix(args: argparse.Namespace) -> int:
     else:
         for line in recover(first):  # under the file's lock: never undoes a fix another process is running
             console.print(line, style="yellow")
-    if output is not None:
-        route = RouteChoice.PATCH  # a copy to write is asked for
+    if output is not None or args.backup:
+        route = RouteChoice.PATCH  # a copy to write, or a file to change with its original kept, is asked for
     if args.reference:
         plan = plan_pair_fix(args.model, args.reference, route)
     else:

@@ -283,10 +283,14 @@ def category_table(result) -> Table:
     return table
 
 
-def print_suggestions(console: Console, target, suggestions) -> None:
+def print_suggestions(console: Console, target, suggestions, left_out=()) -> None:
     console.print(f"Drafts for {target.display_name} {target.quant}:", style="bold")
     if not suggestions:
-        console.print("none found locally and no preset for this family; pass --draft PATH or org/repo[:QUANT]")
+        found = f"{len(left_out)} of the target's vocabulary found locally, none small enough" if left_out else \
+            "none found locally"
+        console.print(f"{found}, and no preset for this family; pass --draft PATH or org/repo[:QUANT]")
     for s in suggestions:
         where = str(s.path) if s.path else f"hub: {s.hub}"
         console.print(f"  {s.name}: {s.why}  ({where})")
+    for s in left_out:
+        console.print(f"  left out: {s.name}: {s.why}  ({s.path})", style="dim")

@@ -148,8 +148,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     kinds = parse_kinds(args.kinds, dialect)
     ngram_kinds = tuple(k for k in kinds if k in dialect.ngram_kinds)
     if not args.draft:
-        suggestions = suggest_drafts(target, candidates or [])
-        render.print_suggestions(console, target, suggestions)
+        left_out: list = []
+        suggestions = suggest_drafts(target, candidates or [], left_out)
+        render.print_suggestions(console, target, suggestions, left_out)
         if not ngram_kinds:
             if "draft" in kinds and not dialect.ngram_kinds:
                 console.print("this llama-server build has no n-gram kinds (--spec-type), so there is nothing to "

@@ -122,8 +122,10 @@ class ModelsScreen(Screen):
         if s.target is None:
             self.app.notify("pick a target first (t)", severity="warning")
             return
-        found = suggest_drafts(s.target.info, s.candidates)
-        text = "\n".join(f"{x.name}: {x.why} ({x.path or 'hub: ' + str(x.hub)})" for x in found) or "no drafts found"
+        left_out: list = []
+        found = suggest_drafts(s.target.info, s.candidates, left_out)
+        text = "\n".join([f"{x.name}: {x.why} ({x.path or 'hub: ' + str(x.hub)})" for x in found]
+                         + [f"left out: {x.name} ({short_path(x.path)}): {x.why}" for x in left_out]) or "no drafts found"
         self.app.notify(text, title="draft suggestions", timeout=20)
 
     def action_verdict(self) -> None:

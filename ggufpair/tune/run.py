@@ -53,20 +53,26 @@ def load_presets(path: Path = PRESETS) -> list[dict[str, Any]]:
     return tomllib.loads(path.read_text()).get("pairing", [])
 
 
-def suggest_drafts(target: ModelInfo, candidates) -> list[Suggestion]:
-    """Local files llama.cpp would accept as drafts (same vocab, much smaller), then the shipped presets."""
+def suggest_drafts(target: ModelInfo, candidates, left_out: list[Suggestion] | None = None) -> list[Suggestion]:
+    """Local files llama.cpp would accept as drafts (same vocab, much smaller), then the shipped presets.
+    `left_out`, when given, receives the local files of the target's vocabulary that were not suggested, and
+    why (too large a share of the target's weights to pay off as a draft)."""
     out = []
     for c in candidates:
         if c.path.resolve() == target.path.resolve() or not target.weight_bytes:
             continue
         ratio = c.info.weight_bytes / target.weight_bytes
-        if ratio > MAX_DRAFT_RATIO:
-            continue
         verdict = check_pair(target, c.info)
         fixable = all(f.fixes for f in verdict.blockers)
-        if verdict.compatible or fixable:
-            state = "compatible" if verdict.compatible else "compatible after `ggufpair fix`"
-            out.append(Suggestion(c.path, c.info.display_name, f"{state}; {ratio:.0%} of the target's weights"))
+        if not (verdict.compatible or fixable):
+            continue
+        if ratio > MAX_DRAFT_RATIO:
+            if left_out is not None:
+                left_out.append(Suggestion(c.path, c.info.display_name, f"{ratio:.0%} of the target's weights, "
+                                           f"above the {MAX_DRAFT_RATIO:.0%} a draft needs to pay off"))
+            continue
+        state = "compatible" if verdict.compatible else "compatible after `ggufpair fix`"
+        out.append(Suggestion(c.path, c.info.display_name, f"{state}; {ratio:.0%} of the target's weights"))
     family = (target.basename or target.name or "").lower()
     for preset in load_presets():
         if preset.get("target_basename", "").lower() in family and _size_ok(preset, target):

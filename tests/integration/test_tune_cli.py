@@ -64,7 +64,10 @@ def test_tune_without_draft_suggests_and_ambiguous_names_list_candidates(models_
     # `--kinds draft` asks for drafts only: without --draft there is then nothing to tune but suggestions.
     assert main(["tune", "--target", "270M F16", "--kinds", "draft"]) == 1
     out = capsys.readouterr().out
-    assert "Drafts for gemma-3 270M F16" in out and "none found locally" in out and "b.gguf" not in out
+    assert "Drafts for gemma-3 270M F16" in out and "1 of the target's vocabulary found locally, none small" in out
+    import re  # what was found is said, with why it was left out (issue 18)
+
+    assert re.search(r"left out: .*: 4\d% of the target's weights, above the 30% .*b\.gguf", out), out
 
 
 def test_tune_without_a_draft_tunes_n_gram_lookup_and_its_profile_launches_and_checks(gemma_f16, capsys):

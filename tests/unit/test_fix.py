@@ -1042,3 +1042,19 @@ def test_a_usage_error_comes_before_any_rollback(tmp_path, capsys):
     assert d.read_bytes() == half and apply.pending_recovery(d)
     assert "rolled back" not in capsys.readouterr().out
     assert main(["fix", str(d), "-r", str(t)]) == 0 and not apply.pending_recovery(d)
+
+
+def test_asking_for_a_backup_takes_the_patch_route_or_is_refused(tmp_path, capsys):
+    """Issue 18: `fix D -r T --backup` took the no-copy route, wrote nothing and made no .bak, exit 0; and
+    `--route override --backup` was accepted while `--route override --output` was refused."""
+    from ggufpair.cli.main import main
+
+    t = tiny_model(tmp_path / "t.gguf")
+    d = tiny_model(tmp_path / "d.gguf", changes={ADD_BOS: (T.BOOL, False)})
+    before = d.read_bytes()
+    assert main(["fix", str(d), "-r", str(t), "--route", "override", "--backup"]) == 2
+    assert "no-copy route changes none" in capsys.readouterr().err and d.read_bytes() == before
+    assert main(["fix", str(d), "-r", str(t), "--backup"]) == 0
+    assert inspect_pair(t, d).compatible  # the file itself was fixed...
+    (bak,) = [p for p in tmp_path.iterdir() if p.name.startswith("d.gguf") and p.name.endswith(".bak")] or [None]
+    assert bak is not None and bak.read_bytes() == before  # ...and its original kept

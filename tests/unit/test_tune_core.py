@@ -530,6 +530,11 @@ def test_suggested_drafts_are_small_and_of_the_targets_vocabulary(tmp_path):
     assert set(local) == {"small.gguf", "flipped.gguf"}
     assert local["small.gguf"] == "compatible; 6% of the target's weights"
     assert local["flipped.gguf"].startswith("compatible after `ggufpair fix`")
+    # What was found but not suggested is said, with why (issue 18: "no drafts found" beside seven files)
+    left_out = []
+    suggest_drafts(target.info, [target, small, other_vocab, too_big], left_out)
+    assert [(s.path.name, s.why) for s in left_out] == [
+        ("too-big.gguf", "50% of the target's weights, above the 30% a draft needs to pay off")]
 
 
 def test_a_cancelled_tune_saves_no_profile_and_says_so(tmp_path):
