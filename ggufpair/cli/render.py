@@ -253,7 +253,10 @@ def print_tune(console: Console, result, outputs) -> None:
     rec = result.recommended
     if rec is not None and rec.measurement.per_category:
         console.print(category_table(result))
-    console.print(f"{result.launches} launches in {result.seconds:.0f} s", style="dim")
+    starts = sum(p.measurement.servers if p.ok else 1 for p in result.points)
+    console.print(f"{result.launches} configurations measured ({starts} llama-server starts: a kind that keeps a "
+                  f"table gets a fresh one per repetition) in {result.seconds:.0f} s" if starts != result.launches
+                  else f"{result.launches} launches in {result.seconds:.0f} s", style="dim")
     console.rule("recommendation")
     console.print(Text(outputs.recommendation, style="bold"))
     rd = outputs.data.get("recommended") or {}

@@ -143,6 +143,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.ctx and target.context_length and args.ctx > target.context_length:
         console.print(f"note: --ctx {args.ctx} is above the target's training context ({target.context_length}); "
                       "llama.cpp allows it, but the model was not trained for it", style="yellow")
+    asked = parse_kinds(args.kinds)
+    if not args.draft and not any(k in NGRAM_KIND_NAMES for k in asked):  # suggestions only: no llama-server needed
+        left_out: list = []
+        suggestions = suggest_drafts(target, candidates or [], left_out)
+        render.print_suggestions(console, target, suggestions, left_out)
+        return 0 if suggestions else 1
     binary = find_llama_server(args.llama_server)
     dialect = probe_dialect(binary.path)
     kinds = parse_kinds(args.kinds, dialect)

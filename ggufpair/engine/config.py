@@ -139,7 +139,13 @@ class ServerConfig:
         if self.ngram is not None:
             from ggufpair.engine.kinds import kind
 
-            a += kind(self.ngram).argv(self.ngram_values, dialect)
+            lookup = kind(self.ngram).argv(self.ngram_values, dialect)
+            shared = {dialect.draft_max_flag, dialect.draft_min_flag} & set(lookup[::2]) if self.draft else set()
+            if shared:  # older spellings: one flag for the lookup's length and the draft's, the last one winning
+                raise UsageError(f"this llama-server build sets {self.ngram}'s length with the draft's own "
+                                 f"{', '.join(sorted(shared))}, so it cannot run both with their own values",
+                                 hint="tune the n-gram kind and the draft apart on this build")
+            a += lookup
         if self.draft is not None:
             a += self._draft_args(dialect)
         for ov in self.overrides:

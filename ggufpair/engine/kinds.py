@@ -13,7 +13,9 @@ priority, `common_speculative_n_max`), `common/ngram-map.cpp`, `common/ngram-mod
 - `ngram-mod` keeps one hash table (4M entries) shared by every slot and kept across requests, reset only
   when over 25% full or after five low-acceptance drafts: a second request with the same text is drafted
   from the first one's tokens.
-- `ngram-cache` keeps a dynamic n-gram cache per slot across requests (lookup decoding; drafts of up to 8).
+- `ngram-cache` keeps a context n-gram cache per slot that is never cleared (lookup decoding; drafts of up to
+  8): a later request on the slot drafts from earlier ones' n-grams, and one shorter than its predecessors adds
+  none of its own (llama.cpp issue #27852).
 
 Adding a kind is adding an entry to `KINDS`: the search, the profile, the launch script and the TUI read it.
 """
@@ -81,8 +83,7 @@ class Kind:
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "n_min" else 1):
                 raise UsageError(f"{self.name} {name} = {value!r}: a whole number of at least "
                                  f"{0 if name == 'n_min' else 1}")
-        if "n_min" in out and "n_max" in out and out["n_min"] > out["n_max"]:
-            raise UsageError(f"{self.name}: n_min {out['n_min']} is above n_max {out['n_max']}")
+        # n_min above n_max is allowed, as llama.cpp allows it: only full n_max drafts are kept then
         return out
 
     def argv(self, values: dict[str, int], dialect) -> list[str]:

@@ -49,6 +49,9 @@ class Measurement:
     outputs: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     servers: int = 1  # llama-servers the repetitions ran on (one each for a kind that learns across requests)
     seen_texts: int = 0  # timed requests whose prompt their server had been sent before
+    # for a mix of kinds: what each drafted and had accepted ({kind: {drafts, accepted_tokens, ...}}, llama.cpp's
+    # own statistics), so a mix whose lookup never drafted is not taken for one that did
+    by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def tps_spread(self) -> float:
@@ -76,7 +79,7 @@ class Measurement:
             "accept_by_position": list(self.accept_by_position), "per_category": self.per_category,
             "predicted_ms": self.predicted_ms, "stopped_early": self.stopped_early,
             "request_tps": [round(r, 2) for r in self.request_tps], "stalls": self.stalls,
-            "servers": self.servers, "seen_texts": self.seen_texts,
+            "servers": self.servers, "seen_texts": self.seen_texts, "by_kind": self.by_kind,
         }
 
     @classmethod
@@ -87,7 +90,8 @@ class Measurement:
                    int(d.get("drafts", 0)), tuple(d.get("accept_by_position", ())), dict(d.get("per_category", {})),
                    float(d.get("predicted_ms", 0.0)), bool(d.get("stopped_early", False)),
                    tuple(float(r) for r in d.get("request_tps", ())), int(d.get("stalls", 0)),
-                   servers=int(d.get("servers", 1)), seen_texts=int(d.get("seen_texts", 0)))
+                   servers=int(d.get("servers", 1)), seen_texts=int(d.get("seen_texts", 0)),
+                   by_kind={str(k): dict(v) for k, v in d.get("by_kind", {}).items()})
 
 
 def spread_text(m: Measurement, label: str = "") -> str:

@@ -120,16 +120,19 @@ def stability_note(result: TuneResult) -> str:
                          "faster is compared with; measure again on a quiet machine to be sure.")
     if len(contenders) > 1:
         others = ", ".join(f"{p.label} {tps(p):.1f}" for p in contenders if p is not rec)
+        simplest = ("no speculation, then n-gram lookup alone, then a draft; unquantized KV first, then the "
+                    "shorter draft" if any(p.config.ngram for p in contenders) else
+                    "unquantized KV first, then the shorter draft")
         notes.append(f" {len(contenders)} configurations are within run-to-run noise of each other ({others} tok/s): "
-                     "ggufpair takes the simplest (unquantized KV first, then the shorter draft), so their "
-                     "order does not decide.")
+                     f"ggufpair takes the simplest ({simplest}), so their order does not decide.")
     outside = sorted((p for p in result.live(False) + result.live(True) if p not in contenders), key=lambda p: -tps(p))
     if rec.config.speculates:
         base = result.best_baseline
         margin = min(rec.measurement.tps_runs) / max(base.measurement.tps_runs) - 1
         if margin < noise(rec.measurement, base.measurement):
-            notes.append(f" Not a stable choice: the draft's slowest run beats the fastest baseline run by only "
-                         f"{margin:.1%}, within the noise, so another tune may recommend no draft.")
+            what, none = ("the draft's", "no draft") if rec.config.ngram is None else ("its", "no speculation")
+            notes.append(f" Not a stable choice: {what} slowest run beats the fastest baseline run by only "
+                         f"{margin:.1%}, within the noise, so another tune may recommend {none}.")
             unstable = True
     involved = [*contenders, *([result.best_baseline] if result.best_baseline else []), *outside[:1]]
     stalled = sum(1 for p in involved if p.measurement.stalls)
@@ -185,8 +188,9 @@ def workload_note(result: TuneResult) -> str:
     for cat, (p, speedup) in winners.items():
         by_kind.setdefault(kind_of(p.config), []).append(cat if not p.config.speculates else f"{cat} ({speedup:.2f}x)")
     parts = [f"{'no speculation' if k == 'none' else k} for {', '.join(cats)}" for k, cats in by_kind.items()]
-    return (" The best kind depends on the workload: " + "; ".join(parts) + " (per-category rates of the measured "
-            "configurations against the baseline's on the same prompts; the profile keeps each category's winner).")
+    return (" The best kind depends on the workload: " + "; ".join(parts) + " (each category's share of the same "
+            "runs against the baseline's on the same prompts: fewer prompts than the overall figure, so a hint to "
+            "measure your own prompts of that kind with --prompts; the profile keeps each category's winner).")
 
 
 def recommendation_text(result: TuneResult) -> str:
@@ -335,7 +339,7 @@ def result_from_profile(path: Path) -> tuple[TuneResult, TuneOutputs]:
     data, config = load_profile(path)
     m = data.get("measurements", {})
     draft = Path(m["draft_model"]) if m.get("draft_model") else config.draft or Path("draft.gguf")
-    base = config.with_(draft=None)
+    base = config.without_speculation()
     result = TuneResult(seconds=float(m.get("seconds", 0.0)), cancelled=bool(m.get("cancelled", False)),
                         planned=int(m.get("planned", 0)),
                         pruned=[(x["configuration"], x["why"]) for x in m.get("pruned", [])])

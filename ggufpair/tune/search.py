@@ -141,8 +141,9 @@ class TuneResult:
         return rec is not None and rec.config.speculates
 
     def category_winners(self) -> dict[str, tuple[PointResult, float]]:
-        """Per prompt category, the fastest configuration there and its speedup over the paired baseline's
-        rate on that category; the baseline itself where nothing beats it by more than the noise."""
+        """Per prompt category, the fastest configuration there and its speedup over the best baseline's rate
+        on that category (the baselines ran the same prompts in the same session); the baseline itself where
+        nothing beats it by more than the noise. Runs stopped early after one repetition do not compete."""
         base = self.best_baseline
         if base is None:
             return {}
@@ -153,6 +154,8 @@ class TuneResult:
                 continue
             best, best_tps = base, ref
             for p in self.live(True):
+                if p.measurement.stopped_early:
+                    continue
                 tps = p.measurement.per_category.get(cat, {}).get("tokens_per_second", 0.0)
                 if tps > best_tps and tps >= ref * (1 + noise(p.measurement, base.measurement)):
                     best, best_tps = p, tps
@@ -455,7 +458,7 @@ def _ngram_stage(spec: TuneSpec, base_cfg: ServerConfig, result: TuneResult, run
     from the long run's acceptance by position and its drafting rate, a confirmation, and one run for each
     other value of the key and floor parameters."""
     from ggufpair.engine.kinds import kind
-    from ggufpair.tune.predict import drafted_fraction, lookup_step_sample, steps_of
+    from ggufpair.tune.predict import steps_of
 
     bl = result.best_baseline
     if bl is None:
@@ -465,7 +468,7 @@ def _ngram_stage(spec: TuneSpec, base_cfg: ServerConfig, result: TuneResult, run
     cfg0 = _kv(base_cfg, tkv)
     if not fits(cfg0, "n-gram kinds", (tkv, None)):
         return
-    base_step = bl.measurement.predicted_ms / steps_of(bl.measurement)
+    base_step = bl.measurement.predicted_ms / steps_of(bl.measurement)  # 0 when it timed nothing: no prediction
     scouts: list[tuple[object, PointResult]] = []
     for name in spec.ngram_kinds:
         scouts.append((kind(name), run(cfg0.with_ngram(name), f"{kind(name).describe({})}, KV {tkv} "
@@ -482,60 +485,72 @@ def _ngram_stage(spec: TuneSpec, base_cfg: ServerConfig, result: TuneResult, run
     alive.sort(key=lambda kp: -kp[1].measurement.tokens_per_second)
     # The fastest kinds with parameters to search go on (a kind without any is done once scouted).
     searchable = [(k, pt) for k, pt in alive if ngram_search_size(k)]
-    finalists = searchable[:spec.ngram_finalists]
-    for k, pt in searchable[spec.ngram_finalists:]:
+    finalists = searchable[:max(spec.ngram_finalists, 1)]
+    for k, pt in searchable[len(finalists):]:
         lead_kind, lead = finalists[-1][0].name, finalists[-1][1].measurement.tokens_per_second
         result.pruned.append((k.name, f"{pt.measurement.tokens_per_second:.1f} tok/s at its defaults against "
                                       f"{lead_kind}'s {lead:.1f}: its parameters were not searched"))
         on_event(f"  {k.name}: {pt.measurement.tokens_per_second:.1f} tok/s at its defaults, behind "
                  f"{lead_kind} ({lead:.1f}): not searched further")
     for k, scout in finalists:
-        values = dict(scout.config.ngram_values)
-        mine = [scout]
+        _search_kind(k, scout, cfg0, base_step, tkv, result, run, on_event)
 
-        def at(changes: dict[str, int]) -> ServerConfig:
-            v = {**values, **changes}
-            for p in k.params:  # a floor never above the length (llama.cpp keeps n_min <= n_max)
-                if p.role == "min" and k.length is not None:
-                    v[p.name] = min(v[p.name], v[k.length.name])
-            return cfg0.with_ngram(k.name, v)
 
-        def measured_at(cfg: ServerConfig) -> bool:
-            return any(q.config == cfg for q in result.points)
+def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tkv: str, result: TuneResult, run,
+                 on_event) -> None:
+    """One kind's parameters after its scouting run: its floor first (the shortest draft kept, which decides
+    how often it drafts at all), then its length (a short run, the others predicted, the best prediction
+    confirmed; only lengths the floor allows, so the runs compared differ in length alone), then its key."""
+    from ggufpair.tune.predict import drafted_fraction, lookup_step_sample
 
-        length = k.length
-        if length is not None and len(length.values) > 1:
-            long_v, short_v = values[length.name], min(length.values)
-            short = run(at({length.name: short_v}), f"{k.name} {length.name} {short_v}, KV {tkv}", True)
-            mine.append(short)
-            s1 = lookup_step_sample(short_v, short.measurement, base_step) if short.ok else None
-            s2 = lookup_step_sample(long_v, scout.measurement, base_step)
-            if s1 is not None and s2 is not None and scout.measurement.accept_by_position and short_v != long_v:
-                predictor = Predictor.fit(s1, s2, scout.measurement.accept_by_position, base_step,
-                                          drafted=drafted_fraction(scout.measurement))
-                ranked = predictor.best(length.values)
-                result.predictions[(k.name, length.name)] = ranked
-                on_event(f"  predicted for {k.name} by {length.name}: "
-                         + ", ".join(f"{n}: {t:.1f}" for n, t in ranked[:3]))
-                todo = [(n, t) for n, t in ranked if not measured_at(at({length.name: n}))]
-                if todo:
-                    n, t = todo[0]
-                    mine.append(run(at({length.name: n}), f"confirm {k.name} {length.name} {n} (predicted "
-                                                          f"{t:.1f} tok/s)", True))
-        best = max((q for q in mine if q.ok and q.measurement.speculative),
-                   key=lambda q: q.measurement.tokens_per_second, default=scout)
-        values = dict(best.config.ngram_values)
-        for p in k.params:
-            if p.role not in ("key", "min") or len(p.values) < 2:
-                continue
-            lower = [v for v in p.values if v < values[p.name]]
-            other = (lower[-1] if p.role == "key" else lower[0]) if lower else max(p.values)
-            cfg = at({p.name: other})
-            if measured_at(cfg) or other == values[p.name]:
-                continue
-            pt = run(cfg, f"{k.name} {p.name} {other}, KV {tkv}", True)
-            if pt.ok and pt.measurement.speculative and pt.measurement.tokens_per_second > best.measurement.tokens_per_second:
-                best, values = pt, dict(pt.config.ngram_values)
+    values = dict(scout.config.ngram_values)
+    best = scout
+
+    def at(changes: dict[str, int]) -> ServerConfig:
+        return cfg0.with_ngram(k.name, {**values, **changes})
+
+    def measured(cfg: ServerConfig) -> PointResult | None:
+        return next((q for q in result.points if q.config == cfg), None)
+
+    def keep(pt: PointResult) -> None:
+        nonlocal best, values
+        if pt.ok and pt.measurement.speculative and not pt.measurement.stopped_early \
+                and pt.measurement.tokens_per_second > best.measurement.tokens_per_second:
+            best, values = pt, dict(pt.config.ngram_values)
+
+    def try_other(p) -> None:
+        lower = [v for v in p.values if v < values[p.name]]
+        other = (lower[-1] if p.role == "key" else lower[0]) if lower else max(p.values)
+        cfg = at({p.name: other})
+        if other != values[p.name] and measured(cfg) is None:
+            keep(run(cfg, f"{k.name} {p.name} {other}, KV {tkv}", True))
+
+    for p in k.params:
+        if p.role == "min" and len(p.values) > 1:
+            try_other(p)
+    length = k.length
+    floor = next((values[p.name] for p in k.params if p.role == "min"), 0)
+    lengths = [v for v in (length.values if length else ()) if v >= floor]
+    if length is not None and len(lengths) > 1 and base_step > 0:
+        long_pt, long_v, short_v = best, values[length.name], min(lengths)
+        short = measured(at({length.name: short_v})) or run(at({length.name: short_v}),
+                                                             f"{k.name} {length.name} {short_v}, KV {tkv}", True)
+        keep(short)
+        s1 = lookup_step_sample(short_v, short.measurement, base_step) if short.ok else None
+        s2 = lookup_step_sample(long_v, long_pt.measurement, base_step)
+        if s1 is not None and s2 is not None and long_pt.measurement.accept_by_position and short_v != long_v:
+            predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position, base_step,
+                                      drafted=drafted_fraction(long_pt.measurement))
+            ranked = predictor.best(lengths)
+            result.predictions[(k.name, length.name)] = ranked
+            on_event(f"  predicted for {k.name} by {length.name}: " + ", ".join(f"{n}: {t:.1f}" for n, t in ranked[:3]))
+            todo = [(n, t) for n, t in ranked if measured(at({length.name: n})) is None]
+            if todo:
+                n, t = todo[0]
+                keep(run(at({length.name: n}), f"confirm {k.name} {length.name} {n} (predicted {t:.1f} tok/s)", True))
+    for p in k.params:
+        if p.role == "key" and len(p.values) > 1:
+            try_other(p)
 
 
 def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run, fits, on_event) -> None:
@@ -555,5 +570,9 @@ def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run,
         result.pruned.append((what, "this llama-server build runs an n-gram kind only without a draft model"))
         return
     if fits(cfg, what, (cfg.cache_type_k, cfg.draft_cache_type_k)):
-        run(cfg, f"{look.config.ngram} + the draft at n_max {dr.config.draft_max} (lookup first, the draft "
-                 "when it finds nothing)", True)
+        pt = run(cfg, f"{look.config.ngram} + the draft at n_max {dr.config.draft_max} (lookup first, the draft "
+                      "when it finds nothing)", True)
+        by_kind = pt.measurement.by_kind if pt.ok else {}
+        if by_kind and not by_kind.get(look.config.ngram, {}).get("drafts"):
+            result.pruned.append((what, f"{look.config.ngram} drafted nothing beside the draft: the mix ran as "
+                                        "the draft alone"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +11,7 @@ from ggufpair.engine.binary import Binary
 from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.dialect import Dialect
 from ggufpair.engine.measure import Measurement, Prompt, measure, spread_text
-from ggufpair.engine.runner import LlamaServer
+from ggufpair.engine.runner import LlamaServer, kind_statistics
 from ggufpair.errors import EngineError
 
 Events = Callable[[str], None]
@@ -70,15 +70,23 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
                                      "requests)" if config.stateful and repeats > 1 else ""))
     servers: list[LlamaServer] = []
 
+    def stop(server: LlamaServer) -> None:
+        server.stop()
+        if mix:
+            stats.append(kind_statistics(server.log_text()))
+
     def fresh() -> LlamaServer:
         if servers:
-            servers[-1].stop()
+            stop(servers[-1])
         n = len(servers)
-        servers.append(LlamaServer(binary, config, dialect=dialect,
+        run_config = config.with_(extra=(*config.extra, "-lv", "4")) if mix else config
+        servers.append(LlamaServer(binary, run_config, dialect=dialect,
                                    log_path=log_dir / (f"{name}.log" if not n else f"{name}.{n + 1}.log")))
         return servers[-1].start()
 
     restart = fresh if config.stateful else None
+    mix = config.ngram is not None and config.has_draft  # which of its kinds drafted: llama.cpp's -lv 4 statistics
+    stats: list[dict] = []
     try:
         m = measure(fresh(), prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early, cancel=cancel,
                     restart=restart)
@@ -96,7 +104,22 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
         return PointResult(config, None, e.message, time.perf_counter() - start)
     finally:
         if servers:
-            servers[-1].stop()
+            stop(servers[-1])
+    if config.stateful and m.seen_texts:  # cannot happen by construction; if it did, the number would flatter
+        why = (f"{m.seen_texts} timed request(s) met their own text on a server whose {config.ngram} table keeps "
+               "it: not an honest measurement")
+        on_event(f"  discarded: {why}")
+        return PointResult(config, None, why, time.perf_counter() - start)
+    if mix:
+        by_kind: dict[str, dict[str, int]] = {}
+        for server_stats in stats:  # each server's statistics are cumulative for that server
+            for name, v in server_stats.items():
+                total = by_kind.setdefault(name, dict.fromkeys(v, 0))
+                for key, n in v.items():
+                    total[key] += n
+        m = replace(m, by_kind=by_kind)
+        on_event("  drafted by kind: " + (", ".join(f"{k} {v['drafts']} drafts, {v['accepted_tokens']} tokens "
+                                                    "accepted" for k, v in by_kind.items()) or "not reported"))
     extra = f", acceptance {m.acceptance_rate:.0%}" if m.acceptance_rate is not None else ""
     extra += " (stopped early: clearly slower)" if m.stopped_early else ""
     extra += f" ({m.stalls} stalled request(s): unreliable)" if m.stalls else ""

@@ -81,13 +81,18 @@ def test_a_parameter_the_build_cannot_set_is_refused_unless_left_at_its_default(
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"n_min": 32, "n_max": 16}, "n_min 32 is above n_max 16"),
+    ({"n_max": -1}, "at least 1"),
     ({"n_match": 0}, "at least 1"),
     ({"n_size": 3}, "no parameter n_size"),
 ])
 def test_bad_values_are_usage_errors(values, message):
     with pytest.raises(UsageError, match=message):
         kind("ngram-mod").values(values)
+
+
+def test_a_floor_above_the_length_is_allowed_as_llama_cpp_allows_it():
+    """ngram-mod keeps only full n_max drafts then (speculative.cpp: a draft shorter than n_min is dropped)."""
+    assert kind("ngram-mod").values({"n_max": 16}) == {"n_match": 24, "n_min": 48, "n_max": 16}
 
 
 def test_unknown_kind_and_parameters_without_a_kind_are_refused():

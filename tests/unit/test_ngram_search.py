@@ -145,3 +145,27 @@ def test_a_kind_slower_on_every_category_wins_none():
     assert all(not p.config.speculates for p, _ in result.category_winners().values())
     assert not result.recommended.config.speculates
     assert recommendation_text(result).startswith("no speculation: the fastest speculating configuration (ngram-map-k")
+
+
+def test_a_saved_n_gram_profile_reads_back_with_its_baselines_as_baselines(tmp_path):
+    """The profile's [server] table is the n-gram recommendation: the points read back from it must not all
+    inherit its kind (the baselines did, and the saved result had no baseline and no recommendation)."""
+    from types import SimpleNamespace
+
+    from ggufpair.engine.binary import find_llama_server
+    from ggufpair.engine.dialect import probe_dialect
+    from ggufpair.tune.run import result_from_profile, save_outputs
+
+    t, _ = _models(tmp_path)
+    base_cfg = ServerConfig(target=t.path, ctx=1024)
+    lookup_cfg = base_cfg.with_ngram("ngram-simple", {"size_m": 16})
+    result = TuneResult(points=[PointResult(c, _measurement(c), None, 1.0) for c in (base_cfg, lookup_cfg, base_cfg)])
+    binary = find_llama_server(None)
+    args = SimpleNamespace(tokens=48, categories="edit,chat", profile=None, script=None, format="bash",
+                           host="127.0.0.1", port=8080)
+    out = save_outputs(result, binary, probe_dialect(binary.path), "CPU", args, "no draft model", measure_memory=False)
+    assert out.profile is not None and "--spec-type ngram-simple" in out.script.read_text()
+    back, _ = result_from_profile(out.profile)
+    assert [kind_of(p.config) for p in back.points] == ["none", "ngram-simple", "none"]
+    assert back.recommended.config == lookup_cfg.with_(threads=back.recommended.config.threads)
+    assert back.category_winners()["edit"][0].config.ngram == "ngram-simple"
