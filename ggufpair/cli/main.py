@@ -19,7 +19,12 @@ FIXABLE_EXIT = EXIT_CODES["incompatible pair, fixable (inspect)"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ggufpair",
-        description="Pair a GGUF target with a draft model for llama.cpp speculative decoding.",
+        description="Speculative decoding for llama.cpp: which speculation (a draft model, n-gram lookup, both) "
+                    "pays for your model and prompts, measured against a paired baseline.",
+        epilog="Where to start: `ggufpair demo` runs the whole job on a built-in pair. With your own models: "
+               "`ggufpair inspect TARGET DRAFT` (will llama.cpp speculate?), then `ggufpair fix DRAFT -r TARGET` "
+               "if it says so, then `ggufpair tune --target TARGET [--draft DRAFT]` (without a draft it tunes "
+               "n-gram lookup), then `ggufpair launch PROFILE`.",
     )
     parser.add_argument("--version", action="version", version=f"ggufpair {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

