@@ -18,12 +18,10 @@ from gguf import GGUFValueType
 from ggufpair.errors import UsageError
 from ggufpair.format.model_info import ModelInfo, read_model_info
 from ggufpair.format.reader import ArrayValue
-from ggufpair.format.vocab import ADD_BOS_KEY, BOS_KEY, EOS_KEY, duplicate_problem, load_problem
+from ggufpair.format.vocab import ADD_BOS_KEY, BOS_KEY, EOS_KEY, NEEDS_BOS, duplicate_problem, load_problem
 from ggufpair.pairing.verdict import TOKENS_KEY, WRONG_TYPE_ATTRS, Route, Verdict, check_pair
 
 TOKEN_TYPE_KEY = "tokenizer.ggml.token_type"
-# Architectures whose tokenizers need a BOS token at the start of every sequence.
-NEEDS_BOS = ("gemma", "gemma2", "gemma3", "gemma3n", "gemma4", "gemma-embedding")
 BOS_TEXTS = (b"<bos>", b"<s>", b"<|begin_of_text|>", b"<|startoftext|>")
 EOS_TEXTS = (b"<eos>", b"</s>", b"<|end_of_text|>", b"<|endoftext|>", b"<|im_end|>")
 

@@ -63,6 +63,8 @@ PRE_ADD_BOS = frozenset({
 # BPE pre-tokenizers whose branch clears the default BOS id.
 PRE_NO_BOS = frozenset({"chatglm-bpe", "glm4", "glm5"})
 # Pre-tokenizers mapped to LLAMA_VOCAB_PRE_TYPE_GEMMA4, for which the loader forces add_bos = true.
+# Architectures whose tokenizers need a BOS token at the start of every sequence.
+NEEDS_BOS = ("gemma", "gemma2", "gemma3", "gemma3n", "gemma4", "gemma-embedding")
 PRE_GEMMA4 = frozenset({"gemma4", "granite-embed-multi-311m"})
 BPE_WITHOUT_MERGES = frozenset({"kimi-k2"})
 

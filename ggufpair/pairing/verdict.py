@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ggufpair.format.model_info import ModelInfo, read_model_info
-from ggufpair.format.vocab import ADD_BOS_KEY, ADD_EOS_KEY, BOS_KEY, EOS_KEY, VocabInfo, duplicate_problem, read_vocab
+from ggufpair.format.vocab import (ADD_BOS_KEY, ADD_EOS_KEY, BOS_KEY, EOS_KEY, NEEDS_BOS, VocabInfo,
+                                   duplicate_problem, read_vocab)
 
 VOCAB_MAX_SIZE_DIFFERENCE = 128  # SPEC_VOCAB_MAX_SIZE_DIFFERENCE
 VOCAB_CHECK_START_TOKEN_ID = 5  # SPEC_VOCAB_CHECK_START_TOKEN_ID
@@ -157,7 +158,27 @@ def check_pair(target: ModelInfo, draft: ModelInfo, overrides: Mapping[str, Any]
     findings += _advisory_findings(target, draft)
     ignored = dict.fromkeys(n for n in (*tv.notes, *dv.notes) if n.startswith("--override-kv"))
     findings += [Finding("override_ignored", Severity.WARNING, n) for n in ignored]
+    findings += _bos_off_findings(target, draft, tv, dv, overrides)
+    if overrides:  # the models as llama.cpp will see them: effective values, and which keys an override set
+        target, draft = replace(target, vocab=tv), replace(draft, vocab=dv)
     return Verdict(target, draft, tuple(findings), overrides)
+
+
+def _bos_off_findings(target: ModelInfo, draft: ModelInfo, tv: VocabInfo, dv: VocabInfo,
+                      overrides: Mapping[str, Any]) -> list[Finding]:
+    """An override that turns BOS off applies to the target as well (llama-server gives one list to both):
+    for an architecture that needs a BOS token, the pair speculates but the target's own output degrades."""
+    if ADD_BOS_KEY not in overrides:
+        return []
+    out = []
+    for role, info, vocab in (("target", target, tv), ("draft", draft, dv)):
+        if info.architecture in NEEDS_BOS and not vocab.add_bos and ADD_BOS_KEY in vocab.overridden:
+            out.append(Finding("bos_off", Severity.WARNING,
+                               f"--override-kv {ADD_BOS_KEY}=bool:false turns BOS off for the {role} too (llama-server "
+                               f"applies one list to target and draft): {info.architecture} models need a BOS token "
+                               "at the start, so its answers degrade; make both add BOS instead "
+                               f"(`ggufpair fix DRAFT --reference TARGET`)", keys=(ADD_BOS_KEY,)))
+    return out
 
 
 def inspect_pair(target_path, draft_path, overrides: Mapping[str, Any] | None = None) -> Verdict:

@@ -92,3 +92,27 @@ def test_a_closed_pipe_keeps_the_verdicts_exit_code_and_prints_no_traceback(tmp_
     os.close(w)
     assert alone == 9 and proc.returncode == alone
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr and proc.stderr == ""
+
+
+def test_an_override_shows_the_effective_values_it_made_and_which_keys(tmp_path):
+    """Issue 18: with --override-kv the verdict was "compatible" while the table and the JSON showed the
+    stored add_bos false and `overridden: []`."""
+    t = tiny_model(tmp_path / "t.gguf")
+    d = tiny_model(tmp_path / "d.gguf", changes={ADD_BOS: (T.BOOL, False)})
+    out = _run("inspect", "--json", "--override-kv", f"{ADD_BOS}=bool:true", str(t), str(d))
+    draft = json.loads(out.stdout)["draft"]["vocab"]
+    assert draft["add_bos"] is True and ADD_BOS in draft["overridden"]
+    table = _run("inspect", "--override-kv", f"{ADD_BOS}=bool:true", str(t), str(d)).stdout
+    assert "true (stored false)" in table
+
+
+def test_turning_bos_off_for_a_gemma_pair_warns_that_the_target_loses_it_too(tmp_path):
+    from tests.ggufmake import model_kv, vocab_kv, write_gguf
+
+    t = write_gguf(tmp_path / "t.gguf", {**model_kv(arch="gemma3"), **vocab_kv()})
+    d = write_gguf(tmp_path / "d.gguf", {**model_kv(arch="gemma3"), **vocab_kv(), ADD_BOS: (T.BOOL, False)})
+    out = _run("inspect", "--json", "--override-kv", f"{ADD_BOS}=bool:false", str(t), str(d))
+    data = json.loads(out.stdout)
+    assert data["compatible"] is True
+    warnings = [f for f in data["findings"] if f["check"] == "bos_off"]
+    assert warnings and "turns BOS off for the target too" in warnings[0]["message"]
