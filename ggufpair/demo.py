@@ -35,7 +35,8 @@ from ggufpair.tune.sweep import PointResult
 
 DEMO_KINDS = ("ngram-simple", "ngram-mod", "ngram-cache")
 """The n-gram kinds the demo tries: `tune` tries all five; ngram-map-k and ngram-map-k4v drafted nothing on
-these prompts here at their defaults (2026-12-01), so the demo spends its minutes on the other three."""
+the built-in edit and chat prompts here at their defaults (2026-12-01, 64 tokens), so the demo spends its
+minutes on the other three."""
 
 Events = Callable[[str], None]
 

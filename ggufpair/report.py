@@ -83,8 +83,8 @@ def verdict_dict(verdict: Verdict) -> dict[str, Any]:
         "llama_check": verdict.llama_check,
         "overrides": dict(verdict.overrides),
         "findings": [plain(f) for f in verdict.findings],
-        "target": model_dict(verdict.target),
-        "draft": model_dict(verdict.draft),
+        "target": model_dict(verdict.as_loaded()[0]),  # with --override-kv: the values llama.cpp will use
+        "draft": model_dict(verdict.as_loaded()[1]),
     }
 
 

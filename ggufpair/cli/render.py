@@ -130,7 +130,8 @@ def print_verdict(console: Console, verdict: Verdict) -> None:
     if not verdict.compatible and any(f.speculation_off for f in verdict.blockers):
         console.print("llama-server would start and serve WITHOUT speculation (no error, no speedup).", style="red")
     console.print()
-    console.print(models_table(("target", verdict.target), ("draft", verdict.draft)))
+    target, draft = verdict.as_loaded()  # with --override-kv: the values llama.cpp will use, the stored beside
+    console.print(models_table(("target", target), ("draft", draft)))
     if verdict.findings:
         console.print()
         console.print("Findings", style="bold")

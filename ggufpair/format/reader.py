@@ -197,7 +197,7 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n > self.size - self.pos:
-            raise self.fail(f"truncated: {what} needs {n} bytes but only {self.size - self.pos} remain")
+            raise self.fail(f"truncated: {what} needs {n} bytes but only {self.size - self.pos} remain{CUT_SHORT}")
 
     def u32(self, what: str) -> int:
         self.need(4, what)
@@ -245,16 +245,20 @@ class _Cursor:
             raise self.fail(f"{what} has unknown value type {raw}", start) from None
 
 
+CUT_SHORT = " (the header is cut short: an interrupted download or copy?)"
+
+
 def _skip_strings(buf, path: Path, count: int, pos: int, limit: int) -> int:
     """Walk `count` length-prefixed strings from `pos`; return the end. The hot loop of the reader."""
     unpack = _U64.unpack_from
     for i in range(count):
         if pos + 8 > limit:
-            raise GGUFFormatError(path, pos, f"truncated: string {i} of {count} in an array has no length")
+            raise GGUFFormatError(path, pos, f"truncated: string {i} of {count} in an array has no length{CUT_SHORT}")
         (n,) = unpack(buf, pos)
         pos += 8
         if n > limit - pos:
-            raise GGUFFormatError(path, pos - 8, f"string {i} of {count} in an array claims {n} bytes but only {limit - pos} remain")
+            raise GGUFFormatError(path, pos - 8, f"string {i} of {count} in an array claims {n} bytes but only "
+                                                 f"{limit - pos} remain{CUT_SHORT}")
         pos += n
     return pos
 

@@ -40,7 +40,9 @@ def llama_verdict(target: str | Path, draft: str | Path, overrides: Mapping[str,
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         if "No module named 'llama_cpp'" in proc.stderr:
-            raise EngineError("llama-cpp-python is not installed", hint="pip install llama-cpp-python")
+            raise EngineError("`inspect --llama` needs llama-cpp-python (llama.cpp's own loader), which is not "
+                              "installed: the core install leaves it out, since it compiles llama.cpp",
+                              hint="pip install 'ggufpair[oracle]' (bin/ggufpair and bin/test install it)")
         # An abort inside llama.cpp (GGML_ASSERT) kills the child: that is llama.cpp's verdict too.
         return LlamaVerdict(False, "load", {"crashed": True, "returncode": proc.returncode, "stderr": proc.stderr[-2000:]})
     data = json.loads(proc.stdout)

@@ -64,10 +64,17 @@ class Finding:
 
 @dataclass(frozen=True)
 class Verdict:
-    target: ModelInfo
+    target: ModelInfo  # the files as stored
     draft: ModelInfo
     findings: tuple[Finding, ...]
     overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_loaded(self) -> tuple[ModelInfo, ModelInfo]:
+        """Target and draft as llama.cpp will see them with the overrides: the values the verdict was judged
+        on, and which keys an override set (`vocab.overridden`), for display beside the verdict."""
+        if not self.overrides:
+            return self.target, self.draft
+        return tuple(replace(m, vocab=read_vocab(m.header, self.overrides)) for m in (self.target, self.draft))
 
     @property
     def blockers(self) -> tuple[Finding, ...]:
@@ -159,8 +166,6 @@ def check_pair(target: ModelInfo, draft: ModelInfo, overrides: Mapping[str, Any]
     ignored = dict.fromkeys(n for n in (*tv.notes, *dv.notes) if n.startswith("--override-kv"))
     findings += [Finding("override_ignored", Severity.WARNING, n) for n in ignored]
     findings += _bos_off_findings(target, draft, tv, dv, overrides)
-    if overrides:  # the models as llama.cpp will see them: effective values, and which keys an override set
-        target, draft = replace(target, vocab=tv), replace(draft, vocab=dv)
     return Verdict(target, draft, tuple(findings), overrides)
 
 

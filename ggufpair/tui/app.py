@@ -151,7 +151,9 @@ class VerdictScreen(Screen):
         Binding("f", "fix('patch')", "Fix: patch file"),
         Binding("n", "configure", "Tune"),
         Binding("escape", "app.pop_screen", "Back"),
+        Binding("q", "app.quit", "Quit"),
     ]
+    armed_patch: Path | None = None  # `f` pressed once: the file a second `f` patches
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -190,7 +192,7 @@ class VerdictScreen(Screen):
         except GgufpairError as e:
             notify_error(self.app, e)
             return
-        diff = [line.replace(str(plan.path), plan.path.name) for line in plan.diff()]  # names fit the screen
+        diff = [line.replace(str(plan.path), plan.path.name) for line in plan.diff()] if plan.changes else []
         text = [f"route: {plan.route.value if plan.route else 'none'} ({plan.why})", *plan.override_args, *diff]
         text += [f"cannot fix: {u}" for u in plan.unfixable]
         self.query_one("#plan", Static).update("\n".join(text))
@@ -205,6 +207,12 @@ class VerdictScreen(Screen):
             if plan.empty:
                 self.app.notify(plan.why)
                 return
+            if plan.route is not None and plan.route.value == "patch" and self.armed_patch != plan.path:
+                self.armed_patch = plan.path  # a file changes: one more key press to confirm
+                self.app.notify(f"press f again to patch {plan.path.name} ({plan.why}); p previews the change",
+                                title="patch the file?", timeout=10)
+                return
+            self.armed_patch = None
             result = apply_plan(plan)
         except GgufpairError as e:
             notify_error(self.app, e)
@@ -239,7 +247,8 @@ class ConfigScreen(Screen):
                     field_input = Input(value=default, id=f"f_{key}")
                     field_input.cursor_blink = self.app.cursor_blink
                     yield field_input
-            yield Label("ctrl+s starts the tune", id="hint")
+            yield Label("ctrl+s starts the tune. These defaults are shorter than the CLI's (draft lengths 1-16, "
+                        "128 tokens, two prompts of every category) so that a tune here takes minutes", id="hint")
         yield Footer()
 
     def values(self) -> dict[str, str]:

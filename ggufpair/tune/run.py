@@ -226,9 +226,11 @@ def _answer(result: TuneResult) -> str:
             if not any(p.config.speculates for p in result.points):
                 return f"no {what} was measured; nothing to recommend over {answer}"
             return f"no {what} ran with speculation live; recommending {answer}"
+        paired = result.baseline_for(best.config) or rec
         return (f"{answer}: the fastest {what} ({best.label}) reached "
                 f"{best.measurement.tokens_per_second:.1f} tok/s against {rec.measurement.tokens_per_second:.1f} "
-                f"{without}, not faster beyond the run-to-run spread")
+                f"{without}, not faster beyond the run-to-run spread"
+                + _agreement_text(paired.measurement, best.measurement).replace("; greedy answers", "; its greedy answers"))
     paired = result.baseline_for(rec.config) or base
     if not paired.measurement.tokens_per_second:
         return f"{rec.label}: {rec.measurement.tokens_per_second:.1f} tok/s; the baseline measured nothing to compare with"

@@ -146,12 +146,15 @@ def test_real_flow_fix_and_tune(pair_dir):
             await pilot.press("n")
             assert isinstance(app.screen, ConfigScreen)
             for key, value in (("lengths", "2,4"), ("kv", "f16"), ("draft_kv", "f16"), ("categories", "chat"),
-                               ("tokens", "16"), ("repeats", "1"), ("ctx", "1024")):
+                               ("tokens", "16"), ("repeats", "1"), ("ctx", "1024"), ("kinds", "draft,ngram-simple")):
                 app.screen.query_one(f"#f_{key}").value = value
             await pilot.press("ctrl+s")
             await _wait_for(pilot, lambda: isinstance(app.screen, ResultScreen), 300)
             result = app.session.result
             assert result.launches >= 3 and not result.cancelled
+            # the kinds asked for were measured: the draft, and n-gram lookup (no draft file)
+            assert {p.config.has_draft for p in result.points} == {True, False}
+            assert any(p.config.ngram == "ngram-simple" and not p.config.has_draft for p in result.points)
             assert app.session.outputs.profile.exists() and app.session.outputs.script.exists()
             # the screen fills its summary once mounted: wait for that, not just for the screen
             await _wait_for(pilot, lambda: app.screen.is_mounted and "profile:" in str(
@@ -169,7 +172,7 @@ def test_cancel_stops_the_server_and_keeps_partial_results(pair_dir):
             await _choose_pair(pilot)
             await pilot.press("o", "n")
             for key, value in (("lengths", "1-8"), ("kv", "f16,q8_0"), ("draft_kv", "f16"), ("categories", "chat"),
-                               ("tokens", "24"), ("repeats", "1"), ("ctx", "1024")):
+                               ("tokens", "24"), ("repeats", "1"), ("ctx", "1024"), ("kinds", "draft")):
                 app.screen.query_one(f"#f_{key}").value = value
             await pilot.press("ctrl+s")
             screen = app.screen
@@ -211,4 +214,23 @@ def test_an_incompatible_pair_is_not_tuned_before_it_is_fixed(pair_dir):
             await _wait_for(pilot, lambda: any("incompatible" in n.message for n in app._notifications), 30)
             assert app.session.result is None
             assert not [p for p in psutil.Process(os.getpid()).children(recursive=True) if p.name() == "llama-server"]
+    asyncio.run(flow())
+
+
+def test_patching_the_file_asks_first_and_q_quits_the_verdict_screen(pair_dir):
+    """Issue 18: `f` patched a file at one key press, and `q` did nothing on the verdict screen."""
+    async def flow():
+        app = _app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await _choose_pair(pilot)
+            draft = app.session.draft.path
+            before = draft.read_bytes()
+            await pilot.press("f")
+            await pilot.pause()
+            assert draft.read_bytes() == before  # nothing written yet
+            assert any("press f again" in n.message for n in app._notifications)
+            assert "INCOMPATIBLE" in str(app.screen.query_one("#verdict").render())
+            await pilot.press("q")
+            await pilot.pause()
+        assert draft.read_bytes() == before and app.return_code in (0, None)
     asyncio.run(flow())
