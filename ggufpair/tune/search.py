@@ -454,9 +454,8 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
 
 def _ngram_stage(spec: TuneSpec, base_cfg: ServerConfig, result: TuneResult, run, fits, on_event) -> None:
     """The draftless kinds: each at llama.cpp's defaults first (the run that tells whether lookup finds
-    anything in these prompts at all); the fastest go on to a short length, a prediction of the other lengths
-    from the long run's acceptance by position and its drafting rate, a confirmation, and one run for each
-    other value of the key and floor parameters."""
+    anything in these prompts at all); a kind that drafted nothing is left out, and the fastest with
+    parameters (`ngram_finalists`) have them searched (`_search_kind`), the others left out with the reason."""
     from ggufpair.engine.kinds import kind
     from ggufpair.tune.predict import steps_of
 
