@@ -242,6 +242,9 @@ def test_launch_scripts_quote_hostile_paths(name, tmp_path):
     script.write_text(launch_script(config, Binary(fake, "flag"), dialect, profile=profile))
     check = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+    # the script's comments say true things: a plain path goes unquoted, so it claims no "every path" (issue 18)
+    plain = launch_script(config.with_(target=Path("/m/t.gguf")), Binary(fake, "flag"), dialect)
+    assert "-m /m/t.gguf" in plain and "every path is single-quoted" not in plain
     out = tmp_path / "args"
     env = {**os.environ, "ARGS_OUT": str(out)}
     env.pop("LLAMA_SERVER", None)
