@@ -34,6 +34,21 @@ def short_path(path: Path) -> str:
     return str(path)
 
 
+def distinguishing_paths(paths) -> list[str]:
+    """Each path's shortest tail that no other path shares: the file name alone, or with as many of its
+    folders as it takes (two Hugging Face snapshots often hold files of the same name)."""
+    parts = [Path(p).parts for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        tails = [str(Path(*p[-d:])) for p, d in zip(parts, depth)]
+        clash = {t for t in tails if tails.count(t) > 1}
+        grow = [i for i, t in enumerate(tails) if t in clash and depth[i] < len(parts[i])]
+        if not grow:
+            return tails
+        for i in grow:
+            depth[i] += 1
+
+
 def output_lines(outputs) -> list[str]:
     """The recommendation, then where the profile, script and llama-swap entry are."""
     lines = [outputs.recommendation, f"profile: {short_path(outputs.profile)}" if outputs.profile else "no profile written"]
@@ -95,10 +110,11 @@ class ModelsScreen(Screen):
     def fill(self) -> None:
         table = self.query_one("#models", DataTable)
         table.clear()
-        for c in self.app.session.candidates:
+        shown = distinguishing_paths([c.path for c in self.app.session.candidates])
+        for c, where in zip(self.app.session.candidates, shown):
             i = c.info
             table.add_row(i.display_name, i.size_label or "", i.quant, f"{i.file_size / 2**20:.0f} MiB",
-                          f"{i.vocab.tokenizer_model} {i.vocab.n_tokens}", str(i.context_length), c.path.name)
+                          f"{i.vocab.tokenizer_model} {i.vocab.n_tokens}", str(i.context_length), where)
         self.show_choice()
 
     def show_choice(self) -> None:

@@ -25,3 +25,12 @@ def test_another_model_in_either_role_clears_the_fix():
     s.overrides = ("tokenizer.ggml.add_bos_token=bool:true",)
     s.choose("target", _c("t2"))
     assert s.overrides == ()
+
+
+def test_same_named_models_are_told_apart_by_their_folders():
+    """Issue 18: two models of one file name showed the same row."""
+    from ggufpair.tui.app import distinguishing_paths
+
+    paths = ["/hf/a/snap/1/model.gguf", "/hf/b/snap/1/model.gguf", "/models/other.gguf", "/x/y.gguf"]
+    assert distinguishing_paths(paths) == ["a/snap/1/model.gguf", "b/snap/1/model.gguf", "other.gguf", "y.gguf"]
+    assert distinguishing_paths(["/m/a.gguf", "/m/a.gguf"]) == ["/m/a.gguf", "/m/a.gguf"]  # the same file twice
