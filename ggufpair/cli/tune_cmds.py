@@ -87,24 +87,26 @@ def cmd_list(args: argparse.Namespace) -> int:
             raise UsageError(f"{d}: not a folder", hint="--dir takes a folder to search for GGUF files")
     skipped: list[tuple[Path, str]] = []
     found = discover([Path(d) for d in args.dir], skipped)
+    repairs = {c.path: _self_repair(c) for c in found}  # what `ggufpair fix MODEL` would repair in each
     if args.json:
         from ggufpair.fix.apply import pending_recovery
 
         print(json.dumps({"models": [{"path": str(c.path), "name": c.info.display_name, "quant": c.info.quant,
                                       "size": c.info.file_size, "vocab": c.info.vocab.n_tokens,
                                       "context": c.info.context_length, "where": c.where,
+                                      "fix_model": repairs[c.path],
                                       "half_patched": pending_recovery(c.path)} for c in found],
                           "skipped": [{"path": str(p), "why": w} for p, w in skipped]}, indent=2))
         return 0
     console = _console(args)
     from rich.table import Table
 
-    table = Table("model", "size", "quant", "file", "vocab", "context", "path", box=None, header_style="bold")
+    table = Table("model", "size", "quant", "file", "vocab", "context", "path", "", box=None, header_style="bold")
     for c in found:
         i = c.info
         table.add_row(i.display_name, i.size_label or "", i.quant, f"{i.file_size / 2**30:.2f} GiB",
                       f"{i.vocab.tokenizer_model or 'no tokenizer'} {i.vocab.n_tokens}", str(i.context_length or "?"),
-                      str(c.path))
+                      str(c.path), "`ggufpair fix MODEL` repairs it" if repairs[c.path] else "")
     console.print(table if found else "no GGUF models found (set GGUFPAIR_MODEL_DIRS, or pass --dir)")
     from ggufpair.fix.apply import recovery_note
 
@@ -117,6 +119,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         if len(skipped) > 10:
             console.print(f"  ... and {len(skipped) - 10} more", style="dim")
     return 0
+
+
+def _self_repair(candidate) -> str | None:
+    """What `ggufpair fix MODEL` would repair inside the file (its plan's reason), or None."""
+    from ggufpair.errors import GgufpairError
+    from ggufpair.fix.plan import plan_self_fix
+
+    try:
+        plan = plan_self_fix(candidate.path, candidate.info)
+    except GgufpairError:
+        return None
+    return None if plan.empty else plan.why
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -448,6 +448,15 @@ def test_list_says_what_it_skipped_and_refuses_a_missing_folder(tmp_path, monkey
     assert [m["path"] for m in data["models"]] == [str(good)]
     assert [s["path"] for s in data["skipped"]] == [str(folder / "cut.gguf")] and "at byte" in data["skipped"][0]["why"]
     assert main(["list", "--dir", str(tmp_path / "nowhere")]) == 2
+    assert data["models"][0]["fix_model"] is None
+    # a file `ggufpair fix MODEL` repairs is marked beside its name (issue 18: a Gemma file with add_bos false)
+    write_gguf(folder / "nobos.gguf", {**model_kv(arch="gemma3"), **vocab_kv(),
+                                       "tokenizer.ggml.add_bos_token": (T.BOOL, False)})
+    assert main(["list", "--dir", str(folder), "--json"]) == 0
+    marked = {Path(m["path"]).name: m["fix_model"] for m in json.loads(capsys.readouterr().out)["models"]}
+    assert marked["good.gguf"] is None and marked["nobos.gguf"]
+    assert main(["list", "--dir", str(folder)]) == 0
+    assert "`ggufpair fix MODEL` repairs it" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("launch", ['launch = "x"', '[launch]\nport = "abc"', '[launch]\nhost = 5', '[launch]\nport = 99999'])
