@@ -124,7 +124,8 @@ def run_demo(on_event: Events, *, draft_lengths: tuple[int, ...] = (2, 4, 8), n_
              + (f", n-gram lookup ({', '.join(kinds)}; no draft file) and its mix with the draft" if kinds else "")
              + f", on {len(prompts)} chat prompts ({', '.join(categories)}), {repeats} repetitions, greedy")
     spec = TuneSpec(base=base.with_(draft=draft), lengths=tuple(draft_lengths), target_kv=("f16",), draft_kv=("f16",),
-                    prompts=tuple(prompts), n_predict=n_predict, repeats=repeats, confirm=1, ngram_kinds=kinds)
+                    prompts=tuple(prompts), n_predict=n_predict, repeats=repeats, confirm=1, ngram_kinds=kinds,
+                    ngram_finalists=1)  # the fastest kind's parameters searched: `tune` searches two
     result.tuned = tune(binary, dialect, spec, read_model_info(target), read_model_info(draft), logs, on_event)
     result.points = result.tuned.points
     _recommend(result)

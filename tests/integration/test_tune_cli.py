@@ -74,7 +74,7 @@ def test_tune_without_a_draft_tunes_n_gram_lookup_and_its_profile_launches_and_c
     """No draft file: the n-gram kinds asked for against no speculation, on edit prompts; the profile, its
     launch script and `check` carry the kind and its parameters."""
     code = main(["tune", "--target", str(gemma_f16), "--kinds", "ngram-simple,ngram-mod", "--categories", "edit",
-                 "--kv", "f16", "--tokens", "48", "--repeats", "2", "--ctx", "2048", "--threads", "2"])
+                 "--kv", "f16", "--tokens", "32", "--repeats", "2", "--ctx", "2048", "--threads", "2"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "tuning n-gram lookup (no draft file): ngram-simple, ngram-mod" in out
