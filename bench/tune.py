@@ -139,6 +139,12 @@ def main() -> None:
             k = kind_of(p.config)
             by_kind[k] = max(by_kind.get(k, 0.0), p.measurement.tokens_per_second)
     print(f"ggufpair search: {ours.launches} launches, {ours_s:.0f} s; pick: {pick.label}")
+    for p in ours.points:
+        m = p.measurement
+        print(f"  {p.label}: " + (f"{m.tokens_per_second:.1f} tok/s" + (", drafted nothing" if p.config.speculates
+                                                                         and not m.drafts else "") if m else p.error))
+    for what, why in ours.pruned:
+        print(f"  left out: {what}: {why}")
     print(f"exhaustive sweep: {len(exhaustive)} launches, {all_s:.0f} s; best: {best.label} "
           f"({best.measurement.tokens_per_second:.1f} tok/s in the sweep)")
     print("exhaustive best by kind: " + ", ".join(f"{k} {t:.1f}" for k, t in sorted(by_kind.items(), key=lambda x: -x[1])))

@@ -65,12 +65,17 @@ class TuneSpec:
 
 
 def ngram_search_size(k) -> int:
-    """Launches after a kind's scouting run: a short length and one confirmation (when it has a length with
-    three values or more), and one run for each other parameter that has another value worth trying."""
+    """Launches after a kind's scouting run, at most: its floor's lowest value, every key below the default,
+    and every other length (a short run that drafts, a confirmation)."""
     n = 0
-    if k.length is not None and len(k.length.values) > 1:
-        n += 1 + (len(k.length.values) > 2)
-    n += sum(1 for p in k.params if p.role in ("key", "min") and len(p.values) > 1)
+    for p in k.params:
+        below = [v for v in p.values if v < p.default]
+        if p.role == "min":
+            n += bool(below)
+        elif p.role == "key":
+            n += len(below)
+        elif p.role == "length":
+            n += len(p.values) - 1
     return n
 
 
@@ -497,9 +502,11 @@ def _ngram_stage(spec: TuneSpec, base_cfg: ServerConfig, result: TuneResult, run
 
 def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tkv: str, result: TuneResult, run,
                  on_event) -> None:
-    """One kind's parameters after its scouting run: its floor first (the shortest draft kept, which decides
-    how often it drafts at all), then its length (a short run, the others predicted, the best prediction
-    confirmed; only lengths the floor allows, so the runs compared differ in length alone), then its key."""
+    """One kind's parameters after its scouting run, one at a time from what decides most: its floor (the
+    shortest draft kept), then its key (the tokens matched: shorter keys find more matches, tried down from the
+    default while each step pays), then its length at that key (a short run, the other lengths predicted from
+    the long run's acceptance by position and drafting rate, the best prediction confirmed; only lengths the
+    floor allows, so the two runs compared differ in length alone)."""
     from ggufpair.tune.predict import drafted_fraction, lookup_step_sample
 
     values = dict(scout.config.ngram_values)
@@ -511,45 +518,56 @@ def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tk
     def measured(cfg: ServerConfig) -> PointResult | None:
         return next((q for q in result.points if q.config == cfg), None)
 
-    def keep(pt: PointResult) -> None:
+    def drafted(pt: PointResult | None) -> bool:
+        return pt is not None and pt.ok and pt.measurement.speculative and pt.measurement.drafts > 0
+
+    def keep(pt: PointResult) -> bool:
         nonlocal best, values
-        if pt.ok and pt.measurement.speculative and not pt.measurement.stopped_early \
+        if drafted(pt) and not pt.measurement.stopped_early \
                 and pt.measurement.tokens_per_second > best.measurement.tokens_per_second:
             best, values = pt, dict(pt.config.ngram_values)
+            return True
+        return False
 
-    def try_other(p) -> None:
+    def measure_at(p, value: int, why: str = "") -> PointResult:
+        cfg = at({p.name: value})
+        return measured(cfg) or run(cfg, f"{why}{k.name} {p.name} {value}, KV {tkv}", True)
+
+    for p in (q for q in k.params if q.role == "min" and len(q.values) > 1):
         lower = [v for v in p.values if v < values[p.name]]
-        other = (lower[-1] if p.role == "key" else lower[0]) if lower else max(p.values)
-        cfg = at({p.name: other})
-        if other != values[p.name] and measured(cfg) is None:
-            keep(run(cfg, f"{k.name} {p.name} {other}, KV {tkv}", True))
-
-    for p in k.params:
-        if p.role == "min" and len(p.values) > 1:
-            try_other(p)
+        if lower:
+            keep(measure_at(p, lower[0]))
+    for p in (q for q in k.params if q.role == "key" and len(q.values) > 1):
+        for value in sorted((v for v in p.values if v < values[p.name]), reverse=True):
+            if not keep(measure_at(p, value)):
+                break  # a shorter key that does not pay: shorter still will not be tried
     length = k.length
     floor = next((values[p.name] for p in k.params if p.role == "min"), 0)
     lengths = [v for v in (length.values if length else ()) if v >= floor]
-    if length is not None and len(lengths) > 1 and base_step > 0:
-        long_pt, long_v, short_v = best, values[length.name], min(lengths)
-        short = measured(at({length.name: short_v})) or run(at({length.name: short_v}),
-                                                             f"{k.name} {length.name} {short_v}, KV {tkv}", True)
+    if length is None or len(lengths) < 2 or base_step <= 0 or not drafted(best):
+        return
+    long_pt, long_v = best, values[length.name]
+    short = None
+    for short_v in (v for v in lengths if v < long_v):  # the shortest that drafts at all (a short m may find none)
+        short = measure_at(length, short_v)
         keep(short)
-        s1 = lookup_step_sample(short_v, short.measurement, base_step) if short.ok else None
-        s2 = lookup_step_sample(long_v, long_pt.measurement, base_step)
-        if s1 is not None and s2 is not None and long_pt.measurement.accept_by_position and short_v != long_v:
-            predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position, base_step,
-                                      drafted=drafted_fraction(long_pt.measurement))
-            ranked = predictor.best(lengths)
-            result.predictions[(k.name, length.name)] = ranked
-            on_event(f"  predicted for {k.name} by {length.name}: " + ", ".join(f"{n}: {t:.1f}" for n, t in ranked[:3]))
-            todo = [(n, t) for n, t in ranked if measured(at({length.name: n})) is None]
-            if todo:
-                n, t = todo[0]
-                keep(run(at({length.name: n}), f"confirm {k.name} {length.name} {n} (predicted {t:.1f} tok/s)", True))
-    for p in k.params:
-        if p.role == "key" and len(p.values) > 1:
-            try_other(p)
+        if drafted(short):
+            break
+    if not drafted(short):
+        return
+    s1 = lookup_step_sample(short_v, short.measurement, base_step)
+    s2 = lookup_step_sample(long_v, long_pt.measurement, base_step)
+    if s1 is None or s2 is None or not long_pt.measurement.accept_by_position:
+        return
+    predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position, base_step,
+                              drafted=drafted_fraction(long_pt.measurement))
+    ranked = predictor.best(lengths)
+    result.predictions[(k.name, length.name)] = ranked
+    on_event(f"  predicted for {k.name} by {length.name}: " + ", ".join(f"{n}: {t:.1f}" for n, t in ranked[:3]))
+    todo = [(n, t) for n, t in ranked if measured(at({length.name: n})) is None]
+    if todo:
+        n, t = todo[0]
+        keep(measure_at(length, n, f"confirm (predicted {t:.1f} tok/s) "))
 
 
 def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run, fits, on_event) -> None:
