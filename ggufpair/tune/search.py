@@ -522,9 +522,10 @@ def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tk
         return pt is not None and pt.ok and pt.measurement.speculative and pt.measurement.drafts > 0
 
     def keep(pt: PointResult) -> bool:
+        # A run stopped early (one repetition, below another kind's best) still says which way this kind's
+        # parameters go: the kind is compared with itself here, the recommendation compares across kinds.
         nonlocal best, values
-        if drafted(pt) and not pt.measurement.stopped_early \
-                and pt.measurement.tokens_per_second > best.measurement.tokens_per_second:
+        if drafted(pt) and pt.measurement.tokens_per_second > best.measurement.tokens_per_second:
             best, values = pt, dict(pt.config.ngram_values)
             return True
         return False
