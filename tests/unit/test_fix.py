@@ -12,7 +12,10 @@ import pytest
 from gguf import GGUFValueType as T
 
 from ggufpair.errors import UsageError
-from ggufpair.fix.apply import FixError, _journal_path, apply_plan, recover_interrupted, temp_name
+from ggufpair.fix import copier, verify
+from ggufpair.fix import journal as journaling
+from ggufpair.fix.apply import FixError, apply_plan, recover_interrupted, temp_name
+from ggufpair.fix.journal import _journal_path
 from ggufpair.fix.plan import Action, RouteChoice, plan_pair_fix, plan_self_fix
 from ggufpair.format.model_info import read_model_info
 from ggufpair.format.reader import read_header
@@ -241,12 +244,11 @@ def test_a_half_patched_file_is_explained_and_rolled_back_from_any_home(tmp_path
     model: inspect and list point to the rollback, and a fix from another $GGUFPAIR_HOME (sudo, another user)
     finds the journal and rolls back."""
     from ggufpair.cli.main import main
-    from ggufpair.fix import apply
 
     t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
     original = d.read_bytes()
     torn = b"\xff" * 8  # a tensor count no reader accepts: the cut-short write of a header stands for it
-    journal = apply._journal_path(d)
+    journal = journaling._journal_path(d)
     assert journal.parent == d.parent  # beside the model, its folder being writable
     write_json_atomic(journal, {"path": str(d), "inode": os.stat(d).st_ino, "size": len(original),
                                 "patches": [(8, original[8:16].hex(), torn.hex())]})
@@ -268,20 +270,19 @@ def test_a_half_patched_file_is_explained_and_rolled_back_from_any_home(tmp_path
 def test_a_journal_goes_to_the_state_folder_when_the_model_folder_is_not_writable(tmp_path, monkeypatch):
     """A writable model in a folder the user cannot write to. The suite runs as root, for whom every folder
     is writable: the folder's refusal (access(2)) is stood in for."""
-    from ggufpair.fix import apply
 
     t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
     plan = plan_pair_fix(d, t, RouteChoice.PATCH)
-    real_access, real_write = os.access, apply._write_durably
+    real_access, real_write = os.access, journaling._write_durably
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != tmp_path and real_access(p, mode, **kw))
     seen = []
 
     def watch(f, pieces):
-        seen.append(apply._journal_path(d))
+        seen.append(journaling._journal_path(d))
         assert seen[-1].exists()  # the journal is durable before the model is written
         real_write(f, pieces)
 
-    monkeypatch.setattr(apply, "_write_durably", watch)
+    monkeypatch.setattr(journaling, "_write_durably", watch)
     assert apply_plan(plan).mode == "in-place"
     assert seen and seen[0].parent == state_dir("journals") and not seen[0].exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -441,9 +442,8 @@ def test_rewrite_in_many_chunks_by_each_copy_method(tmp_path, monkeypatch, refus
     filesystems) falls back to sendfile, then to plain reads, and the result is the same."""
     import errno as errno_
 
-    import ggufpair.fix.apply as apply
 
-    monkeypatch.setattr(apply, "REWRITE_CHUNK", 4096)
+    monkeypatch.setattr(copier, "REWRITE_CHUNK", 4096)
     for name in refused:
         def refuse(*a, **k):
             raise OSError(errno_.EXDEV, "refused by the test")
@@ -458,10 +458,9 @@ def test_rewrite_in_many_chunks_by_each_copy_method(tmp_path, monkeypatch, refus
 def test_a_byte_corrupted_during_the_copy_fails_verification(tmp_path, monkeypatch):
     """One byte of one chunk in the middle goes wrong on its way to the new file: the comparison catches it,
     the original stays byte for byte, no temporary file is left."""
-    import ggufpair.fix.apply as apply
 
-    monkeypatch.setattr(apply, "REWRITE_CHUNK", 4096)
-    real_copy, calls = apply._copy_range, []
+    monkeypatch.setattr(copier, "REWRITE_CHUNK", 4096)
+    real_copy, calls = copier._copy_range, []
 
     def corrupting(src_fd, dst_fd, src_off, dst_off, length, method):
         real_copy(src_fd, dst_fd, src_off, dst_off, length, method)
@@ -470,7 +469,7 @@ def test_a_byte_corrupted_during_the_copy_fails_verification(tmp_path, monkeypat
             byte = os.pread(src_fd, 1, src_off + 17)
             os.pwrite(dst_fd, bytes([byte[0] ^ 0xFF]), dst_off + 17)
 
-    monkeypatch.setattr(apply, "_copy_range", corrupting)
+    monkeypatch.setattr(copier, "_copy_range", corrupting)
     t, d, original = _token_text_rewrite(tmp_path)
     with pytest.raises(FixError, match="tensor data bytes differ"):
         apply_plan(plan_pair_fix(d, t))
@@ -479,14 +478,13 @@ def test_a_byte_corrupted_during_the_copy_fails_verification(tmp_path, monkeypat
 
 
 def test_an_error_in_the_comparing_thread_leaves_the_original(tmp_path, monkeypatch):
-    import ggufpair.fix.apply as apply
 
-    monkeypatch.setattr(apply, "REWRITE_CHUNK", 4096)
+    monkeypatch.setattr(copier, "REWRITE_CHUNK", 4096)
 
     def broken(*a, **k):
         raise MemoryError("the comparison failed")
 
-    monkeypatch.setattr(apply, "_same_data", broken)
+    monkeypatch.setattr(verify, "same_data", broken)
     t, d, original = _token_text_rewrite(tmp_path)
     with pytest.raises(MemoryError):
         apply_plan(plan_pair_fix(d, t))
@@ -521,9 +519,8 @@ def test_the_kernel_copy_is_block_aligned_when_the_data_moves_by_whole_blocks(tm
     data keeps its offset, or moves by a multiple of 4096 bytes, every copy call starts and (but for the
     file's end) ends on a block boundary; otherwise the data is copied from where it starts. Either way the
     result holds the new header and the same tensors."""
-    import ggufpair.fix.apply as apply
 
-    monkeypatch.setattr(apply, "REWRITE_CHUNK", 3 * 4096 + 100)  # not a multiple of the block: rounded down
+    monkeypatch.setattr(copier, "REWRITE_CHUNK", 3 * 4096 + 100)  # not a multiple of the block: rounded down
     tokens = spm_tokens(300)
     if case == "same-size header to --output":
         t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
@@ -708,12 +705,11 @@ def test_an_aligned_span_is_cloned_where_the_filesystem_can_and_reserved_where_n
     """On this machine's filesystems FICLONERANGE is refused: the blocks are reserved, the data copied. Where a
     filesystem clones (btrfs, XFS: none here, so the clone is stood in for by a plain kernel copy), nothing is
     reserved or copied chunk by chunk, and the cloned span is still compared byte for byte."""
-    import ggufpair.fix.apply as apply
 
     reserved, copied = [], []
-    real_reserve, real_copy = apply._reserve, apply._copy_range
-    monkeypatch.setattr(apply, "_reserve", lambda fd, size: reserved.append(size) or real_reserve(fd, size))
-    monkeypatch.setattr(apply, "_copy_range", lambda *a: copied.append(a[4]) or real_copy(*a))
+    real_reserve, real_copy = copier.reserve, copier._copy_range
+    monkeypatch.setattr(copier, "reserve", lambda fd, size: reserved.append(size) or real_reserve(fd, size))
+    monkeypatch.setattr(copier, "_copy_range", lambda *a: copied.append(a[4]) or real_copy(*a))
     t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
     tensors_before = _tensor_bytes(d)
     apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), output=tmp_path / "here.gguf")
@@ -726,7 +722,7 @@ def test_an_aligned_span_is_cloned_where_the_filesystem_can_and_reserved_where_n
             done += os.copy_file_range(src_fd, dst_fd, length - done, src_off + done, dst_off + done)
         return True
 
-    monkeypatch.setattr(apply, "_clone_range", clone)
+    monkeypatch.setattr(copier, "clone_range", clone)
     reserved.clear(), copied.clear()
     result = apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), output=tmp_path / "cloned.gguf")
     assert result.data_verified and reserved == [] and copied == []
@@ -738,7 +734,7 @@ def test_an_aligned_span_is_cloned_where_the_filesystem_can_and_reserved_where_n
         os.pwrite(dst_fd, bytes([last[0] ^ 0xFF]), dst_off + length - 1)
         return True
 
-    monkeypatch.setattr(apply, "_clone_range", bad_clone)
+    monkeypatch.setattr(copier, "clone_range", bad_clone)
     before = d.read_bytes()
     with pytest.raises(FixError, match="tensor data bytes differ from the source"):
         apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH), output=tmp_path / "bad.gguf")
@@ -870,19 +866,19 @@ def test_a_journal_belongs_to_the_model_s_owner_and_a_stuck_one_is_explained(tmp
     original = d.read_bytes()
     entry = read_header(d).kv[ADD_BOS]
     # the journal a patch writes first, then the patch's byte, then a power cut
-    journal = apply._write_journal(d, {"path": str(d), "inode": os.stat(d).st_ino, "size": len(original),
+    journal = journaling._write_journal(d, {"path": str(d), "inode": os.stat(d).st_ino, "size": len(original),
                                        "patches": [(entry.value_offset + 4, "00", "01")]})
     with open(d, "r+b") as f:
         f.seek(entry.value_offset + 4)
         f.write(b"\x01")
-    assert journal == apply._journal_path(d)
+    assert journal == journaling._journal_path(d)
     st = os.stat(journal)
     assert journal.parent == tmp_path and (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65533, 0o640)
 
     def cannot_remove(path):
         raise PermissionError(13, "Permission denied")  # root is never refused: a user would be
 
-    monkeypatch.setattr(apply, "_unlink_durably", cannot_remove)
+    monkeypatch.setattr(journaling, "_unlink_durably", cannot_remove)
     with pytest.raises(FixError, match="rolled back an interrupted fix .the file is whole again.*could not be removed"):
         apply.recover(d)
     assert d.read_bytes() == original
@@ -927,11 +923,10 @@ def test_a_tokenless_target_and_a_draft_with_duplicate_texts(tmp_path):
 
 def test_list_names_a_half_patched_model_it_can_still_read(tmp_path, capsys):
     from ggufpair.cli.main import main
-    from ggufpair.fix import apply
 
     t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
     entry = read_header(d).kv[ADD_BOS]
-    write_json_atomic(apply._journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
+    write_json_atomic(journaling._journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
     assert main(["list", "--dir", str(tmp_path), "--json"]) == 0
     models = {m["path"]: m["half_patched"] for m in json.loads(capsys.readouterr().out)["models"]}
     assert models == {str(d): True, str(t): False}
@@ -946,7 +941,7 @@ def test_ctrl_c_during_an_in_place_patch_rolls_back_at_once(tmp_path, monkeypatc
 
     t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)}, tensors=BIG_TENSORS)
     original = d.read_bytes()
-    real_write = apply._write_durably
+    real_write = journaling._write_durably
 
     def interrupted(f, pieces):
         if pieces and pieces[0][1] != original[pieces[0][0]:pieces[0][0] + len(pieces[0][1])]:  # the patch
@@ -956,7 +951,7 @@ def test_ctrl_c_during_an_in_place_patch_rolls_back_at_once(tmp_path, monkeypatc
             raise KeyboardInterrupt
         real_write(f, pieces)  # the rollback
 
-    monkeypatch.setattr(apply, "_write_durably", interrupted)
+    monkeypatch.setattr(journaling, "_write_durably", interrupted)
     with pytest.raises(KeyboardInterrupt):
         apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH))
     assert d.read_bytes() == original and not apply.pending_recovery(d)
@@ -985,7 +980,7 @@ def test_a_failed_backup_rewrite_leaves_no_backup_and_an_immutable_model_is_refu
         pytest.skip("chattr +i is refused on this filesystem")
     try:
         copied = []
-        monkeypatch.setattr(apply, "_copy_and_compare", lambda *a, **k: copied.append(1))
+        monkeypatch.setattr(copier, "copy_and_compare", lambda *a, **k: copied.append(1))
         with pytest.raises(FixError, match="is immutable .chattr.*nothing was written"):
             apply_plan(plan_pair_fix(d, t, RouteChoice.PATCH))
         assert copied == []
@@ -1013,7 +1008,7 @@ def test_the_journal_note_tells_a_fix_at_work_and_an_untouched_file_from_a_half_
 
     t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
     entry = read_header(d).kv[ADD_BOS]
-    write_json_atomic(apply._journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
+    write_json_atomic(journaling._journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
     assert "left " + str(d) + " unchanged (cut short before writing)" in apply.recovery_note(d)
     with open(d, "r+b") as f:
         f.seek(entry.value_offset + 4)
@@ -1031,7 +1026,7 @@ def test_a_usage_error_comes_before_any_rollback(tmp_path, capsys):
 
     t, d = _pair(tmp_path, {ADD_BOS: (T.BOOL, False)})
     entry = read_header(d).kv[ADD_BOS]
-    write_json_atomic(apply._journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
+    write_json_atomic(journaling._journal_path(d), {"path": str(d), "patches": [(entry.value_offset + 4, "00", "01")]})
     with open(d, "r+b") as f:
         f.seek(entry.value_offset + 4)
         f.write(b"\x01")
