@@ -5,12 +5,17 @@
 2. Rewrite throughput on the multi-gigabyte file as a ratio to `cp` of the same file (target >= 0.8).
    ggufpair's rewrite fsyncs and verifies every data byte; `cp` does neither, so `cp` + `sync` is shown too.
 3. `gguf_new_metadata.py` (shipped with gguf) on a rewrite job it can do (a new BOS id into a new file).
+4. `--filesystems xfs,btrfs,ext4` (root, mkfs.xfs / mkfs.btrfs): on a fresh loop filesystem of each kind, the
+   rewrite of the file (`--output`: the data keeps its offset) against the reference there: on XFS and btrfs
+   `cp --reflink=always`, which clones (target >= 0.8 of its speed); on ext4 `cp` followed by `sync`, the
+   honest durable copy (target >= 0.8). The space each took from the filesystem is printed beside.
 
 Every command runs as a fresh process, so interpreter start-up is included on both sides. `cp` finishes when
 the copy is in the page cache; Linux lets it leave up to `vm.dirty_ratio` of memory dirty, so for a file
 smaller than that `cp` measures memory and ggufpair (which must fsync) measures the disk, and for a larger one
 both measure the disk. Give sizes on both sides (`--size-gib 4,12` on a 24 GiB machine) to see both.
 Run: .venv/bin/python bench/fix.py [--size-gib 2[,12]] [--repeat 3] [--dir /tmp/ggufpair-bench]
+     [--filesystems xfs,ext4] [--fs-size-gib 4]
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ def main() -> None:
     ap.add_argument("--size-gib", default="2", help="one size, or several: 4,12")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default="/tmp/ggufpair-bench")
+    ap.add_argument("--filesystems", default="", help="loop filesystems to measure the rewrite on: xfs,btrfs,ext4")
+    ap.add_argument("--fs-size-gib", type=float, default=4, help="the model's size on those filesystems")
+    ap.add_argument("--skip-base", action="store_true", help="only the --filesystems cases")
     args = ap.parse_args()
     work = Path(args.dir)
     shutil.rmtree(work, ignore_errors=True)
@@ -87,6 +95,13 @@ def main() -> None:
     size = sizes[0]
 
     base = {**model_kv(), **vocab_kv()}
+    if args.skip_base:
+        t_false = write_gguf(work / "target-bos-false.gguf", {**base, "tokenizer.ggml.add_bos_token": (T.BOOL, False),
+                                                              "tokenizer.ggml.bos_token_id": (T.UINT32, 3)})
+        for kind in filter(None, args.filesystems.split(",")):
+            fs_bench(work, kind, int(args.fs_size_gib * 2**30), base, t_false, args.repeat)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     t_true = write_gguf(work / "target-bos-true.gguf", {**base, "tokenizer.ggml.add_bos_token": (T.BOOL, True)})
     t_false = write_gguf(work / "target-bos-false.gguf", {**base, "tokenizer.ggml.add_bos_token": (T.BOOL, False),
                                                           "tokenizer.ggml.bos_token_id": (T.UINT32, 3)})
@@ -119,6 +134,8 @@ def main() -> None:
         print(f"this machine lets about {dirty / 2**30:.1f} GiB of written data wait in memory (vm.dirty_ratio)\n")
     for size in sizes:
         rewrite_bench(work, size, base, t_false, args.repeat, dirty)
+    for kind in filter(None, args.filesystems.split(",")):
+        fs_bench(work, kind, int(args.fs_size_gib * 2**30), base, t_false, args.repeat)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -168,6 +185,70 @@ def rewrite_bench(work: Path, size: int, base: dict, t_false: Path, repeat: int,
           f"ggufpair / gguf_new_metadata.py: {nm / o:.2f}")
     print("  per round, ggufpair / cp: " + ", ".join(f"{b / a:.2f}" for a, b in zip(ours, cp)) + "\n")
     big.unlink()
+
+
+MKFS = {"xfs": ["mkfs.xfs", "-q", "-f"], "btrfs": ["mkfs.btrfs", "-q", "-f"], "ext4": ["mkfs.ext4", "-q", "-F"]}
+
+
+def used_bytes(folder: Path) -> int:
+    os.sync()
+    st = os.statvfs(folder)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def fs_bench(work: Path, kind: str, size: int, base: dict, t_false: Path, repeat: int) -> None:
+    """The rewrite on a fresh loop filesystem of `kind`, against the reference copy there."""
+    if shutil.which(MKFS[kind][0]) is None or os.geteuid() != 0:
+        print(f"{kind}: not measured ({MKFS[kind][0]} missing or not root)\n")
+        return
+    image, mnt = work / f"{kind}.img", work / f"mnt-{kind}"
+    with open(image, "wb") as f:
+        f.truncate(size * 3 + (1 << 30))  # sparse: the model, a full copy of it, and room to spare
+    mnt.mkdir(exist_ok=True)
+    subprocess.run([*MKFS[kind], str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        big = big_gguf(mnt / "big.gguf", size, base)
+        out = mnt / "out.gguf"
+        cow = kind != "ext4"
+        ref_name = "cp --reflink=always" if cow else "cp + sync"
+        jobs = {"ours": [fix_cmd(big, "--reference", t_false, "--route", "patch", "--output", out)],
+                "ref": [["cp", "--reflink=always", str(big), str(out)]] if cow else
+                       [["cp", "--reflink=never", str(big), str(out)], ["sync", str(out)]]}
+        tiny = write_gguf(mnt / "tiny.gguf", base)  # the same job on a tiny file: what does not grow with size
+        tiny_out = mnt / "tiny-out.gguf"
+        jobs["ours_tiny"] = [fix_cmd(tiny, "--reference", t_false, "--route", "patch", "--output", tiny_out)]
+        jobs["ref_tiny"] = ([["cp", "--reflink=always", str(tiny), str(tiny_out)]] if cow else
+                            [["cp", "--reflink=never", str(tiny), str(tiny_out)], ["sync", str(tiny_out)]])
+        times: dict[str, list[float]] = {name: [] for name in jobs}
+        took: dict[str, list[int]] = {name: [] for name in jobs}
+        for i in range(repeat):
+            for name in ("ours_tiny", "ref_tiny"):
+                tiny_out.unlink(missing_ok=True)
+                times[name].append(sum(timed(cmd) for cmd in jobs[name]))
+            tiny_out.unlink(missing_ok=True)
+            for name in (("ours", "ref") if i % 2 == 0 else ("ref", "ours")):
+                out.unlink(missing_ok=True)
+                subprocess.run(["sync", "-f", str(mnt)], check=True)
+                before = used_bytes(mnt)
+                times[name].append(sum(timed(cmd) for cmd in jobs[name]))
+                took[name].append(used_bytes(mnt) - before)
+            out.unlink(missing_ok=True)
+        gib = big.stat().st_size / 2**30
+        o, r = statistics.median(times["ours"]), statistics.median(times["ref"])
+        print(f"{kind}, rewrite (new BOS id, --output) of {gib:.2f} GiB: ggufpair {med(times['ours'])}, "
+              f"took {statistics.median(took['ours']) / 2**20:.1f} MiB of the filesystem")
+        print(f"{kind}, {ref_name} of the same file: {med(times['ref'])}, "
+              f"took {statistics.median(took['ref']) / 2**20:.1f} MiB")
+        print(f"{kind}: speed ratio ggufpair / ({ref_name}): {r / o:.2f} (target >= 0.8)")
+        ot, rt = statistics.median(times["ours_tiny"]), statistics.median(times["ref_tiny"])
+        print(f"{kind}: the same jobs on a {tiny.stat().st_size} B file: ggufpair {med(times['ours_tiny'])}, "
+              f"{ref_name} {med(times['ref_tiny'])}; what the 4 GiB added: ggufpair {o - ot:+.3f} s, "
+              f"{ref_name} {r - rt:+.3f} s")
+        print("  per round: " + ", ".join(f"{b / a:.2f}" for a, b in zip(times["ours"], times["ref"])) + "\n")
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        image.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
   A reflink (btrfs, XFS) needs the source and the copy at the same offset within a filesystem block: when the
   data keeps its offset (a same-size header written to `--output` or with `--backup`) or moves by whole
   blocks, the span from the block holding its first byte is cloned (FICLONERANGE), sharing the blocks
-  instead of writing them, and then only compared. Elsewhere the file's blocks are reserved first (a full
+  instead of writing them; FIEMAP then shows every data byte on the source's own block, so nothing is read
+  (where it cannot show that, the span is compared byte for byte). Elsewhere the file's blocks are reserved first (a full
   disk fails before any copying) and the data is copied by the kernel (`os.copy_file_range`; `sendfile` or
   plain reads as fallbacks) in chunks: each chunk is handed to the disk as soon as it is copied and compared byte for byte with the
   source by a second thread while the next one copies, so the fsync and the verification overlap the copy.
@@ -224,7 +225,8 @@ def _rewrite(src: Path, dest: Path, header: GGUFHeader, head: bytes, plan: FixPl
                 # first, so a full disk fails before any copying.
                 cloned = aligned and copier.clone_range(sf.fileno(), fd, src_off, dst_off, length)
                 if cloned:
-                    os.ftruncate(fd, len(head) + data_len)
+                    if os.fstat(fd).st_size != len(head) + data_len:  # (a truncate to the size the clone gave
+                        os.ftruncate(fd, len(head) + data_len)  # already would zero the last block's tail: unshared)
                 else:
                     copier.reserve(fd, len(head) + data_len)
                 equal = copier.copy_and_compare(src, sf.fileno(), tmp, fd, src_off, dst_off, length, cloned)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from gguf import GGUFValueType as T
 
-from ggufpair.fix import copier
+from ggufpair.fix import copier, verify
 from ggufpair.fix.apply import apply_plan, new_header_bytes
 from ggufpair.fix.plan import Action, KeyChange, RouteChoice, plan_pair_fix
 from ggufpair.format.reader import read_header
@@ -55,16 +55,26 @@ def _mount(kind: str, folder: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def clones(monkeypatch):
-    """What each FICLONERANGE call of the rewrite answered (True: the filesystem shared the blocks)."""
-    answers = []
-    real = copier.clone_range
+    """What each FICLONERANGE call of the rewrite answered (True: the filesystem shared the blocks); the
+    bytes the data check read are counted in `clones.read`."""
+    answers = Answers()
+    real_clone, real_same = copier.clone_range, verify.same_data
 
-    def recorded(*args):
-        answers.append(real(*args))
+    def cloned(*args):
+        answers.append(real_clone(*args))
         return answers[-1]
 
-    monkeypatch.setattr(copier, "clone_range", recorded)
+    def compared(a, a_off, b, b_off, length):
+        answers.read += length
+        return real_same(a, a_off, b, b_off, length)
+
+    monkeypatch.setattr(copier, "clone_range", cloned)
+    monkeypatch.setattr(verify, "same_data", compared)
     return answers
+
+
+class Answers(list):
+    read = 0
 
 
 @pytest.fixture(params=["xfs", "btrfs"], scope="module")
@@ -167,6 +177,8 @@ def test_rewrite_clones_the_data_and_speculates(how, cow, clones, gemma_q4, llam
         fixed, kept = draft, result.backup
         assert kept is not None and kept.name.endswith(".bak")
     assert result.mode == "rewrite" and clones == [True]  # by FICLONERANGE itself
+    assert clones.read == 0, "the clone's data was read back although FIEMAP shows it on the original's blocks"
+    assert result.data_verified
     assert read_header(kept).kv[ADD_BOS].value is False, "the original (or its backup) was changed"
     assert read_header(fixed).kv[ADD_BOS].value is True
     new = read_header(fixed)
@@ -202,7 +214,7 @@ def test_in_folder_rewrite_whose_data_moves_by_whole_blocks_is_cloned(cow, clone
     inode = os.stat(draft).st_ino
     plan = plan_pair_fix(draft, gemma_q4, RouteChoice.PATCH)
     result = apply_plan(plan)
-    assert result.mode == "rewrite" and result.backup is None and clones == [True]
+    assert result.mode == "rewrite" and result.backup is None and clones == [True] and clones.read == 0
     assert os.stat(draft).st_ino != inode and [p.name for p in folder.iterdir()] == ["draft.gguf"]
     new = read_header(draft)
     assert new.data_offset == header.data_offset
