@@ -48,6 +48,9 @@ class ServerConfig:
     spec_type: str = "draft-simple"  # the draft model's kind (draft-simple, draft-eagle3, ...)
     ngram: str | None = None  # a draftless n-gram kind (engine.kinds), alone or beside the draft
     ngram_params: tuple[tuple[str, int], ...] = ()  # (name, value) over the kind's defaults
+    draft_sampling: str | None = None  # --spec-draft-sampling (engine.traffic.DRAFT_SAMPLING); None: the build's
+    rpc: tuple[str, ...] = ()  # host:port of each rpc-server whose devices join (engine.rpc)
+    draft_device: str | None = None  # -devd: where the draft runs ("none": the local CPU); None: as the target
     host: str = "127.0.0.1"
     port: int | None = None
     metrics: bool = True
@@ -70,6 +73,11 @@ class ServerConfig:
             kind(self.ngram).values(self.ngram_params)  # a usage error for an unknown kind or parameter
         elif self.ngram_params:
             raise UsageError("n-gram parameters were given without an n-gram kind")
+        if self.draft_sampling is not None:
+            from ggufpair.engine.traffic import DRAFT_SAMPLING
+
+            if self.draft_sampling not in DRAFT_SAMPLING:
+                raise UsageError(f"draft sampling {self.draft_sampling!r}: one of {', '.join(DRAFT_SAMPLING)}")
         if self.draft is not None and not (0 <= self.draft_min <= self.draft_max and self.draft_max >= 1):
             raise UsageError(f"draft length must satisfy 0 <= min <= max and max >= 1 (got {self.draft_min}..{self.draft_max})")
 
@@ -131,6 +139,11 @@ class ServerConfig:
         a: list[str] = ["-m", str(self.target), "-c", str(self.ctx), "-np", str(self.parallel)]
         if self.threads:
             a += ["-t", str(self.threads)]
+        if self.rpc:
+            if not dialect.has("--rpc"):
+                raise UsageError("this llama-server build has no RPC backend (--rpc)",
+                                 hint="build llama.cpp with -DGGML_RPC=ON (ggufpair's own build has it)")
+            a += ["--rpc", ",".join(self.rpc)]
         if self.gpu_layers is not None:
             a += ["-ngl", str(self.gpu_layers)]
         a += self._flash_attn_args(dialect)
@@ -209,6 +222,17 @@ class ServerConfig:
             a += [k, self.draft_cache_type_k, v, self.draft_cache_type_v]
         elif (self.draft_cache_type_k, self.draft_cache_type_v) != ("f16", "f16"):
             raise UsageError("this llama-server build cannot set the draft's KV cache types (no -ctkd/-ctvd)")
+        if self.draft_sampling is not None:
+            if dialect.has("--spec-draft-sampling"):
+                a += ["--spec-draft-sampling", self.draft_sampling]
+            elif self.draft_sampling != "greedy":
+                raise UsageError(f"this llama-server build has no --spec-draft-sampling, so it cannot verify drafts "
+                                 f"by {self.draft_sampling} sampling", hint="use a 2026-11 or newer build")
+        if self.draft_device is not None:
+            flag = dialect.pick("--spec-draft-device", "-devd", "--device-draft")
+            if flag is None:
+                raise UsageError("this llama-server build cannot place the draft on its own device (no -devd)")
+            a += [flag, self.draft_device]
         if self.draft_gpu_layers is not None and dialect.draft_gpu_layers_flag:
             a += [dialect.draft_gpu_layers_flag, str(self.draft_gpu_layers)]
         return a

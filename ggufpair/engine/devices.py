@@ -37,9 +37,12 @@ def parse_list_devices(text: str) -> list[Device]:
     return out
 
 
-def list_devices(binary: Path, timeout: float = 60) -> list[Device]:
+def list_devices(binary: Path, timeout: float = 60, rpc: tuple[str, ...] = ()) -> list[Device]:
+    """The build's devices; with `rpc` (host:port, reachable: see engine.rpc), the remote ones too (RPC0...)."""
+    # --rpc first: llama-server lists the devices as soon as it reads --list-devices, and exits
+    args = [str(binary)] + (["--rpc", ",".join(rpc)] if rpc else []) + ["--list-devices"]
     try:
-        out = subprocess.run([str(binary), "--list-devices"], capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return []
     return parse_list_devices(out.stdout + out.stderr)
@@ -97,9 +100,16 @@ _NO_DEVICES: set[Path] = set()
 """Builds whose --list-devices listed nothing (CPU builds): asked once, not on every server start."""
 
 
-def devices(binary: Path | None) -> list[Device]:
+def devices(binary: Path | None, rpc: tuple[str, ...] = ()) -> list[Device]:
     """GPUs as llama.cpp sees them (NVML's numbers where they surely are the same card), else the host as a
-    CPU device."""
+    CPU device. With `rpc`, the remote devices join the list, and the host stays in it when no local GPU
+    does (it runs what is not offloaded: the draft, kept local)."""
+    if rpc and binary:
+        found = list_devices(binary, rpc=rpc)
+        local = [d for d in found if not d.name.startswith("RPC")]
+        if local and any(d.name.startswith("CUDA") for d in local):
+            local = with_nvml(local, nvml_devices(), os.environ)
+        return (local or [host_memory()]) + [d for d in found if d.name.startswith("RPC")]
     found = list_devices(binary) if binary and binary not in _NO_DEVICES else []
     if binary and not found:
         _NO_DEVICES.add(binary)
@@ -125,7 +135,7 @@ def with_nvml(found: list[Device], nvml: list[Device], env) -> list[Device]:
 
 def device_kind(devs: list[Device]) -> str:
     """"gpu" when llama.cpp listed devices to offload to, else "cpu" (the budget is host memory)."""
-    return "cpu" if devs[0].name == "CPU" else "gpu"
+    return "cpu" if all(d.name == "CPU" for d in devs) else "gpu"
 
 
 def describe(devs: list[Device]) -> str:

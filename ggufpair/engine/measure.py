@@ -4,6 +4,7 @@ length per step, acceptance by draft position, and the lossless check of greedy 
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,30 @@ class Measurement:
     # for a mix of kinds: what each drafted and had accepted ({kind: {drafts, accepted_tokens, ...}}, llama.cpp's
     # own statistics), so a mix whose lookup never drafted is not taken for one that did
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
+    # requests in flight at once; above 1 tokens_per_second is the aggregate rate over wall-clock time
+    concurrency: int = 1
+    ttft_ms: tuple[float, ...] = ()  # each request's time from sending to its first token (client side)
+    request_drafts: tuple[int, ...] = ()  # each request's drafted tokens: speculation live in every slot
+    prompt_tokens: int = 0  # prompt tokens processed (prefill: the draft prefills them too), summed
+    prompt_ms: float = 0.0
+    # generated tokens (each answer's first left out) over each repetition's wall-clock time, prefill and
+    # waiting included: the rate that compares across concurrency levels (the median repetition)
+    wall_tps: float = 0.0
+
+    @property
+    def prefill_tps(self) -> float | None:
+        """Prompt tokens processed per second, apart from the generation rate."""
+        return self.prompt_tokens / (self.prompt_ms / 1000) if self.prompt_ms > 0 else None
+
+    @property
+    def request_tps_median(self) -> float | None:
+        """A request's own generation rate (the median request): what one user of a busy server sees."""
+        rates = [r for r in self.request_tps if r > 0]
+        return statistics.median(rates) if rates else None
+
+    @property
+    def ttft_ms_median(self) -> float | None:
+        return statistics.median(self.ttft_ms) if self.ttft_ms else None
 
     @property
     def tps_spread(self) -> float:
@@ -80,6 +105,10 @@ class Measurement:
             "predicted_ms": self.predicted_ms, "stopped_early": self.stopped_early,
             "request_tps": [round(r, 2) for r in self.request_tps], "stalls": self.stalls,
             "servers": self.servers, "seen_texts": self.seen_texts, "by_kind": self.by_kind,
+            "concurrency": self.concurrency, "request_tps_median": self.request_tps_median,
+            "ttft_ms": [round(t, 1) for t in self.ttft_ms], "ttft_ms_median": self.ttft_ms_median,
+            "request_drafts": list(self.request_drafts), "prompt_tokens": self.prompt_tokens,
+            "prompt_ms": self.prompt_ms, "prefill_tps": self.prefill_tps, "wall_tps": self.wall_tps,
         }
 
     @classmethod
@@ -91,7 +120,11 @@ class Measurement:
                    float(d.get("predicted_ms", 0.0)), bool(d.get("stopped_early", False)),
                    tuple(float(r) for r in d.get("request_tps", ())), int(d.get("stalls", 0)),
                    servers=int(d.get("servers", 1)), seen_texts=int(d.get("seen_texts", 0)),
-                   by_kind={str(k): dict(v) for k, v in d.get("by_kind", {}).items()})
+                   by_kind={str(k): dict(v) for k, v in d.get("by_kind", {}).items()},
+                   concurrency=int(d.get("concurrency", 1)), ttft_ms=tuple(float(t) for t in d.get("ttft_ms", ())),
+                   request_drafts=tuple(int(n) for n in d.get("request_drafts", ())),
+                   prompt_tokens=int(d.get("prompt_tokens", 0)), prompt_ms=float(d.get("prompt_ms", 0.0)),
+                   wall_tps=float(d.get("wall_tps", 0.0)))
 
 
 def spread_text(m: Measurement, label: str = "") -> str:
@@ -139,31 +172,64 @@ def warmup_payload(prompts: list[Prompt]):
     return WARMUP_RAW if prompts and isinstance(prompts[0].messages, str) else [dict(m) for m in WARMUP_CHAT]
 
 
+def _send(server: LlamaServer, prompts: list[Prompt], n_predict: int, sampling, concurrency: int,
+          cancel) -> tuple[list[tuple[Prompt, Completion, float]], float]:
+    """Every prompt once, `concurrency` requests in flight at once (a pool taking the next prompt as one ends:
+    the ones in flight are always distinct prompts). Returns (prompt, completion, seconds from send to answer)
+    in prompt order, and the wall-clock seconds of the whole."""
+    def one(p: Prompt):
+        if cancel is not None and cancel.is_set():
+            return None
+        t = time.perf_counter()
+        c = server.complete(p.payload(), n_predict=n_predict, sampling=sampling)
+        return p, c, time.perf_counter() - t
+
+    start = time.perf_counter()
+    if concurrency <= 1:
+        done = [one(p) for p in prompts]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            done = list(pool.map(one, prompts))
+    return [d for d in done if d is not None], time.perf_counter() - start
+
+
 def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128, repeats: int = 3,
             temperature: float = 0.0, warmup: bool = True, stop_early=None, cancel=None,
-            restart=None) -> Measurement:
+            restart=None, concurrency: int = 1, sampling=None) -> Measurement:
     """Run every prompt `repeats` times (after one excluded warm-up request of a text of its own) and aggregate
     the server's own timings.
 
+    `concurrency` k > 1: k requests in flight at once (the server needs k slots); a repetition's rate is then
+    the aggregate, every generated token (but each answer's first) over the repetition's wall-clock time,
+    and each request's own rate and time to first token are kept beside it. At 1 the rate is the server's
+    generation time alone, as always. `sampling` (engine.traffic.Sampling) replaces `temperature`.
     `restart()`, when given, stops the server and returns a fresh one, started, for every repetition after the
     first: for a kind that learns across requests (an n-gram table), so that no timed request is drafted from
     an earlier identical one. `stop_early(tps_so_far)` is asked after each repetition; True ends the
     measurement there. A set `cancel` event ends it after the current request."""
+    from ggufpair.engine.traffic import Sampling
+
+    sampling = sampling or Sampling(temperature=temperature)
     segments: list[tuple[dict[str, float], dict[str, float]]] = []  # /metrics before and after, per server
     live_servers: list[bool] = []
 
     def begin(srv: LlamaServer) -> dict[str, float]:
         if warmup and prompts:
-            srv.complete(warmup_payload(prompts), n_predict=min(16, n_predict), temperature=temperature)
+            srv.complete(warmup_payload(prompts), n_predict=min(16, n_predict), sampling=sampling)
         live_servers.append(bool(srv.speculative))
         return srv.metrics()
 
     before = begin(server)
     runs: list[float] = []
-    totals = {"pred": 0, "draft": 0, "acc": 0, "ms": 0.0}
+    wall_runs: list[float] = []
+    totals = {"pred": 0, "draft": 0, "acc": 0, "ms": 0.0, "prompt_n": 0, "prompt_ms": 0.0}
     stopped = False
     cats: dict[str, dict[str, float]] = {}
     request_tps: list[float] = []
+    request_drafts: list[int] = []
+    ttft: list[float] = []
     by_prompt: dict[str, list[float]] = {}
     outputs: dict[str, str] = {}
     seen = 0
@@ -173,10 +239,8 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
             server = restart()
             before = begin(server)
         pred_n, pred_ms = 0, 0.0
-        for p in prompts:
-            if cancel is not None and cancel.is_set():
-                break
-            c = server.complete(p.payload(), n_predict=n_predict, temperature=temperature)
+        answers, wall = _send(server, prompts, n_predict, sampling, concurrency, cancel)
+        for p, c, latency in answers:
             seen += c.seen
             outputs.setdefault(p.id, c.content)
             # An answer's first token comes from the prompt's logits, its time counted in the prompt's: the
@@ -186,18 +250,29 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
             if c.predicted_ms > 0:
                 request_tps.append(steps / (c.predicted_ms / 1000))
                 by_prompt.setdefault(p.id, []).append(request_tps[-1])
+            request_drafts.append(c.draft_n)
+            ttft.append(max(latency * 1000 - c.predicted_ms, 0.0))  # send to first token: queue, prompt, first
             pred_n += steps
             pred_ms += c.predicted_ms
             totals["pred"] += c.predicted_n
             totals["draft"] += c.draft_n
             totals["acc"] += c.draft_accepted
             totals["ms"] += c.predicted_ms
-            cat = cats.setdefault(p.category, {"predicted_n": 0, "predicted_ms": 0.0, "draft_n": 0, "accepted": 0})
+            totals["prompt_n"] += c.prompt_n
+            totals["prompt_ms"] += c.prompt_ms
+            cat = cats.setdefault(p.category, {"predicted_n": 0, "predicted_ms": 0.0, "draft_n": 0, "accepted": 0,
+                                               "prompt_n": 0, "prompt_ms": 0.0})
+            cat["prompt_n"] += c.prompt_n
+            cat["prompt_ms"] += c.prompt_ms
             cat["predicted_n"] += steps
             cat["predicted_ms"] += c.predicted_ms
             cat["draft_n"] += c.draft_n
             cat["accepted"] += c.draft_accepted
-        runs.append(pred_n / (pred_ms / 1000) if pred_ms else 0.0)
+        wall_runs.append(pred_n / wall if wall > 0 else 0.0)
+        if concurrency > 1:
+            runs.append(wall_runs[-1])
+        else:
+            runs.append(pred_n / (pred_ms / 1000) if pred_ms else 0.0)
         if cancel is not None and cancel.is_set():
             break
         if stop_early is not None and len(runs) < repeats and stop_early(statistics.median(runs)):
@@ -213,7 +288,9 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
         i += 1
     per_category = {
         name: {"tokens_per_second": c["predicted_n"] / (c["predicted_ms"] / 1000) if c["predicted_ms"] else 0.0,
-               "acceptance_rate": c["accepted"] / c["draft_n"] if c["draft_n"] else None}
+               "acceptance_rate": c["accepted"] / c["draft_n"] if c["draft_n"] else None,
+               "prefill_tokens_per_second": c["prompt_n"] / (c["prompt_ms"] / 1000) if c["prompt_ms"] else None,
+               "prompt_tokens": c["prompt_n"]}
         for name, c in cats.items()
     }
     # Live speculation needs more than /slots saying so at start: these very requests must have drafted. The
@@ -224,7 +301,10 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     return Measurement(live, statistics.median(runs), tuple(runs), totals["pred"],
                        totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped,
                        tuple(request_tps), count_stalls(by_prompt, drafted),
-                       tuple(outputs.items()) if temperature == 0 else (), servers=len(segments), seen_texts=seen)
+                       tuple(outputs.items()) if sampling.greedy else (), servers=len(segments), seen_texts=seen,
+                       concurrency=concurrency, ttft_ms=tuple(ttft), request_drafts=tuple(request_drafts),
+                       prompt_tokens=totals["prompt_n"], prompt_ms=totals["prompt_ms"],
+                       wall_tps=statistics.median(wall_runs) if wall_runs else 0.0)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import json
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ class LlamaServer:
                                      port=config.port, log_path=log_path, ready_timeout=ready_timeout)
         self.speculative: bool | None = None
         self.sent: set[str] = set()  # digests of every prompt sent: whether a request's text is new to this server
+        self._sent_lock = threading.Lock()
         self.free_before: dict[str, int] = {}
         self.free_after: dict[str, int] = {}
 
@@ -201,22 +203,24 @@ class LlamaServer:
         return data
 
     def complete(self, messages: list[dict[str, str]] | str, *, n_predict: int = 128, temperature: float = 0.0,
-                 seed: int = 1234, logprobs: bool = False) -> Completion:
-        """One generation: chat (messages, through the model's chat template) or raw (a prompt string)."""
+                 seed: int = 1234, logprobs: bool = False, sampling=None) -> Completion:
+        """One generation: chat (messages, through the model's chat template) or raw (a prompt string).
+        `sampling` (engine.traffic.Sampling), when given, replaces `temperature` and `seed`. Safe to call from
+        several threads at once (one connection per request)."""
         digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-        seen = digest in self.sent
-        self.sent.add(digest)
+        with self._sent_lock:
+            seen = digest in self.sent
+            self.sent.add(digest)
+        fields = sampling.body() if sampling is not None else {"temperature": temperature, "seed": seed}
         if isinstance(messages, str):
-            body = {"prompt": messages, "n_predict": n_predict, "temperature": temperature, "seed": seed,
-                    "cache_prompt": False}
+            body = {"prompt": messages, "n_predict": n_predict, **fields, "cache_prompt": False}
             if logprobs:
                 body["n_probs"] = 2
             data = self._post("/completion", body)
             content, finish = data.get("content", ""), data.get("stop_type")
             tokens, top2 = _completion_probs(data) if logprobs else ((), ())
         else:
-            body = {"messages": messages, "max_tokens": n_predict, "temperature": temperature, "seed": seed,
-                    "cache_prompt": False}
+            body = {"messages": messages, "max_tokens": n_predict, **fields, "cache_prompt": False}
             if logprobs:
                 body.update(logprobs=True, top_logprobs=2)
             data = self._post("/v1/chat/completions", body)

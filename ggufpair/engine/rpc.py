@@ -1,0 +1,84 @@
+"""Other machines through llama.cpp's own RPC backend: `ggml-rpc-server` (older builds: `rpc-server`) on
+each host, `llama-server --rpc host:port,...` on the main one, whose `--list-devices` then lists RPC0, RPC1...
+beside its local devices. The target's layers spread over the devices; the draft stays local by default
+(`-devd`; llama.cpp #23242 crashed when target and draft graphs shared one RPC device).
+
+RPC is unauthenticated ("experimental and insecure", llama.cpp's tools/rpc/README): a host that is not
+loopback is said so. An rpc-server that cannot be reached makes llama-server abort with a backtrace, so
+every host is checked first and an unreachable one is a clear error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from ggufpair.errors import EngineError, UsageError
+
+DEFAULT_PORT = 50052
+INSECURE = ("RPC is unauthenticated: anyone who can reach {where} can run code on it and read what it computes; "
+            "keep it on a private network (llama.cpp calls it experimental and insecure)")
+
+
+@dataclass(frozen=True)
+class RpcHost:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def server_command(self, tool: str = "ggml-rpc-server") -> str:
+        """What to run on that host (its own build of llama.cpp with -DGGML_RPC=ON)."""
+        bind = "127.0.0.1" if self.loopback else "0.0.0.0"
+        return f"{tool} -H {bind} -p {self.port}"
+
+
+def parse_rpc(text: str | None) -> tuple[RpcHost, ...]:
+    """`host:port,host2:port2` as llama-server's --rpc takes it (a missing port is llama.cpp's 50052)."""
+    if not text:
+        return ()
+    out: list[RpcHost] = []
+    for part in text.split(","):
+        part = part.strip()
+        host, sep, port = part.rpartition(":")
+        if not sep:
+            host, port = part, str(DEFAULT_PORT)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--rpc {text}: {part!r} is not host:port", hint="e.g. --rpc 192.168.1.20:50052,192.168.1.21:50052")
+        entry = RpcHost(host, int(port))
+        if entry not in out:
+            out.append(entry)
+    return tuple(out)
+
+
+def check_reachable(hosts: tuple[RpcHost, ...], timeout: float = 3.0) -> None:
+    """Every rpc-server accepts a connection, or an EngineError (exit 5) naming those that do not and the
+    command to start them; nothing is launched before."""
+    down = []
+    for h in hosts:
+        try:
+            with socket.create_connection((h.host, h.port), timeout=timeout):
+                pass
+        except OSError as e:
+            down.append((h, e.strerror or str(e)))
+    if down:
+        raise EngineError("cannot reach the rpc-server at " + "; ".join(f"{h} ({why})" for h, why in down)
+                          + ": llama-server would abort on it, so nothing was launched",
+                          hint="start it on that host: " + "; ".join(h.server_command() for h, _ in down))
+
+
+def warnings(hosts: tuple[RpcHost, ...]) -> list[str]:
+    remote = [str(h) for h in hosts if not h.loopback]
+    return [INSECURE.format(where=", ".join(remote))] if remote else []

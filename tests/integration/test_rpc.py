@@ -1,0 +1,110 @@
+"""llama.cpp's RPC backend for real: two `ggml-rpc-server`s on 127.0.0.1 (CPU backend), the demo target's
+layers on them and the draft kept local, speculation live and measured; a placement that does not fit the
+remote memory pruned before launch; an unreachable host a clear error (exit 5) that leaves no process.
+
+This build's rpc-server has no option to cap the memory it offers (tools/rpc/rpc-server.cpp reads -t, -d, -H,
+-p, -c only), so the pruning test gives the search smaller per-device budgets than the devices report."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from ggufpair.engine.config import ServerConfig
+from ggufpair.engine.devices import devices
+from ggufpair.engine.placement import DeviceBudget
+from ggufpair.engine.process import free_port
+from ggufpair.tune.prompts import builtin_prompts
+from ggufpair.tune.sweep import run_point
+
+pytestmark = pytest.mark.integration
+
+
+def _tool(llama_server):
+    for name in ("ggml-rpc-server", "rpc-server"):
+        path = llama_server.path.with_name(name)
+        if path.exists():
+            return path
+    pytest.skip(f"{llama_server.path.parent}: no rpc-server (llama.cpp built without -DGGML_RPC=ON)")
+
+
+@pytest.fixture(scope="module")
+def rpc_servers(llama_server):
+    tool, procs, hosts = _tool(llama_server), [], []
+    try:
+        for _ in range(2):
+            port = free_port()
+            procs.append(subprocess.Popen([str(tool), "-H", "127.0.0.1", "-p", str(port), "-t", "1"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            hosts.append(f"127.0.0.1:{port}")
+        for host in hosts:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", int(host.split(":")[1])), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"the rpc-server at {host} never listened")
+                    time.sleep(0.1)
+        yield tuple(hosts)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+
+
+def test_the_target_runs_on_two_rpc_servers_with_the_draft_local(rpc_servers, gemma_f16, gemma_q4, llama_server,
+                                                                   dialect, tmp_path):
+    listed = devices(llama_server.path, rpc=rpc_servers)
+    assert [d.name for d in listed if d.name.startswith("RPC")] == ["RPC0", "RPC1"]
+    assert not listed[0].name.startswith("RPC")  # the local device (the host, here) keeps the draft
+    cfg = ServerConfig(target=gemma_f16, draft=gemma_q4, ctx=1024, threads=2, draft_max=4, gpu_layers="all",
+                       rpc=rpc_servers, draft_device="none", extra=("-lv", "4"))  # -lv 4: the buffers' devices
+    point = run_point(llama_server, dialect, cfg, builtin_prompts(["chat"], per_category=2), n_predict=24,
+                      repeats=1, log_dir=tmp_path)
+    assert point.ok, point.error
+    assert point.measurement.speculative and point.measurement.draft_tokens > 0
+    log = next(tmp_path.glob("*.log")).read_text(errors="replace")
+    assert "RPC0" in log and "RPC1" in log  # the target's buffers on both remote devices
+    draft_part = log[log.find("loading draft model") if "loading draft model" in log else 0:]
+    assert "RPC" not in "".join(line for line in draft_part.splitlines() if "model buffer size" in line)
+
+
+def test_a_placement_that_does_not_fit_the_remote_memory_is_pruned_before_launch(rpc_servers, gemma_f16, gemma_q4,
+                                                                                 llama_server, dialect, tmp_path,
+                                                                                 monkeypatch):
+    from ggufpair.format.model_info import read_model_info
+    from ggufpair.tune import search
+    from ggufpair.tune.search import TuneSpec, tune
+
+    launched = []
+    monkeypatch.setattr(search, "run_point", lambda *a, **k: launched.append(a[2]) or pytest.fail("launched"))
+    listed = devices(llama_server.path, rpc=rpc_servers)
+    budgets = tuple(DeviceBudget(d.name, (64 << 20) if d.name.startswith("RPC") else d.free_bytes,
+                                 d.name != "CPU") for d in listed)  # 64 MiB each remote: far too small
+    base = ServerConfig(target=gemma_f16, draft=gemma_q4, ctx=1024, threads=2, gpu_layers="all", rpc=rpc_servers,
+                        draft_device="none")
+    spec = TuneSpec(base=base, lengths=(2, 4), target_kv=("f16",), draft_kv=("f16",),
+                    prompts=tuple(builtin_prompts(["chat"], per_category=2)), device_budgets=budgets)
+    result = tune(llama_server, dialect, spec, read_model_info(gemma_f16), read_model_info(gemma_q4), tmp_path)
+    assert launched == [] and result.points == []
+    assert result.pruned and all("the target's share on RPC" in why for _, why in result.pruned)
+
+
+def test_an_unreachable_rpc_host_is_a_clear_error_and_leaves_no_process(gemma_f16, gemma_q4, capsys):
+    from ggufpair.cli.main import main
+
+    port = free_port()  # nothing listens there
+    before = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server"}
+    code = main(["tune", "--target", str(gemma_f16), "--draft", str(gemma_q4), "--kinds", "draft", "--rpc",
+                 f"127.0.0.1:{port}", "--lengths", "2,4", "--kv", "f16", "--draft-kv", "f16"])
+    err = capsys.readouterr().err
+    assert code == 5, err
+    assert f"cannot reach the rpc-server at 127.0.0.1:{port}" in err and "Traceback" not in err
+    after = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server"}
+    assert after <= before
