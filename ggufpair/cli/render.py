@@ -230,13 +230,15 @@ def points_table(points, baseline_tps: float | None = None) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("configuration", "tok/s", "spread", "speedup", "accept", "acc/step", "by position"):
         table.add_column(col, no_wrap=col != "by position")
+    from ggufpair.tune.run import label
+
     for p in points:
         m = p.measurement
         if m is None:
-            table.add_row(p.label, "failed", "", "", "", "", p.error or "")
+            table.add_row(label(p, points), "failed", "", "", "", "", p.error or "")
             continue
         table.add_row(
-            p.label, f"{m.tokens_per_second:.1f}" + (" (stopped)" if m.stopped_early else ""), spread_text(m),
+            label(p, points), f"{m.tokens_per_second:.1f}" + (" (stopped)" if m.stopped_early else ""), spread_text(m),
             f"{m.tokens_per_second / baseline_tps:.2f}x" if baseline_tps else "",
             f"{m.acceptance_rate:.0%}" if m.acceptance_rate is not None else "-",
             f"{m.mean_accepted_per_step:.2f}" if m.mean_accepted_per_step is not None else "-",
@@ -245,16 +247,56 @@ def points_table(points, baseline_tps: float | None = None) -> Table:
     return table
 
 
+def level_table(result, level: int) -> Table:
+    """The points measured with `level` requests in flight at once: the aggregate rate, what one request
+    sees, and the time to its first token, against that level's own baseline."""
+    at = result.at(level)
+    base = at.best_baseline
+    table = Table("configuration", "tok/s in all", "speedup", "per request", "first token", "accept", box=None,
+                  header_style="bold", pad_edge=False, title=f"{level} requests at once (a server with {level} slots)")
+    for p in (q for q in result.points if q.config.parallel == level):
+        m = p.measurement
+        if m is None:
+            table.add_row(p.label, "failed", "", "", "", p.error or "")
+            continue
+        b = base.measurement.tokens_per_second if base else None
+        table.add_row(p.label, f"{m.tokens_per_second:.1f}", f"{m.tokens_per_second / b:.2f}x" if b else "",
+                      f"{m.request_tps_median:.1f}" if m.request_tps_median else "-",
+                      f"{m.ttft_ms_median:.0f} ms" if m.ttft_ms_median is not None else "-",
+                      f"{m.acceptance_rate:.0%}" if m.acceptance_rate is not None else "-")
+    return table
+
+
 def print_tune(console: Console, result, outputs) -> None:
     base = result.best_baseline
-    console.rule("measured (paired baseline, same prompts, chat-formatted, greedy)")
-    console.print(points_table(result.points, base.measurement.tokens_per_second if base else None))
+    levels = result.levels
+    console.rule(f"measured (paired baseline, same prompts, chat-formatted, {result.sampling.describe()})")
+    console.print(points_table([p for p in result.points if p.config.parallel == result.level],
+                               base.measurement.tokens_per_second if base else None))
+    for level in ([result.level] if result.level > 1 else []) + levels[1:]:
+        console.print(level_table(result, level))
     for what, why in result.pruned:
         console.print(f"left out: {what}: {why}", style="dim")
+    for what in result.unmeasured:
+        console.print(f"not measured (time budget spent): {what}", style="dim")
     rec = result.recommended
     if rec is not None and rec.measurement.per_category:
         console.print(category_table(result))
-    starts = sum(p.measurement.servers if p.ok else 1 for p in result.points)
+        long = rec.measurement.per_category.get("long")
+        blong = base.measurement.per_category.get("long") if base else None
+        if long and long.get("prefill_tokens_per_second"):
+            n = long.get("prompt_tokens", 0) // max(len(rec.measurement.tps_runs), 1) // max(
+                sum(q.category == "long" for q in result.prompts), 1)
+            console.print(f"long prompts (about {n} tokens each): prefill {long['prefill_tokens_per_second']:.0f} tok/s "
+                          f"with the recommendation" + (f", {blong['prefill_tokens_per_second']:.0f} without "
+                                                         "speculation" if blong and blong.get(
+                                                             "prefill_tokens_per_second") else "")
+                          + f"; generation after it {long['tokens_per_second']:.1f} tok/s"
+                          + (f" ({blong['tokens_per_second']:.1f} without)" if blong else ""))
+    if result.reused:
+        console.print(f"{result.reused} point(s) reused from the interrupted tune (measured then under the same "
+                      "conditions; the baseline was measured again now)", style="dim")
+    starts = sum(p.measurement.servers if p.ok else 1 for p in result.points if not p.reused)
     console.print(f"{result.launches} configurations measured ({starts} llama-server starts: a kind that keeps a "
                   f"table gets a fresh one per repetition) in {result.seconds:.0f} s" if starts != result.launches
                   else f"{result.launches} launches in {result.seconds:.0f} s", style="dim")

@@ -8,8 +8,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ggufpair.errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MIB = 1 << 20
 NGRAM_KIND_NAMES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")  # engine.kinds
@@ -19,8 +23,12 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("tune", help="find the fastest speculation (a draft, n-gram lookup, both) that fits, "
                                     "against a paired baseline")
     p.add_argument("--target", "-t", required=True, help="path, short name (31B, 'gemma-4-31b-it Q4_K_M') or org/repo[:QUANT]")
-    p.add_argument("--draft", "-d", help="the draft (same forms); without it, n-gram lookup (no draft file) is tuned "
-                                         "and compatible drafts are suggested")
+    p.add_argument("--draft", "-d", action="append",
+                   help="the draft (same forms); give it more than once to rank several drafts in one tune (each "
+                        "measured alone: llama.cpp has one draft context), or `auto` for the compatible local ones; "
+                        "without it, n-gram lookup (no draft file) is tuned and compatible drafts are suggested")
+    p.add_argument("--p-min", default="0,0.5", metavar="P[,P...]",
+                   help="--spec-draft-p-min values tried on each draft's best length (default 0,0.5; 0 alone: not swept)")
     p.add_argument("--kinds", default="draft,ngram",
                    help="kinds of speculation to try: draft (the draft model), ngram (every n-gram kind the build "
                         f"offers) or some of {', '.join(NGRAM_KIND_NAMES)} (default draft,ngram; no speculation is "
@@ -34,7 +42,25 @@ def add_parsers(sub) -> None:
                         "prompt), math, summarization, korean, chinese (default: all)")
     p.add_argument("--prompts", metavar="FILE", help="JSONL of chat messages instead of the built-in prompts")
     p.add_argument("--tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
+    p.add_argument("--prompt-tokens", type=int, default=2000, metavar="N",
+                   help="size of the `long` category's document, in tokens (add `long` to --categories; default 2000)")
     p.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement (default 2)")
+    p.add_argument("--rpc", metavar="HOST:PORT[,...]",
+                   help="rpc-servers (llama.cpp's ggml-rpc-server) whose devices take the target's layers; the "
+                        "draft stays on this machine")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the points an interrupted tune of this pair measured under the same conditions "
+                        "(the baseline is measured again); without it a tune starts afresh")
+    p.add_argument("--budget", metavar="TIME", help="a time budget (90s, 10m, 1h): launches that would end past it "
+                                                     "are listed, not measured, and the answer is made from the rest")
+    p.add_argument("--concurrency", default="1", metavar="N[,N...]",
+                   help="requests in flight at once, e.g. 1,4: the search runs at the first level (the one the "
+                        "profile is for), the best of each kind again at the others (default 1)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sample every request at this temperature (default 0, greedy: the lossless check applies)")
+    p.add_argument("--top-p", type=float, help="sampling top-p (default: llama-server's)")
+    p.add_argument("--top-k", type=int, help="sampling top-k (default: llama-server's)")
+    p.add_argument("--seed", type=int, default=1234, help="sampling seed, the same for every request (default 1234)")
     p.add_argument("--margin", type=float, default=0.1, help="memory safety margin, a fraction of the budget (default 0.1)")
     p.add_argument("--gpu-layers", default=None, help="-ngl for target and draft (default: the build's own)")
     p.add_argument("--threads", type=int, help="llama-server's -t for every launch (default: its own)")
@@ -146,14 +172,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ggufpair.tune.run import prepare_pair, save_outputs, suggest_drafts
     from ggufpair.engine.kinds import parse_kinds
     from ggufpair.tune.search import TuneSpec, context_that_fits, same_file, tune
+    from ggufpair.engine.traffic import Sampling, parse_concurrency
 
     console = _console(args)
     say = lambda msg: console.print(f"  {msg}", style="dim")  # noqa: E731
     lengths = _validate_tune_args(args)
     # the prompts too, before a fix by the patch route may change the draft file
-    prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(args.categories.split(","), per_category=2)
+    prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(args.categories.split(","), per_category=2,
+                                                                              prompt_tokens=args.prompt_tokens)
     candidates = None
-    if not os.path.exists(args.target) or (args.draft and not os.path.exists(args.draft)) or not args.draft:
+    if not os.path.exists(args.target) or not args.draft or not all(os.path.exists(d) for d in args.draft):
         candidates = discover()
     target_path = resolve(args.target, candidates=candidates, on_event=say)
     target = read_model_info(target_path)
@@ -183,31 +211,94 @@ def cmd_tune(args: argparse.Namespace) -> int:
                       "draft model as well", style="bold")
     use_draft = bool(args.draft) and "draft" in kinds
     if args.draft and not use_draft:
-        console.print(f"note: --kinds {args.kinds} leaves out the draft model; {args.draft} is not measured",
+        console.print(f"note: --kinds {args.kinds} leaves out the draft model; {', '.join(args.draft)} not measured",
                       style="yellow")
     if not target.has_chat_template:
         console.print(f"note: {target_path.name} has no chat template: llama-server formats the chat prompts with "
                       "its default one (ChatML), which this model may not have been trained on; the speeds are "
                       "still paired, but acceptance can differ on your real prompts", style="yellow")
     draft_path, draft, overrides, fix_note = None, None, (), "no draft model"
+    more: list = []
+    if use_draft and "auto" in args.draft:  # the compatible local drafts, found by their metadata
+        found = [str(s.path) for s in suggest_drafts(target, candidates or discover()) if s.path is not None]
+        if not found:
+            raise UsageError(f"--draft auto: no local file would serve {target_path.name} as a draft (same vocabulary, "
+                             "a small share of its weights)", hint="give --draft PATH, or see `ggufpair tune --target "
+                                                                    "... --kinds draft` for suggestions")
+        say(f"--draft auto: {', '.join(Path(f).name for f in found[:AUTO_DRAFTS])}")
+        args.draft = [d for d in args.draft if d != "auto"] + found[:AUTO_DRAFTS]
     if use_draft:
-        draft_path = resolve(args.draft, candidates=candidates, on_event=say)
-        same_file(target_path, draft_path)
-        overrides, fix_note = prepare_pair(target_path, draft_path, args.route, say)
-        draft = read_model_info(draft_path)
-    devs = devices(binary.path if args.gpu_layers != "0" else None)  # GPUs when the build lists any, else host RAM
+        from ggufpair.tune.search import DraftChoice
+
+        notes = []
+        for i, name in enumerate(dict.fromkeys(args.draft)):
+            path = resolve(name, candidates=candidates, on_event=say)
+            same_file(target_path, path)
+            if any(path.resolve() == c.path.resolve() for c in more) or (draft_path and path.resolve() == draft_path.resolve()):
+                continue
+            ovr, note = prepare_pair(target_path, path, args.route, say)
+            info = read_model_info(path)
+            notes.append(note if len(args.draft) == 1 else f"{path.name}: {note}")
+            if draft_path is None:
+                draft_path, draft, overrides = path, info, ovr
+            else:
+                more.append(DraftChoice(info, ovr))
+        fix_note = "; ".join(notes)
+    from ggufpair.engine.placement import DeviceBudget
+    from ggufpair.engine.rpc import check_reachable, parse_rpc, warnings
+
+    rpc = parse_rpc(args.rpc)
+    if rpc:
+        check_reachable(rpc)  # before anything is launched: llama-server aborts on a host it cannot reach
+        for w in warnings(rpc):
+            console.print(f"warning: {w}", style="yellow")
+    rpc_names = tuple(str(h) for h in rpc)
+    # GPUs when the build lists any, else host RAM; the remote devices beside them
+    devs = devices(binary.path if args.gpu_layers != "0" or rpc else None, rpc=rpc_names)
     budget = int(sum(d.free_bytes for d in devs) * (1 - args.margin))
     kind = device_kind(devs)
+    device_budgets = tuple(DeviceBudget(d.name, int(d.free_bytes * (1 - args.margin)), d.name != "CPU")
+                           for d in devs) if rpc else ()
+    local_gpu = next((d.name for d in devs if not d.name.startswith("RPC") and d.name != "CPU"), None)
+    levels = parse_concurrency(args.concurrency)
     base = ServerConfig(target=target_path, draft=draft_path, ctx=args.ctx or 4096, threads=args.threads,
-                        gpu_layers=args.gpu_layers, draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
-                        overrides=overrides)
-    if not args.ctx:
-        base = base.with_(ctx=context_that_fits(target, draft, base, budget, kind, dialect.fa_takes_value))
-    say(f"memory budget {budget / MIB:.0f} MiB on {describe(devs)}; context {base.ctx}")
+                        gpu_layers=args.gpu_layers or ("all" if rpc else None),
+                        draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn, overrides=overrides,
+                        rpc=rpc_names, draft_device=(local_gpu or "none") if rpc and draft_path else None)
+    from ggufpair.tune.resume import TuneJournal, conditions
+
+    if not args.ctx:  # the largest context that fits at the highest level, shared by its slots, with the
+        most = max(levels)  # largest draft
+        biggest = max([draft, *(c.info for c in more)], key=lambda i: i.file_size) if draft is not None else None
+        fitted = context_that_fits(target, biggest, base.with_(parallel=most), budget, kind, dialect.fa_takes_value)
+        base = base.with_(ctx=max(fitted // most // 256 * 256, 256))
+        earlier = TuneJournal.previous_context(target_path, [draft_path, *(c.path for c in more)] if draft_path else [])
+        if args.resume and earlier and earlier <= base.ctx:  # free memory moves: the interrupted tune's context
+            say(f"resuming with the interrupted tune's context ({earlier} per request)")
+            base = base.with_(ctx=earlier)
+    longest = max((len(json.dumps(q.payload())) // 3 for q in prompts), default=0) + args.tokens + 64
+    if base.ctx < longest:  # (3 characters a token: a generous count of the longest prompt)
+        raise UsageError(f"a context of {base.ctx} per request cannot hold the longest prompt and its answer "
+                         f"(about {longest} tokens)", hint="give a larger --ctx, a smaller --prompt-tokens, or fewer "
+                                                           "--concurrency slots")
+    say(f"memory budget {budget / MIB:.0f} MiB on {describe(devs)}; context {base.ctx}"
+        + (" per request" if levels != (1,) else ""))
+    sampling = Sampling(args.temperature, args.top_p, args.top_k, args.seed)
+    p_min = parse_p_min(args.p_min)
     spec = TuneSpec(base=base, lengths=lengths, target_kv=tuple(args.kv.split(",")),
                     draft_kv=tuple(args.draft_kv.split(",")), prompts=tuple(prompts), n_predict=args.tokens,
-                    repeats=args.repeats, budget_bytes=budget, device=kind, ngram_kinds=ngram_kinds)
-    result = tune(binary, dialect, spec, target, draft, state_dir("logs"), say)
+                    repeats=args.repeats, budget_bytes=budget, device=kind, ngram_kinds=ngram_kinds,
+                    concurrency=levels, sampling=sampling, more_drafts=tuple(more), p_min=p_min,
+                    budget_seconds=parse_duration(args.budget), device_budgets=device_budgets)
+    conds = conditions(binary, kind, prompts, args.tokens, args.repeats, sampling, base.ctx)
+    journal = TuneJournal.for_pair(target_path, [draft_path, *(c.path for c in more)] if draft_path else [], conds,
+                                   resume=args.resume)
+    if args.resume:
+        say(f"resuming: {len(journal.reusable)} measured point(s) of an interrupted tune still apply"
+            + (f"; left out: {'; '.join(journal.stale)}" if journal.stale else ""))
+    result = tune(binary, dialect, spec, target, draft, state_dir("logs"), say, journal=journal)
+    if not result.cancelled:
+        journal.finished()  # a finished tune leaves nothing to resume
     outputs = save_outputs(result, binary, dialect, describe(devs), args, fix_note)
     render.print_tune(console, result, outputs)
     if args.json:
@@ -227,6 +318,35 @@ def check_gpu_layers(value: str | None) -> None:
                      "or auto / all")
 
 
+AUTO_DRAFTS = 3  # the most compatible local drafts `--draft auto` takes (each is a search of its own)
+
+
+def parse_duration(text: str | None) -> float | None:
+    """`90s`, `10m`, `1h`, `1h30m` or plain seconds; None for none."""
+    import re
+
+    if text is None:
+        return None
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not parts or not any(parts.groups()):
+        raise UsageError(f"--budget {text}: a duration such as 90s, 10m or 1h30m")
+    h, m, sec = (float(x) if x else 0.0 for x in parts.groups())
+    seconds = h * 3600 + m * 60 + sec
+    if seconds < 10:
+        raise UsageError(f"--budget {text}: at least 10 seconds (one launch takes longer)")
+    return seconds
+
+
+def parse_p_min(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(dict.fromkeys(float(x) for x in str(text).split(",")))
+    except ValueError:
+        raise UsageError(f"--p-min {text}: probabilities, e.g. 0,0.5") from None
+    if not values or any(not 0 <= v < 1 for v in values):
+        raise UsageError(f"--p-min {text}: each from 0 up to (not including) 1")
+    return values
+
+
 def _validate_tune_args(args: argparse.Namespace) -> tuple[int, ...]:
     """Every argument checked before anything is loaded or launched; the draft lengths, parsed."""
     from ggufpair.tune.profile import check_port
@@ -234,9 +354,18 @@ def _validate_tune_args(args: argparse.Namespace) -> tuple[int, ...]:
 
     from ggufpair.engine.kinds import parse_kinds
 
+    from ggufpair.engine.traffic import Sampling, parse_concurrency
+
     check_port(args.port)
     check_gpu_layers(args.gpu_layers)
     parse_kinds(args.kinds)  # the names; what the build offers is checked once it is found
+    parse_concurrency(args.concurrency)
+    Sampling(args.temperature, args.top_p, args.top_k, args.seed)
+    parse_p_min(args.p_min)
+    parse_duration(args.budget)
+    from ggufpair.engine.rpc import parse_rpc
+
+    parse_rpc(args.rpc)
     return check_tune_values(tokens=args.tokens, repeats=args.repeats, margin=args.margin, ctx=args.ctx,
                              kv=args.kv, draft_kv=args.draft_kv, lengths=args.lengths)
 
@@ -252,6 +381,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
         _check_pair_still_speculates(config, args.force)
     binary = find_llama_server(args.llama_server)
     host, port = listen_address(data, args.host, args.port)
+    if config.rpc:  # an rpc-server that is not there makes llama-server abort: said before exec
+        from ggufpair.engine.rpc import check_reachable, parse_rpc
+
+        check_reachable(parse_rpc(",".join(config.rpc)))
     argv = [str(binary.path), *config.with_(host=host, port=port).argv(probe_dialect(binary.path))]
     print(shlex.join(argv), file=sys.stderr, flush=True)
     # llama-server takes this process's place: signals (Ctrl-C, a service manager's SIGTERM) reach it directly.
@@ -347,8 +480,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                                                                      per_category=2)
     if not saved.get("tokens_per_second"):
         raise UsageError(f"{args.profile}: the profile holds no measured throughput to compare with")
+    from ggufpair.engine.traffic import Sampling
+
+    sampling = Sampling.from_dict(data.get("traffic", {}).get("sampling"))
+    if config.parallel > 1 or not sampling.greedy:  # the conditions it was tuned for
+        console.print(f"measuring as tuned: {config.parallel} request(s) at once, {sampling.describe()}", style="dim")
     point = run_point(binary, probe_dialect(binary.path), config, prompts, n_predict=int(saved.get("n_predict", 128)),
-                      repeats=2, log_dir=state_dir("logs"), on_event=lambda m: console.print(f"  {m}", style="dim"))
+                      repeats=2, log_dir=state_dir("logs"), on_event=lambda m: console.print(f"  {m}", style="dim"),
+                      sampling=sampling)
     if not point.ok:
         console.print(f"REGRESSION: the profile no longer runs: {point.error}", style="bold red")
         return 1

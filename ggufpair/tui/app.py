@@ -362,9 +362,21 @@ class TuneScreen(Screen):
                         n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=budget,
                         device=kind, ngram_kinds=tuple(k for k in kinds if k in dialect.ngram_kinds))
         self.post(self.set_plan, spec.planned_launches(with_draft=draft is not None), budget)
+        from ggufpair.engine.traffic import Sampling
+        from ggufpair.tune.resume import TuneJournal, conditions
+
+        # an interrupted tune of this pair under the same conditions: its points are reused (said), not re-run
+        journal = TuneJournal.for_pair(s.target.path, [draft.path] if draft else [],
+                                       conditions(binary, kind, spec.prompts, spec.n_predict, spec.repeats, Sampling(),
+                                                  base.ctx), resume=True)
+        if journal.reusable:
+            self.post(self.app.notify, f"resuming: {len(journal.reusable)} measured point(s) of an interrupted tune "
+                                       "of this pair still apply (the baseline is measured again)")
         result = tune(binary, dialect, spec, s.target.info, draft.info if draft else None, state_dir("logs"),
                       on_event=lambda m: self.post(self.show_event, m), on_point=lambda p: self.post(self.add_point, p),
-                      cancel=self.cancel_event)
+                      cancel=self.cancel_event, journal=journal)
+        if not result.cancelled:
+            journal.finished()
         args = SimpleNamespace(tokens=spec.n_predict, categories=v["categories"], profile=None, script=None,
                                format="bash", host="127.0.0.1", port=8080)
         return result, save_outputs(result, binary, dialect, describe(devs), args, "see the verdict screen")

@@ -80,15 +80,57 @@ _SETS: dict[str, list[str]] = {
     ],
 }
 CATEGORIES = tuple(_SETS)
+LONG = "long"  # a long document to answer questions about, assembled to --prompt-tokens (not in the default set)
+LONG_TOKENS = 2000
+CHARS_PER_TOKEN = 4  # English prose in the tokenizers of these families: about 4 characters a token
+
+_TEAMS = ("roads", "parks", "water", "library", "transport", "housing", "schools", "health", "waste", "lighting")
+_ACTIONS = ("repaired a leaking pipe", "replaced two benches", "repainted the railings", "cleared a blocked drain",
+            "planted twelve young oaks", "fixed the east gate", "counted the visitors", "tested the fire alarms",
+            "moved the bus stop", "trimmed the hedges", "installed a ramp", "checked the boilers")
+_PLACES = ("Mill Road", "the market square", "Station Street", "the north park", "Harbour Lane", "the old school",
+           "Church Walk", "the leisure centre", "Elm Avenue", "the river path", "the town hall", "Bridge Street")
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
-def builtin_prompts(categories: tuple[str, ...] | list[str] | None = None, per_category: int | None = None) -> list[Prompt]:
+def _log_entry(i: int) -> str:
+    """Entry i of the town works log: varied, and each entry different, so no stretch of it repeats."""
+    team, action = _TEAMS[(i * 7) % len(_TEAMS)], _ACTIONS[(i * 5 + i // 12) % len(_ACTIONS)]
+    place, day = _PLACES[(i * 11 + i // 7) % len(_PLACES)], _DAYS[i % 7]
+    return (f"Entry {i + 1}: on {day}, week {i // 7 + 1}, the {team} team {action} at {place}; it took "
+            f"{2 + (i * 3) % 9} hours and cost {40 + (i * 37) % 460} pounds.")
+
+
+def long_prompts(tokens: int = LONG_TOKENS, count: int = 2) -> list[Prompt]:
+    """Questions about a works log of about `tokens` tokens: each a long prefill, then a short answer that
+    needs the document (prefill and generation are reported apart)."""
+    if tokens < 200:
+        raise UsageError(f"--prompt-tokens {tokens}: a long prompt is at least 200 tokens")
+    entries: list[str] = []
+    while sum(len(e) + 1 for e in entries) < tokens * CHARS_PER_TOKEN:
+        entries.append(_log_entry(len(entries)))
+    doc = "Town works log\n\n" + "\n".join(entries)
+    picks = [len(entries) // 3, (2 * len(entries)) // 3, len(entries) - 2][:count]
+    out = []
+    for n, i in enumerate(picks):
+        question = (f"{doc}\n\nAccording to the log above, which team worked in entry {i + 1}, where, and what did "
+                    "it cost? Then list every other entry by the same team in the same week.")
+        out.append(Prompt(f"{LONG}-{n}", LONG, ({"role": "user", "content": question},)))
+    return out
+
+
+def builtin_prompts(categories: tuple[str, ...] | list[str] | None = None, per_category: int | None = None,
+                    prompt_tokens: int = LONG_TOKENS) -> list[Prompt]:
     chosen = list(categories or CATEGORIES)
-    unknown = [c for c in chosen if c not in _SETS]
+    unknown = [c for c in chosen if c not in _SETS and c != LONG]
     if unknown:
-        raise UsageError(f"unknown prompt categories: {', '.join(unknown)}", hint=f"choose from {', '.join(CATEGORIES)}")
+        raise UsageError(f"unknown prompt categories: {', '.join(unknown)}",
+                         hint=f"choose from {', '.join(CATEGORIES + (LONG,))}")
     out = []
     for cat in chosen:
+        if cat == LONG:
+            out += long_prompts(prompt_tokens, per_category or 2)
+            continue
         for i, text in enumerate(_SETS[cat][:per_category]):
             out.append(Prompt(f"{cat}-{i}", cat, ({"role": "user", "content": text},)))
     return out

@@ -3,6 +3,8 @@ and a launch script (or a llama-swap entry)."""
 
 from __future__ import annotations
 
+import os
+
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from ggufpair.fix.plan import RouteChoice, plan_pair_fix
 from ggufpair.format.model_info import ModelInfo
 from ggufpair.pairing.verdict import check_pair
 from ggufpair.tune.profile import launch_script, llama_swap_entry, profile_data, save_profile, write_script
-from ggufpair.tune.search import NOISE_FLOOR, TuneResult, noise, simplicity
+from ggufpair.tune.result import NOISE_FLOOR, TuneResult, noise, simplicity
 
 PRESETS = Path(__file__).resolve().parent.parent.parent / "profiles" / "presets.toml"
 MAX_DRAFT_RATIO = 0.3
@@ -34,6 +36,10 @@ def prepare_pair(target: Path, draft: Path, route: str, on_event: Callable[[str]
         return (), "compatible as is"
     on_event(f"the pair needs a fix ({plan.why}); applying it by the {plan.route.value} route")
     result = apply_plan(plan)
+    if result.mode == "override":
+        from ggufpair.fix.planned import remember
+
+        remember(draft, target, result.override_args)
     note = f"fixed by {result.mode}: " + ("; ".join(plan.override_args) if plan.override_args else
                                           ", ".join(c.key for c in plan.changes))
     return tuple(plan.override_args), note
@@ -195,8 +201,91 @@ def workload_note(result: TuneResult) -> str:
 
 def recommendation_text(result: TuneResult) -> str:
     text = _recommendation(result)
-    note = stability_note(result) + workload_note(result)
+    if len(result.levels) > 1:
+        text = f"for {_at(result.level)}: {text}"
+    note = (stability_note(result) + workload_note(result) + drafter_note(result) + level_note(result)
+            + sampling_note(result) + budget_note(result))
     return text + ("." if note and not text.endswith(".") else "") + note
+
+
+def drafter_note(result: TuneResult) -> str:
+    """With several drafts: each one's best, and what the smaller of the two fastest costs or saves."""
+    ranked = result.drafters()
+    tried = {str(p.config.draft) for p in result.points if p.config.has_draft}
+    if len(tried) < 2:
+        return ""
+    parts = []
+    for p in ranked:
+        m = p.measurement
+        est = result.estimate_for(p.config)
+        acc = f"acceptance {m.acceptance_rate:.0%}" if m.acceptance_rate is not None else "acceptance not reported"
+        parts.append(f"{p.config.draft.name} {m.tokens_per_second:.1f} tok/s at n_max {p.config.draft_max} "
+                     f"({acc}" + (f", {est.total / 2**20:.0f} MiB in all" if est else "") + ")")
+    text = (" Drafts ranked: " + "; ".join(parts)) if parts else " No draft ran with speculation live"
+    missing = sorted(tried - {str(p.config.draft) for p in ranked})
+    if missing:
+        text += "; without speculation live: " + ", ".join(Path(m).name for m in missing)
+    if len(ranked) >= 2:
+        a, b = ranked[0], ranked[1]
+        size_a, size_b = (os.path.getsize(p.config.draft) if os.path.exists(p.config.draft) else 0 for p in (a, b))
+        if size_b and size_a and size_b < size_a:
+            cost = 1 - b.measurement.tokens_per_second / a.measurement.tokens_per_second
+            text += (f". The smaller {b.config.draft.name} ({_size(size_a - size_b)} less on disk) costs "
+                     f"{cost:.0%} of the speed")
+        elif size_a and size_b and size_a < size_b:
+            text += f". The fastest is also the smaller ({_size(size_b - size_a)} less on disk than {b.config.draft.name})"
+    return text + "."
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def _at(level: int) -> str:
+    return "one request at a time" if level == 1 else f"{level} requests at once"
+
+
+def _same_choice(a, b) -> bool:
+    """The same configuration apart from the slots it serves (and the context that comes with them)."""
+    return a.with_(parallel=1, ctx=0) == b.with_(parallel=1, ctx=0)
+
+
+def level_note(result: TuneResult) -> str:
+    """What the other concurrency levels say: the same answer, or another one."""
+    rec = result.recommended
+    if rec is None:
+        return ""
+    parts = []
+    for level in result.levels[1:]:
+        other = result.at(level)
+        best, base = other.recommended, other.best_baseline
+        if best is None:
+            parts.append(f"at {_at(level)} nothing was measured")
+            continue
+        rate = f"{best.measurement.tokens_per_second:.1f} tok/s in all"
+        if base is not None and best is not base and base.measurement.wall_tps:
+            # over wall-clock time at every level, so that the speedups of two levels compare
+            rate += f", {best.measurement.wall_tps / base.measurement.wall_tps:.2f}x no speculation"
+        if _same_choice(best.config, rec.config):
+            parts.append(f"the same holds at {_at(level)} ({rate})")
+        else:
+            parts.append(f"at {_at(level)} the best differs: {best.label} ({rate})")
+    return (" " + "; ".join(parts) + ".") if parts else ""
+
+
+def budget_note(result: TuneResult) -> str:
+    if not result.unmeasured:
+        return ""
+    n = len(result.unmeasured)
+    return (f" The time budget was spent before {n} planned launch{'es' if n > 1 else ''} (recommended from what "
+            f"was measured; not measured: {'; '.join(result.unmeasured[:4])}{'; ...' if n > 4 else ''}).")
+
+
+def sampling_note(result: TuneResult) -> str:
+    if result.sampling.greedy:
+        return ""
+    return (f" Measured at {result.sampling.describe()}: the answers are sampled, so greedy output identity does "
+            "not apply (no lossless check); acceptance says how well the drafts match.")
 
 
 def _recommendation(result: TuneResult) -> str:
@@ -205,6 +294,17 @@ def _recommendation(result: TuneResult) -> str:
         return (f"CANCELLED after {result.launches} of {result.planned} launches, so no profile was saved; "
                 f"the points measured so far say: {text}")
     return text
+
+
+def several_drafts(points) -> bool:
+    return len({str(p.config.draft) for p in points if p.config.has_draft}) > 1
+
+
+def label(point, points) -> str:
+    """A point's label, naming its draft file when the tune measured several."""
+    if point.config.has_draft and several_drafts(points):
+        return f"{point.config.draft.name}: {point.label}"
+    return point.label
 
 
 def _answer(result: TuneResult) -> str:
@@ -227,15 +327,15 @@ def _answer(result: TuneResult) -> str:
                 return f"no {what} was measured; nothing to recommend over {answer}"
             return f"no {what} ran with speculation live; recommending {answer}"
         paired = result.baseline_for(best.config) or rec
-        return (f"{answer}: the fastest {what} ({best.label}) reached "
+        return (f"{answer}: the fastest {what} ({label(best, result.points)}) reached "
                 f"{best.measurement.tokens_per_second:.1f} tok/s against {rec.measurement.tokens_per_second:.1f} "
                 f"{without}, not faster beyond the run-to-run spread"
                 + _agreement_text(paired.measurement, best.measurement).replace("; greedy answers", "; its greedy answers"))
     paired = result.baseline_for(rec.config) or base
     if not paired.measurement.tokens_per_second:
-        return f"{rec.label}: {rec.measurement.tokens_per_second:.1f} tok/s; the baseline measured nothing to compare with"
+        return f"{label(rec, result.points)}: {rec.measurement.tokens_per_second:.1f} tok/s; the baseline measured nothing to compare with"
     speedup = rec.measurement.tokens_per_second / paired.measurement.tokens_per_second
-    return (f"{rec.label}: {rec.measurement.tokens_per_second:.1f} tok/s, {speedup:.2f}x the paired baseline "
+    return (f"{label(rec, result.points)}: {rec.measurement.tokens_per_second:.1f} tok/s, {speedup:.2f}x the paired baseline "
             f"({paired.measurement.tokens_per_second:.1f} tok/s), acceptance {rec.measurement.acceptance_rate:.0%}"
             + _agreement_text(paired.measurement, rec.measurement))
 
@@ -268,17 +368,20 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                  measure_memory: bool = True) -> TuneOutputs:
     rec = result.recommended
     text = recommendation_text(result)
-    drafted = next((p.config.draft for p in result.points if p.config.has_draft), None)
+    # the recommendation's draft, else the first one tuned (a profile is named after the pair it serves)
+    drafted = rec.config.draft if rec is not None and rec.config.has_draft else next(
+        (p.config.draft for p in result.points if p.config.has_draft), None)
     data: dict[str, Any] = {
         "launches": result.launches, "planned": result.planned, "seconds": round(result.seconds, 1), "fix": fix_note,
         "cancelled": result.cancelled, "draft_model": str(drafted) if drafted else None,
         "points": [point_dict(p) for p in result.points],
         "pruned": [{"configuration": c, "why": w} for c, w in result.pruned],
+        "unmeasured": list(result.unmeasured),
         "predictions": {f"{t}/{d}": [[n, round(tps, 2)] for n, tps in ranked] for (t, d), ranked in result.predictions.items()},
     }
     if rec is None or result.cancelled:  # a cancelled tune's partial results replace no saved profile
         return TuneOutputs(None, None, None, text, data)
-    est = result.estimates.get((rec.config.cache_type_k, rec.config.draft_cache_type_k if rec.config.has_draft else None))
+    est = result.estimate_for(rec.config)
     paired = result.baseline_for(rec.config) if rec.config.speculates else None
     if paired is not None:
         same, compared, _ = greedy_agreement(paired.measurement, rec.measurement)
@@ -300,6 +403,9 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     name = f"{config.target.stem}" + (f"+{drafted.stem}" if drafted else "")
     listen = {"host": args.host, "port": args.port}
     pdata = profile_data(name, config, binary, device, {**data, "recommendation": text}, **listen)
+    pdata["traffic"] = {"concurrency": rec.config.parallel, "levels": result.levels,
+                        "context_per_request": rec.config.ctx // max(rec.config.parallel, 1),
+                        "sampling": result.sampling.to_dict()}
     profile = save_profile(pdata)
     if getattr(args, "profile", None):
         save_profile(pdata, Path(args.profile))
@@ -329,6 +435,15 @@ def point_dict(p) -> dict[str, Any]:
     if c.ngram is not None:
         d["ngram"] = c.ngram
         d["ngram_params"] = dict(c.ngram_params)
+    if c.has_draft:
+        d["draft"] = str(c.draft)  # every draft point names its file: a tune may rank several
+        if c.p_min:
+            d["p_min"] = c.p_min
+    if c.has_draft and c.draft_sampling is not None:
+        d["draft_sampling"] = c.draft_sampling
+    d["concurrency"] = c.parallel  # also in the measurement; said here for a point that failed
+    if p.reused:
+        d["reused"] = True  # measured by an interrupted tune of the same pair, under the same conditions
     return {**d, **(p.measurement.to_dict() if p.measurement else {})}
 
 
@@ -338,21 +453,30 @@ def result_from_profile(path: Path) -> tuple[TuneResult, TuneOutputs]:
     from ggufpair.tune.profile import load_profile
     from ggufpair.tune.sweep import PointResult
 
+    from ggufpair.engine.traffic import Sampling, level_config
+
     data, config = load_profile(path)
     m = data.get("measurements", {})
     draft = Path(m["draft_model"]) if m.get("draft_model") else config.draft or Path("draft.gguf")
-    base = config.without_speculation()
+    base = config.without_speculation().with_(draft_sampling=None)
+    traffic = data.get("traffic", {})
+    per_request_ctx = int(traffic.get("context_per_request", config.ctx // max(config.parallel, 1)))
     result = TuneResult(seconds=float(m.get("seconds", 0.0)), cancelled=bool(m.get("cancelled", False)),
                         planned=int(m.get("planned", 0)),
-                        pruned=[(x["configuration"], x["why"]) for x in m.get("pruned", [])])
+                        pruned=[(x["configuration"], x["why"]) for x in m.get("pruned", [])],
+                        level=config.parallel, sampling=Sampling.from_dict(traffic.get("sampling")))
     try:
         for p in m.get("points", []):
             cfg = base.with_(cache_type_k=p["target_kv"], cache_type_v=p["target_kv"])
             if p.get("draft_max"):
-                cfg = cfg.with_(draft=draft, draft_max=p["draft_max"], draft_cache_type_k=p["draft_kv"],
-                                draft_cache_type_v=p["draft_kv"])
+                cfg = cfg.with_(draft=Path(p["draft"]) if p.get("draft") else draft, draft_max=p["draft_max"],
+                                draft_cache_type_k=p["draft_kv"], draft_cache_type_v=p["draft_kv"],
+                                p_min=float(p.get("p_min", 0.0)))
             if p.get("ngram"):
                 cfg = cfg.with_ngram(p["ngram"], dict(p.get("ngram_params", {})))
+            if p.get("draft_sampling") and cfg.has_draft:
+                cfg = cfg.with_(draft_sampling=p["draft_sampling"])
+            cfg = level_config(cfg, int(p.get("concurrency", config.parallel)), per_request_ctx)
             measured = Measurement.from_dict(p) if "tokens_per_second" in p else None
             result.points.append(PointResult(cfg, measured, p.get("error"), 0.0))
         for key, ranked in m.get("predictions", {}).items():

@@ -23,6 +23,7 @@ class PointResult:
     measurement: Measurement | None
     error: str | None
     seconds: float
+    reused: bool = False  # taken from an interrupted tune's journal, not launched in this session
 
     @property
     def ok(self) -> bool:
@@ -43,29 +44,48 @@ def config_label(c: ServerConfig) -> str:
 
         parts.append(kind(c.ngram).describe(c.ngram_values))
     if c.has_draft:
-        parts.append(f"n_max {c.draft_max}")
+        parts.append(f"n_max {c.draft_max}" + (f", p_min {c.p_min:g}" if c.p_min else ""))
+    if c.has_draft and c.draft_sampling == "probabilistic":
+        parts[-1] += " (probabilistic)"
+    at = f", {c.parallel} at once" if c.parallel > 1 else ""
     if not parts:
-        return f"no draft, {kv}"
+        return f"no draft, {kv}{at}"
     tail = f" + draft {c.draft_cache_type_k}/{c.draft_cache_type_v}" if c.has_draft else ""
-    return f"{' + '.join(parts)}, {kv}{tail}"
+    return f"{' + '.join(parts)}, {kv}{tail}{at}"
+
+
+def draft_tag(draft) -> str:
+    """A short, unique, file-name-safe name for a draft file (its stem and a digest of its path): the runs of
+    several drafts in one tune keep apart logs and predictions."""
+    import hashlib
+
+    return f"{Path(draft).stem}-{hashlib.sha256(str(draft).encode()).hexdigest()[:6]}"
 
 
 def point_name(c: ServerConfig) -> str:
     """A file-name-safe name for a configuration's server log."""
     parts = [f"draft{c.draft_max}-{c.cache_type_k}-{c.draft_cache_type_k}"] if c.has_draft else []
+    if parts and c.draft_sampling == "probabilistic":
+        parts[-1] += "-prob"
+    if parts and c.p_min:
+        parts[-1] += f"-p{c.p_min:g}"
     if c.ngram is not None:
         parts.insert(0, c.ngram + "".join(f"-{v}" for _, v in c.ngram_params) + f"-{c.cache_type_k}")
-    return "+".join(parts) or f"baseline-{c.cache_type_k}"
+    name = "+".join(parts) or f"baseline-{c.cache_type_k}"
+    return name + (f"-np{c.parallel}" if c.parallel > 1 else "")
 
 
 def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: list[Prompt], *, n_predict: int,
               repeats: int, log_dir: Path, on_event: Events = lambda _: None, stop_early=None,
-              cancel=None) -> PointResult:
+              cancel=None, sampling=None, log_tag: str = "") -> PointResult:
     """Measure one configuration; a kind that learns across requests (config.stateful) gets a fresh server
-    for every repetition, so that no timed request meets its own text in the server's table."""
+    for every repetition, so that no timed request meets its own text in the server's table. A server with
+    several slots (config.parallel) is measured with that many requests in flight at once; `sampling`
+    (engine.traffic.Sampling) is how every request is sampled (default: greedy). `log_tag` starts the log's
+    name (the draft's `draft_tag` when a tune measures several)."""
     start = time.perf_counter()
     log_dir.mkdir(parents=True, exist_ok=True)
-    name, label = point_name(config), config_label(config)
+    name, label = (f"{log_tag}-" if log_tag else "") + point_name(config), config_label(config)
     on_event(f"measuring {label}" + (" (a fresh server per repetition: the kind keeps its table across "
                                      "requests)" if config.stateful and repeats > 1 else ""))
     servers: list[LlamaServer] = []
@@ -89,14 +109,15 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
     stats: list[dict] = []
     try:
         m = measure(fresh(), prompts, n_predict=n_predict, repeats=repeats, stop_early=stop_early, cancel=cancel,
-                    restart=restart)
+                    restart=restart, concurrency=config.parallel, sampling=sampling)
         if m.stalls and not (cancel is not None and cancel.is_set()):
             # A request far slower than the others: something else had the machine. Measure once more (on the
             # same server, or on fresh ones for a kind with a table) and keep the run without stalls; a second
             # stalled run is kept and flagged.
             on_event(f"  {m.stalls} request(s) ran at under a third of the median rate: measuring again")
             again = measure(fresh() if restart else servers[-1], prompts, n_predict=n_predict, repeats=repeats,
-                            stop_early=stop_early, cancel=cancel, warmup=restart is not None, restart=restart)
+                            stop_early=stop_early, cancel=cancel, warmup=restart is not None, restart=restart,
+                            concurrency=config.parallel, sampling=sampling)
             if not (cancel is not None and cancel.is_set()):  # a cancelled second run is partial: keep the first
                 m = again if again.stalls <= m.stalls else m
     except EngineError as e:
@@ -121,9 +142,13 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
         on_event("  drafted by kind: " + (", ".join(f"{k} {v['drafts']} drafts, {v['accepted_tokens']} tokens "
                                                     "accepted" for k, v in by_kind.items()) or "not reported"))
     extra = f", acceptance {m.acceptance_rate:.0%}" if m.acceptance_rate is not None else ""
+    if m.concurrency > 1 and m.request_tps_median is not None:
+        extra += (f"; {m.concurrency} at once: {m.request_tps_median:.1f} tok/s per request, first token after "
+                  f"{m.ttft_ms_median or 0:.0f} ms")
     extra += " (stopped early: clearly slower)" if m.stopped_early else ""
     extra += f" ({m.stalls} stalled request(s): unreliable)" if m.stalls else ""
-    on_event(f"  {m.tokens_per_second:.1f} tok/s ({spread_text(m, 'spread ')}){extra}")
+    rate = "tok/s in all" if m.concurrency > 1 else "tok/s"
+    on_event(f"  {m.tokens_per_second:.1f} {rate} ({spread_text(m, 'spread ')}){extra}")
     return PointResult(config, m, None, time.perf_counter() - start)
 
 

@@ -20,7 +20,7 @@ def test_tune_command(demo_pair_folder, capsys, tmp_path, monkeypatch):
         {"role": "user", "content": "Explain in two sentences how to reset a router."}]}) + "\n")
     code = main(["tune", "--target", "270M F16", "--draft", "270M Q4_K_M", "--lengths", "2,4", "--kv", "f16",
                  "--draft-kv", "f16", "--tokens", "16", "--repeats", "1", "--prompts", str(prompts), "--ctx", "1024",
-                 "--threads", "2", "--format", "llama-swap", "--kinds", "draft"])  # n-gram kinds: the last test
+                 "--threads", "2", "--format", "llama-swap", "--kinds", "draft", "--p-min", "0"])  # n-gram kinds: below
     out = capsys.readouterr().out
     assert code == 0, out
     assert "needs a fix" in out and "override-kv" in out
@@ -71,28 +71,93 @@ def test_tune_without_draft_suggests_and_ambiguous_names_list_candidates(models_
 
 
 def test_tune_without_a_draft_tunes_n_gram_lookup_and_its_profile_launches_and_checks(gemma_f16, capsys):
-    """No draft file: the n-gram kinds asked for against no speculation, on edit prompts; the profile, its
+    """No draft file: the n-gram kinds asked for against no speculation, on edit prompts (ngram-simple, whose
+    parameters are searched, and ngram-cache, which keeps its table across requests); the profile, its
     launch script and `check` carry the kind and its parameters."""
-    code = main(["tune", "--target", str(gemma_f16), "--kinds", "ngram-simple,ngram-mod", "--categories", "edit",
-                 "--kv", "f16", "--tokens", "32", "--repeats", "2", "--ctx", "2048", "--threads", "2"])
+    code = main(["tune", "--target", str(gemma_f16), "--kinds", "ngram-simple,ngram-cache", "--categories", "edit",
+                 "--kv", "f16", "--tokens", "32", "--repeats", "1", "--ctx", "2048", "--threads", "2"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "tuning n-gram lookup (no draft file): ngram-simple, ngram-mod" in out
+    assert "tuning n-gram lookup (no draft file): ngram-simple, ngram-cache" in out
     (profile,) = state_dir("profiles").glob("*.toml")
     data = tomllib.loads(profile.read_text())
     points = data["measurements"]["points"]
-    assert {p["kind"] for p in points} == {"none", "ngram-simple", "ngram-mod"}
+    assert {p["kind"] for p in points} == {"none", "ngram-simple", "ngram-cache"}
     assert not any(p.get("draft_max") for p in points)
-    mod = [p for p in points if p["kind"] == "ngram-mod" and "tokens_per_second" in p]
-    assert mod and all(p["servers"] == len(p["tps_runs"]) and p["seen_texts"] == 0 for p in mod)  # fresh servers
+    kept = [p for p in points if p["kind"] == "ngram-cache" and "tokens_per_second" in p]
+    # one server per repetition (fresh ones for more: tests/integration/test_ngram.py), no text seen twice
+    assert kept and all(p["servers"] == len(p["tps_runs"]) and p["seen_texts"] == 0 for p in kept)
     simple = [p for p in points if p["kind"] == "ngram-simple" and p.get("drafts")]
-    assert simple and all(p["ngram_params"]["size_m"] in (8, 16, 32, 48) for p in simple)
+    assert len(simple) > 1 and all(p["ngram_params"]["size_m"] in (8, 16, 32, 48) for p in simple)  # searched
     rec = data["measurements"]["recommended"]
     if rec["kind"] != "none":  # lookup paid: the profile serves it, and its script passes it to llama-server
         assert data["server"]["ngram"] == rec["kind"]
-        assert ("fresh llama-server" if rec["kind"] == "ngram-mod" else "one llama-server") in rec["measured_on"]
+        assert ("fresh llama-server" if rec["kind"] == "ngram-cache" else "one llama-server") in rec["measured_on"]
         script = profile.with_suffix(".sh").read_text()
-        assert f"--spec-type {rec['kind']}" in script and "--spec-ngram-" in script
+        from ggufpair.engine.kinds import KINDS
+
+        assert f"--spec-type {rec['kind']}" in script
+        assert ("--spec-ngram-" in script) == bool(KINDS[rec["kind"]].params)  # ngram-cache has no parameters
     assert main(["check", str(profile), "--tolerance", "0.9"]) in (0, 1)
     checked = capsys.readouterr().out
     assert "when profiled" in checked and "speculation is off" not in checked
+
+
+def test_two_drafts_are_ranked_in_one_tune(gemma_f16, gemma_q4, llama_server, capsys):
+    """The Q4_K_M file and a Q8_0 made from it with llama.cpp's llama-quantize, for the F16 target: each
+    measured alone, both with speculation live, ranked, every point naming its draft file."""
+    from pathlib import Path
+
+    from ggufpair.engine.quantize import derived
+
+    q8 = derived(llama_server, gemma_q4, Path(__file__).resolve().parent.parent.parent / ".cache" / "test-models",
+                 "Q8_0")
+    code = main(["tune", "--target", str(gemma_f16), "--draft", str(gemma_q4), "--draft", str(q8), "--kinds", "draft",
+                 "--lengths", "2,4", "--kv", "f16", "--draft-kv", "f16", "--tokens", "16", "--repeats", "1",
+                 "--categories", "chat", "--ctx", "1024", "--threads", "2", "--p-min", "0"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (profile,) = state_dir("profiles").glob("*.toml")
+    data = tomllib.loads(profile.read_text())
+    drafted = [p for p in data["measurements"]["points"] if p["kind"] == "draft"]
+    assert {p["draft"] for p in drafted} == {str(gemma_q4), str(q8)}
+    assert all(p["speculative"] and p["draft_tokens"] > 0 for p in drafted), drafted  # live, both
+    text = data["measurements"]["recommendation"]
+    assert "Drafts ranked: " in text and gemma_q4.name in text and q8.name in text
+    assert "The smaller " + gemma_q4.name in text or "The fastest is also the smaller" in text
+
+
+def test_an_interrupted_tune_resumes_without_launching_its_points_again(gemma_f16, gemma_q4, capsys):
+    """SIGINT after the second launch (the baseline and the long draft run are saved), then `--resume`: the
+    draft point is reused, not launched again, the baseline is measured again, and the tune finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["tune", "--target", str(gemma_f16), "--draft", str(gemma_q4), "--kinds", "draft", "--lengths", "2,4",
+            "--kv", "f16", "--draft-kv", "f16", "--tokens", "16", "--repeats", "1", "--categories", "chat",
+            "--ctx", "1024", "--threads", "2", "--p-min", "0"]
+    journals = state_dir("tunes")
+    proc = subprocess.Popen([sys.executable, "-m", "ggufpair.cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        lines = sum(len(p.read_text().splitlines()) for p in journals.glob("*.jsonl"))
+        if lines >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out  # interrupted, not finished
+    assert not list(state_dir("profiles").glob("*.toml"))
+    assert main([*args, "--resume"]) == 0
+    resumed = capsys.readouterr().out
+    assert "resuming: 1 measured point(s) of an interrupted tune still apply" in resumed
+    assert "reused from the interrupted tune: target KV f16, draft KV f16, n_max 4" in resumed
+    assert "measuring n_max 4" not in resumed  # not launched again
+    (profile,) = state_dir("profiles").glob("*.toml")
+    points = tomllib.loads(profile.read_text())["measurements"]["points"]
+    assert [p.get("reused", False) for p in points if p.get("draft_max") == 4] == [True]
+    assert sum(p["kind"] == "none" for p in points) >= 1 and not any(p.get("reused") for p in points if p["kind"] == "none")
