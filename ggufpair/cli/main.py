@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from ggufpair import __version__
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-lengths", default="2,4,8", help="draft lengths to measure (default: 2,4,8)")
     p.add_argument("--tokens", type=int, default=64, help="tokens generated per prompt (default: 64)")
     p.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement (default: 2)")
+    p.add_argument("--categories", default="chat,code,edit",
+                   help="prompt categories, two prompts each (default: chat,code,edit; `edit` is where n-gram "
+                        "lookup pays)")
     p.add_argument("--threads", type=int, help="llama-server threads (default: its own choice)")
     p.add_argument("--llama-server", metavar="PATH", help="the llama-server binary to use")
     p.set_defaults(func=cmd_demo)
@@ -125,6 +129,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return FIXABLE_EXIT if repairs else INCOMPATIBLE_EXIT  # repairs of an unloadable file make it load
     verdict = check_pair(read_model_info(args.model), read_model_info(args.draft), overrides)
     data = verdict_dict(verdict)
+    from ggufpair.fix.planned import planned
+
+    earlier = planned(Path(args.draft), Path(args.model)) if not verdict.compatible and not overrides else None
+    if earlier:
+        data["planned_override"] = earlier["override_args"]
     if args.llama:
         from ggufpair.pairing.llama_oracle import llama_verdict
 
@@ -135,6 +144,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         render.print_verdict(console, verdict)
+        if earlier:
+            console.print(f"\nA no-copy fix of this pair was planned on {earlier['when'][:10]} (`ggufpair fix`): the files "
+                          "are unchanged, and llama-server speculates with them when given "
+                          + " ".join(f"--override-kv {a}" for a in earlier["override_args"])
+                          + f" (a `ggufpair tune` profile carries it). To make it permanent: ggufpair fix "
+                            f"{args.draft} --reference {args.model} --route patch", style="yellow")
         if args.llama:
             agree = data["llama_cpp"]["agrees"]
             console.print(f"\nllama.cpp's own loader: {'compatible' if lv.compatible else 'incompatible'}"
@@ -197,6 +212,10 @@ def cmd_fix(args: argparse.Namespace) -> int:
             print(json.dumps(data, indent=2))
         return 0 if not plan.unfixable else INCOMPATIBLE_EXIT
     result = apply_plan(plan, output=output, backup=args.backup)
+    if result.mode == "override" and args.reference:  # `inspect` of the same files says so afterwards
+        from ggufpair.fix.planned import remember
+
+        remember(Path(args.model), Path(args.reference), result.override_args)
     data["applied"] = plain(result)
     after = verdict_after(plan) if result.mode == "override" else None
     render.print_fix_result(console, result, after)
@@ -266,10 +285,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         lengths = tuple(int(x) for x in args.draft_lengths.split(",") if x.strip())
     except ValueError:
         raise UsageError(f"--draft-lengths must be comma-separated integers, not {args.draft_lengths!r}") from None
+    from ggufpair.tune.prompts import builtin_prompts
+
+    categories = tuple(c for c in args.categories.split(",") if c)
+    builtin_prompts(categories)  # an unknown name is a usage error before anything starts
     binary = find_llama_server(args.llama_server)
     console.print(f"ggufpair demo with {binary.path} ({binary.source})", style="bold")
     result = run_demo(lambda msg: console.print(f"  {msg}", style="dim"), draft_lengths=lengths,
-                      n_predict=args.tokens, repeats=args.repeats, threads=args.threads, binary=binary)
+                      n_predict=args.tokens, repeats=args.repeats, threads=args.threads, binary=binary,
+                      categories=categories)
     render.print_demo(console, result)
     return 0
 
