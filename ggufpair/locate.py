@@ -207,6 +207,10 @@ def hub_download(ref: HubRef, on_event=lambda _: None) -> Path:
     except ImportError:
         raise UsageError("huggingface_hub is not installed") from None
     failures = _network_errors()
+    unreachable = _hub_unreachable()
+    if unreachable:  # huggingface_hub would retry for about 25 s before saying the same
+        raise ModelNotFoundError(f"cannot list {ref.repo} on the Hub: {unreachable}",
+                                 hint="check the name and the network, or pass a local path")
     try:
         files = [f for f in HfApi().list_repo_files(ref.repo) if is_model_file(Path(f).name)]
     except failures as e:
@@ -232,6 +236,26 @@ def hub_download(ref: HubRef, on_event=lambda _: None) -> Path:
             raise ModelNotFoundError(f"downloading {ref.repo}/{f} failed: {_first_line(e)}",
                                      hint="run the command again: finished files are kept in the Hugging Face cache") from None
     return paths[wanted.index(first)]  # llama.cpp loads a split model from its first shard
+
+
+def _hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hub's endpoint takes no connection (refused, no route, no such host), or None. Not asked
+    through a proxy, which alone knows the way."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        return f"cannot reach {url.hostname}:{port} ({e.strerror or e})"
+    return None
 
 
 def _first_line(err: BaseException) -> str:

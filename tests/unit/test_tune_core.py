@@ -192,7 +192,9 @@ def test_a_draft_clearly_faster_but_barely_beyond_the_noise_says_so():
 def test_name_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("GGUFPAIR_MODEL_DIRS", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-empty"))
-    monkeypatch.chdir(tmp_path / "..")
+    elsewhere = tmp_path / "cwd"  # the current folder is searched too: an empty one, not the test tree's
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     _tiny(tmp_path, "gemma-4-31b-it-Q4_K_M.gguf", size="31B", basename="gemma-4", quant_type=15)
     _tiny(tmp_path, "gemma-4-31b-it-Q8_0.gguf", size="31B", basename="gemma-4", quant_type=7)
     _tiny(tmp_path, "gemma-4-E2B-it-Q4_K_M.gguf", size="E2B", basename="gemma-4", quant_type=15)
