@@ -90,7 +90,7 @@ class ServerProcess:
                     return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
-            time.sleep(0.1)
+            time.sleep(0.05)
         self.stop()
         raise EngineError(f"llama-server was not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
 

@@ -116,13 +116,25 @@ class LlamaServer:
         self.dialect = dialect or probe_dialect(binary.path)
         self.request_timeout = request_timeout
         self.require_speculation = require_speculation
-        self.process = ServerProcess(binary.path, config.argv(self.dialect, with_network=False), host=config.host,
+        argv = config.argv(self.dialect, with_network=False)
+        if self._fit_has_nothing_to_decide():
+            argv += [self.dialect.pick("--fit", "-fit"), "off"]
+        self.process = ServerProcess(binary.path, argv, host=config.host,
                                      port=config.port, log_path=log_path, ready_timeout=ready_timeout)
         self.speculative: bool | None = None
         self.sent: set[str] = set()  # digests of every prompt sent: whether a request's text is new to this server
         self._sent_lock = threading.Lock()
         self.free_before: dict[str, int] = {}
         self.free_after: dict[str, int] = {}
+
+    def _fit_has_nothing_to_decide(self) -> bool:
+        """On a machine with no device to offload to (a CPU build, no RPC) every argument `--fit` could adjust
+        is set (ggufpair gives -c, and prunes what does not fit host memory first): llama.cpp's fit returns
+        "no changes needed" (common/fit.cpp, nd == 0) after a dry-run load that takes about half the start-up
+        (2.2 -> 1.1 s here). The measuring servers skip it; launch scripts keep llama-server's default."""
+        if self.dialect.pick("--fit", "-fit") is None or self.config.rpc or {"--fit", "-fit"} & set(self.config.extra):
+            return False
+        return all(d.name == "CPU" for d in devices(self.binary.path))
 
     # -- life cycle ------------------------------------------------------------------------------------
 

@@ -42,7 +42,11 @@ def set_token_text(path: Path, token_id: int, text: bytes) -> None:
 
 def speculation_live(llama_server, target, draft, overrides=None, log_path=None, extra_args=()) -> tuple[bool, str]:
     """Start a real llama-server with the pair; True when every slot reports speculation on."""
-    args = ["-m", target, "-md", draft, "--spec-type", "draft-simple", "-c", "512", "-np", "1", "-t", "2", *extra_args]
+    from ggufpair.engine.dialect import probe_dialect
+
+    fit = probe_dialect(llama_server.path).pick("--fit", "-fit")  # nothing to fit on a CPU build: start faster
+    args = ["-m", target, "-md", draft, "--spec-type", "draft-simple", "-c", "512", "-np", "1", "-t", "2",
+            *([fit, "off"] if fit else []), *extra_args]
     for key, value in (overrides or {}).items():
         args += ["--override-kv", override_argument(key, value)]
     with ServerProcess(llama_server.path, args, log_path=log_path) as server:
