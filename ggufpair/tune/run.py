@@ -199,12 +199,45 @@ def workload_note(result: TuneResult) -> str:
             "measure your own prompts of that kind with --prompts; the profile keeps each category's winner).")
 
 
+REPEATING = 0.5  # share of an answer's word 4-grams that recur within it, above which it loops
+
+
+def self_repetition(text: str, n: int = 4) -> float:
+    """The share of an answer's word n-grams that already occurred earlier in the same answer."""
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    seen: set[tuple[str, ...]] = set()
+    again = 0
+    for g in grams:
+        again += g in seen
+        seen.add(g)
+    return again / len(grams)
+
+
+def repetition_note(result: TuneResult) -> str:
+    """When n-gram lookup is recommended and the baseline's own greedy answers repeat themselves (a base model
+    looping, say): lookup drafts such answers from themselves, so the speedup is real here but larger than on
+    answers that do not loop."""
+    rec, base = result.recommended, result.best_baseline
+    if rec is None or rec.config.ngram is None or base is None or not base.measurement.outputs:
+        return ""
+    shares = [self_repetition(text) for _, text in base.measurement.outputs]
+    looping = [s for s in shares if s >= REPEATING]
+    if len(looping) * 2 < len(shares):
+        return ""
+    return (f" Note: {len(looping)} of {len(shares)} greedy answers repeat themselves ({max(looping):.0%} of one's "
+            "word 4-grams recur within it); n-gram lookup drafts such answers from themselves, so expect less on "
+            "answers that do not loop (a chat model's, or your own prompts: --prompts).")
+
+
 def recommendation_text(result: TuneResult) -> str:
     text = _recommendation(result)
     if len(result.levels) > 1:
         text = f"for {_at(result.level)}: {text}"
-    note = (stability_note(result) + workload_note(result) + drafter_note(result) + level_note(result)
-            + sampling_note(result) + budget_note(result))
+    note = (stability_note(result) + workload_note(result) + repetition_note(result) + drafter_note(result)
+            + level_note(result) + sampling_note(result) + budget_note(result))
     return text + ("." if note and not text.endswith(".") else "") + note
 
 

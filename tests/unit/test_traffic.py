@@ -182,3 +182,26 @@ def test_a_time_budget_stops_launching_and_says_what_it_left_out(monkeypatch, tm
     for bad in ("soon", "5s", "m"):
         with pytest.raises(UsageError, match="--budget"):
             parse_duration(bad)
+
+
+def test_lookup_over_answers_that_repeat_themselves_is_said():
+    from ggufpair.tune.result import TuneResult
+    from ggufpair.tune.run import repetition_note, self_repetition
+
+    loop = "the cat sat on the mat and " * 8
+    assert self_repetition(loop) > 0.7 and self_repetition("one two three four five six seven eight") == 0.0
+    cfg = ServerConfig(target=Path("t.gguf"), ctx=1024)
+
+    def point(c, tps, outputs=()):
+        q = (0.9,) if c.speculates else ()
+        return PointResult(c, Measurement(bool(q), tps, (tps, tps), 100, 10 * len(q), 9 * len(q), len(q), q,
+                                          outputs=outputs), None, 1.0)
+
+    result = TuneResult(points=[point(cfg, 30.0, (("a", loop), ("b", loop), ("c", "a plain answer without loops"))),
+                                point(cfg.with_ngram("ngram-simple"), 90.0)])
+    assert result.recommended.config.ngram == "ngram-simple"
+    note = repetition_note(result)
+    assert "2 of 3 greedy answers repeat themselves" in note and "expect less" in note
+    plain = TuneResult(points=[point(cfg, 30.0, (("a", "a plain answer without any loops at all"),)),
+                               point(cfg.with_ngram("ngram-simple"), 90.0)])
+    assert repetition_note(plain) == ""
