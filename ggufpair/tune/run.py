@@ -293,17 +293,17 @@ def level_note(result: TuneResult) -> str:
         other = result.at(level)
         best, base = other.recommended, other.best_baseline
         if best is None:
-            parts.append(f"at {_at(level)} nothing was measured")
+            parts.append(f"At {_at(level)} nothing was measured")
             continue
         rate = f"{best.measurement.tokens_per_second:.1f} tok/s in all"
         if base is not None and best is not base and base.measurement.wall_tps:
             # over wall-clock time at every level, so that the speedups of two levels compare
             rate += f", {best.measurement.wall_tps / base.measurement.wall_tps:.2f}x no speculation"
         if _same_choice(best.config, rec.config):
-            parts.append(f"the same holds at {_at(level)} ({rate})")
+            parts.append(f"At {_at(level)} the same holds ({rate})")
         else:
-            parts.append(f"at {_at(level)} the best differs: {best.label} ({rate})")
-    return (" " + "; ".join(parts) + ".") if parts else ""
+            parts.append(f"At {_at(level)} the best differs: {best.label} ({rate})")
+    return (" " + ". ".join(parts) + ".") if parts else ""
 
 
 def budget_note(result: TuneResult) -> str:

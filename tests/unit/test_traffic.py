@@ -75,7 +75,7 @@ def test_the_best_is_measured_again_at_each_level_and_the_answer_says_where_it_d
     assert not result.at(4).recommended.config.has_draft
     text = recommendation_text(result)
     assert text.startswith("for one request at a time: ")
-    assert "at 4 requests at once the best differs: no draft" in text
+    assert "At 4 requests at once the best differs: no draft" in text
     assert len(engine) <= spec.planned_launches(True)
     points = [point_dict(p) for p in result.points]
     assert {p["concurrency"] for p in points} == {1, 4}
@@ -89,7 +89,7 @@ def test_the_first_level_is_the_one_the_recommendation_is_for(engine, tmp_path):
     result = tune(None, NEW, spec, ti, di, tmp_path)
     assert result.level == 4 and not result.recommended.config.speculates and result.recommended.config.parallel == 4
     assert "for 4 requests at once: no draft" in recommendation_text(result)
-    assert "at one request at a time the best differs" in recommendation_text(result)
+    assert "At one request at a time the best differs" in recommendation_text(result)
 
 
 def test_a_level_above_what_memory_allows_is_pruned_before_launch(engine, tmp_path):
