@@ -128,6 +128,23 @@ class ServerConfig:
     def with_(self, **changes: Any) -> "ServerConfig":
         return replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ServerConfig":
+        """The inverse of `to_dict`, from a profile's [server] table or JSON: paths, tuples, and the n-gram
+        parameters as a table ({n_max = 64}) or as pairs."""
+        d = dict(d)
+        for key in ("target", "draft"):
+            if d.get(key):
+                d[key] = Path(d[key])
+        for key in ("overrides", "extra", "rpc"):
+            if key in d:
+                d[key] = tuple(d[key] or ())
+        params = d.get("ngram_params")
+        if params:
+            d["ngram_params"] = tuple(sorted(params.items())) if isinstance(params, dict) else tuple(
+                (str(n), int(v)) for n, v in params)
+        return cls(**d)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["target"] = str(self.target)

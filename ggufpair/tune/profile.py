@@ -95,16 +95,7 @@ def load_profile(path: Path) -> tuple[dict, ServerConfig]:
             or not (isinstance(listen.get("port", 8080), int) and 0 < listen.get("port", 8080) < 65536):
         raise UsageError(f"{path}: [launch] must hold a host (text) and a port (1-65535), got {listen!r}")
     try:
-        server = dict(data["server"])
-        for key in ("target", "draft"):
-            if server.get(key):
-                server[key] = Path(server[key])
-        for key in ("overrides", "extra", "rpc"):
-            if key in server:
-                server[key] = tuple(server[key])
-        if "ngram_params" in server:
-            server["ngram_params"] = tuple(sorted(dict(server["ngram_params"]).items()))
-        return data, ServerConfig(**server)
+        return data, ServerConfig.from_dict(data["server"])
     except (KeyError, TypeError, ValueError) as e:
         raise UsageError(f"{path}: not a ggufpair profile ({type(e).__name__}: {e})") from None
 

@@ -57,17 +57,6 @@ def config_key(config: ServerConfig) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
-def config_from_dict(d: dict[str, Any]) -> ServerConfig:
-    d = dict(d)
-    for key in ("target", "draft"):
-        if d.get(key):
-            d[key] = Path(d[key])
-    for key in ("overrides", "extra", "rpc"):
-        d[key] = tuple(d.get(key) or ())
-    d["ngram_params"] = tuple(tuple(x) for x in d.get("ngram_params") or ())
-    return ServerConfig(**d)
-
-
 @dataclass
 class TuneJournal:
     """The saved points of a pair's tunes, and the conditions they were measured under."""
@@ -108,7 +97,7 @@ class TuneJournal:
         for line in lines:
             try:
                 rec = json.loads(line)
-                config = config_from_dict(rec["config"])
+                config = ServerConfig.from_dict(rec["config"])
                 measured = replace(Measurement.from_dict(rec["measurement"]),
                                    outputs=tuple((str(i), str(t)) for i, t in rec.get("outputs", ())))
             except (ValueError, KeyError, TypeError):
