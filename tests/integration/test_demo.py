@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_end_to_end(capsys, llama_server, tmp_path):
-    assert main(["demo", "--draft-lengths", "2,4", "--tokens", "24", "--repeats", "1", "--threads", "2",
+    assert main(["demo", "--draft-lengths", "2,4", "--tokens", "16", "--repeats", "1", "--threads", "2",
                  "--categories", "chat,edit"]) == 0
     out = capsys.readouterr().out
     assert "Verdict: incompatible (add_bos)" in out

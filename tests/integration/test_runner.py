@@ -34,12 +34,12 @@ def _config(target, draft=None, **kw):
 def test_baseline_and_draft_runs_with_speculation_live(gemma_f16, gemma_q4, llama_server, dialect, tmp_path):
     with LlamaServer(llama_server, _config(gemma_f16), dialect=dialect, log_path=tmp_path / "base.log") as base:
         assert base.speculative is None
-        m_base = measure(base, PROMPTS, n_predict=48, repeats=1)
-        out_base = greedy_outputs(base, PROMPTS, 48)
+        m_base = measure(base, PROMPTS, n_predict=32, repeats=1)
+        out_base = greedy_outputs(base, PROMPTS, 32)
     with LlamaServer(llama_server, _config(gemma_f16, gemma_q4), dialect=dialect, log_path=tmp_path / "d.log") as spec:
         assert spec.speculative is True
-        m_spec = measure(spec, PROMPTS, n_predict=48, repeats=1)
-        out_spec = greedy_outputs(spec, PROMPTS, 48)
+        m_spec = measure(spec, PROMPTS, n_predict=32, repeats=1)
+        out_spec = greedy_outputs(spec, PROMPTS, 32)
         # One token per request leaves nothing to draft: /slots says speculative, but these requests did not
         # speculate, and the measurement says so.
         m_one = measure(spec, PROMPTS, n_predict=1, repeats=1, warmup=False)

@@ -75,7 +75,7 @@ def test_tune_without_a_draft_tunes_n_gram_lookup_and_its_profile_launches_and_c
     parameters are searched, and ngram-cache, which keeps its table across requests); the profile, its
     launch script and `check` carry the kind and its parameters."""
     code = main(["tune", "--target", str(gemma_f16), "--kinds", "ngram-simple,ngram-cache", "--categories", "edit",
-                 "--kv", "f16", "--tokens", "32", "--repeats", "1", "--ctx", "2048", "--threads", "2"])
+                 "--kv", "f16", "--tokens", "24", "--repeats", "1", "--ctx", "2048", "--threads", "2"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "tuning n-gram lookup (no draft file): ngram-simple, ngram-cache" in out
