@@ -105,6 +105,10 @@ class Completion:
     seen: bool = False  # this server had been sent the same prompt before (an n-gram table may hold its answer)
 
 
+_HOST_ONLY: dict[Path, bool] = {}
+"""Per build: whether it lists no device to offload to (then --fit has nothing to decide)."""
+
+
 class LlamaServer:
     """A running llama-server for one configuration. Use as a context manager."""
 
@@ -134,7 +138,9 @@ class LlamaServer:
         (2.2 -> 1.1 s here). The measuring servers skip it; launch scripts keep llama-server's default."""
         if self.dialect.pick("--fit", "-fit") is None or self.config.rpc or {"--fit", "-fit"} & set(self.config.extra):
             return False
-        return all(d.name == "CPU" for d in devices(self.binary.path))
+        if self.binary.path not in _HOST_ONLY:  # asked once per build: a GPU build's listing costs a CUDA start
+            _HOST_ONLY[self.binary.path] = all(d.name == "CPU" for d in devices(self.binary.path))
+        return _HOST_ONLY[self.binary.path]
 
     # -- life cycle ------------------------------------------------------------------------------------
 
