@@ -70,14 +70,20 @@ def model_kv(n_layers: int = 2, n_embd: int = 64, n_head: int = 4, n_head_kv: in
 
 
 def write_gguf(path: Path, kv: dict[str, Any], tensors: list[tuple[str, tuple[int, ...]]] | None = None,
-               alignment: int = 32, version: int = 3) -> Path:
-    """Write a GGUF file with F32 tensors of the given ggml shapes (data: ascending floats)."""
+               alignment: int = 32, version: int = 3, fill: np.random.Generator | None = None) -> Path:
+    """Write a GGUF file with F32 tensors of the given ggml shapes (data: ascending floats, or with `fill`
+    random weights a model can run on: norms 1, biases 0, matrices small normal values)."""
     blobs = [encode_kv(k, *v) for k, v in kv.items() if v is not DROP]
     tensors = tensors if tensors is not None else [("token_embd.weight", (8, 4)), ("output_norm.weight", (8,))]
     infos, datas, offset = [], [], 0
     for name, shape in tensors:
         n = int(np.prod(shape))
-        data = np.arange(n, dtype=np.float32).tobytes()
+        if fill is None:
+            data = np.arange(n, dtype=np.float32).tobytes()
+        elif len(shape) == 1:
+            data = np.full(n, 0.0 if name.endswith(".bias") else 1.0, dtype=np.float32).tobytes()
+        else:
+            data = (fill.standard_normal(n) * 0.1).astype(np.float32).tobytes()
         infos.append(encode_tensor_info(name, shape, GGMLQuantizationType.F32, offset))
         pad = (-len(data)) % alignment
         datas.append(data + b"\0" * pad)
@@ -95,3 +101,67 @@ def tiny_model(path: Path, tokenizer: str = "llama", n_tokens: int = 300, tokens
     for key, value in (changes or {}).items():
         kv[key] = value
     return write_gguf(path, kv)
+
+
+# Whole tiny models with random weights that the real llama-server loads and runs: a llama target, the same
+# target carrying one NextN (MTP) block (llama.cpp runs MTP for `glm4moe`, whose MTP block is an MoE layer), and
+# an EAGLE-3 head for the llama target. Shapes are ggml's (ne0 first), as `create_tensor` in the pinned
+# llama.cpp's src/models/{llama,glm4-moe,eagle3}.cpp asks for them.
+
+def _attn(i: int, n_embd: int, n_q: int, n_kv: int, n_in: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    n_in = n_in or n_embd
+    return [(f"blk.{i}.attn_q.weight", (n_in, n_q)), (f"blk.{i}.attn_k.weight", (n_in, n_kv)),
+            (f"blk.{i}.attn_v.weight", (n_in, n_kv)), (f"blk.{i}.attn_output.weight", (n_q, n_embd))]
+
+
+def _ffn(i: int, n_embd: int, n_ff: int, suffix: str = "") -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"blk.{i}.ffn_gate{suffix}.weight", (n_embd, n_ff)), (f"blk.{i}.ffn_down{suffix}.weight", (n_ff, n_embd)),
+            (f"blk.{i}.ffn_up{suffix}.weight", (n_embd, n_ff))]
+
+
+def random_model(path: Path, kind: str = "llama", *, n_layers: int = 4, n_embd: int = 64, n_head: int = 4,
+                 n_head_kv: int = 2, n_tokens: int = 300, seed: int = 0, target_layers: tuple[int, ...] = (1, 2, 3),
+                 target_hidden: int | None = None, name: str | None = None) -> Path:
+    """`kind`: "llama" (a plain target), "mtp" (a glm4moe target whose last block is a NextN/MTP block) or
+    "eagle3" (a one-layer EAGLE-3 head reading `target_layers` of a target of hidden size `target_hidden`)."""
+    arch = {"llama": "llama", "mtp": "glm4moe", "eagle3": "eagle3"}[kind]
+    n_ff, head = n_embd * 2, n_embd // n_head
+    n_q, n_kv = n_head * head, n_head_kv * head
+    blocks = 1 if kind == "eagle3" else n_layers + (kind == "mtp")
+    kv = {**model_kv(blocks, n_embd, n_head, n_head_kv, arch=arch, name=name or f"tiny-{kind}"),
+          **vocab_kv("llama", n_tokens)}
+    tensors: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (n_embd, n_tokens)),
+                                                   ("output_norm.weight", (n_embd,)),
+                                                   ("output.weight", (n_embd, n_tokens))]
+    if kind == "llama":
+        for i in range(n_layers):
+            tensors += [(f"blk.{i}.attn_norm.weight", (n_embd,)), *_attn(i, n_embd, n_q, n_kv),
+                        (f"blk.{i}.ffn_norm.weight", (n_embd,)), *_ffn(i, n_embd, n_ff)]
+    elif kind == "mtp":
+        n_expert = 2
+        kv.update({f"{arch}.nextn_predict_layers": (T.UINT32, 1),
+                   f"{arch}.leading_dense_block_count": (T.UINT32, n_layers),
+                   f"{arch}.expert_count": (T.UINT32, n_expert), f"{arch}.expert_used_count": (T.UINT32, 1),
+                   f"{arch}.expert_shared_count": (T.UINT32, 1),
+                   f"{arch}.expert_feed_forward_length": (T.UINT32, n_ff)})
+        for i in range(n_layers + 1):
+            tensors += [(f"blk.{i}.attn_norm.weight", (n_embd,)), *_attn(i, n_embd, n_q, n_kv),
+                        (f"blk.{i}.post_attention_norm.weight", (n_embd,))]
+            if i < n_layers:
+                tensors += _ffn(i, n_embd, n_ff)
+            else:  # the MTP block: an MoE layer with a shared expert, and the NextN projections
+                tensors += [(f"blk.{i}.ffn_gate_inp.weight", (n_embd, n_expert)), (f"blk.{i}.exp_probs_b.bias", (n_expert,)),
+                            (f"blk.{i}.ffn_gate_exps.weight", (n_embd, n_ff, n_expert)),
+                            (f"blk.{i}.ffn_down_exps.weight", (n_ff, n_embd, n_expert)),
+                            (f"blk.{i}.ffn_up_exps.weight", (n_embd, n_ff, n_expert)),
+                            *_ffn(i, n_embd, n_ff, "_shexp"),
+                            (f"blk.{i}.nextn.eh_proj.weight", (2 * n_embd, n_embd)),
+                            (f"blk.{i}.nextn.enorm.weight", (n_embd,)), (f"blk.{i}.nextn.hnorm.weight", (n_embd,))]
+    else:
+        hidden = target_hidden or n_embd
+        kv.update({f"{arch}.target_layers": (T.ARRAY, list(target_layers), T.INT32),
+                   f"{arch}.target_hidden_size": (T.UINT32, hidden)})
+        tensors += [("fc.weight", (len(target_layers) * hidden, n_embd)), ("blk.0.attn_norm.weight", (n_embd,)),
+                    ("blk.0.attn_norm_2.weight", (n_embd,)), *_attn(0, n_embd, n_q, n_kv, n_in=2 * n_embd),
+                    ("blk.0.ffn_norm.weight", (n_embd,)), *_ffn(0, n_embd, n_ff)]
+    return write_gguf(path, kv, tensors, fill=np.random.default_rng(seed))

@@ -13,7 +13,7 @@ from typing import Any
 
 from gguf import GGUFValueType as T
 
-from tests.ggufmake import DROP, bpe_tokens, spm_tokens, tiny_model
+from tests.ggufmake import DROP, spm_tokens, tiny_model
 
 LLAMA_CHECK = {
     None: None, "vocab_type": "vocab_type", "add_bos": "add_bos", "bos_id": "add_bos", "add_eos": "add_eos",

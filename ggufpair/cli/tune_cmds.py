@@ -30,7 +30,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--p-min", default="0,0.5", metavar="P[,P...]",
                    help="--spec-draft-p-min values tried on each draft's best length (default 0,0.5; 0 alone: not swept)")
     p.add_argument("--kinds", default="draft,ngram",
-                   help="kinds of speculation to try: draft (the draft model), ngram (every n-gram kind the build "
+                   help="kinds of speculation to try: draft (the model drafters: the --draft files, and MTP where the "
+                        "target has NextN layers), mtp (those layers alone), ngram (every n-gram kind the build "
                         f"offers) or some of {', '.join(NGRAM_KIND_NAMES)} (default draft,ngram; no speculation is "
                         "always measured as the baseline)")
     p.add_argument("--lengths", default="1-16", help="draft lengths, e.g. 1-16 or 2,4,8 (default 1-16)")
@@ -189,7 +190,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         console.print(f"note: --ctx {args.ctx} is above the target's training context ({target.context_length}); "
                       "llama.cpp allows it, but the model was not trained for it", style="yellow")
     asked = parse_kinds(args.kinds)
-    if not args.draft and not any(k in NGRAM_KIND_NAMES for k in asked):  # suggestions only: no llama-server needed
+    check_mtp_asked(target, asked)
+    wants_mtp = target.draft_kind == "mtp" and bool({"draft", "mtp"} & set(asked))
+    if not args.draft and not wants_mtp and not any(k in NGRAM_KIND_NAMES for k in asked):  # suggestions only
         left_out: list = []
         suggestions = suggest_drafts(target, candidates or [], left_out)
         render.print_suggestions(console, target, suggestions, left_out)
@@ -198,7 +201,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     dialect = probe_dialect(binary.path)
     kinds = parse_kinds(args.kinds, dialect)
     ngram_kinds = tuple(k for k in kinds if k in dialect.ngram_kinds)
-    if not args.draft:
+    mtp = mtp_offered(target, dialect, kinds, console)
+    if not args.draft and not mtp:
         left_out: list = []
         suggestions = suggest_drafts(target, candidates or [], left_out)
         render.print_suggestions(console, target, suggestions, left_out)
@@ -209,6 +213,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             return 0 if suggestions else 1
         console.print(f"tuning n-gram lookup (no draft file): {', '.join(ngram_kinds)}; give --draft to tune a "
                       "draft model as well", style="bold")
+    elif not args.draft:
+        console.print(f"tuning {target_path.name}'s own MTP layers" + (f" and n-gram lookup ({', '.join(ngram_kinds)})"
+                      if ngram_kinds else "") + " (no draft file); give --draft to tune a draft model as well",
+                      style="bold")
     use_draft = bool(args.draft) and "draft" in kinds
     if args.draft and not use_draft:
         console.print(f"note: --kinds {args.kinds} leaves out the draft model; {', '.join(args.draft)} not measured",
@@ -238,6 +246,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 continue
             ovr, note = prepare_pair(target_path, path, args.route, say)
             info = read_model_info(path)
+            from ggufpair.engine.kinds import drafter_for_file
+
+            if (kind := drafter_for_file(info.draft_kind)).file_kind:
+                say(f"{path.name}: {kind.summary}; run by --spec-type {kind.spec_type}")
             notes.append(note if len(args.draft) == 1 else f"{path.name}: {note}")
             if draft_path is None:
                 draft_path, draft, overrides = path, info, ovr
@@ -288,7 +300,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     spec = TuneSpec(base=base, lengths=lengths, target_kv=tuple(args.kv.split(",")),
                     draft_kv=tuple(args.draft_kv.split(",")), prompts=tuple(prompts), n_predict=args.tokens,
                     repeats=args.repeats, budget_bytes=budget, device=kind, ngram_kinds=ngram_kinds,
-                    concurrency=levels, sampling=sampling, more_drafts=tuple(more), p_min=p_min,
+                    concurrency=levels, sampling=sampling, more_drafts=tuple(more), p_min=p_min, mtp=mtp,
                     budget_seconds=parse_duration(args.budget), device_budgets=device_budgets)
     conds = conditions(binary, kind, prompts, args.tokens, args.repeats, sampling, base.ctx)
     journal = TuneJournal.for_pair(target_path, [draft_path, *(c.path for c in more)] if draft_path else [], conds,
@@ -306,6 +318,27 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if result.cancelled:
         return 130
     return 0 if result.recommended is not None else 1  # nothing measured, or no baseline to compare with
+
+
+def check_mtp_asked(target, kinds: tuple[str, ...]) -> None:
+    if "mtp" in kinds and target.draft_kind != "mtp":
+        raise UsageError(f"--kinds mtp: {target.path.name} has no NextN (MTP) layers (no blk.N.nextn.eh_proj "
+                         "tensor)", hint="MTP comes with models converted with their MTP heads (GLM-4.5, Qwen3.5/3-Next, "
+                                         "DeepSeek-V3/V4, ...)")
+
+
+def mtp_offered(target, dialect, kinds: tuple[str, ...], console) -> bool:
+    """Whether the tune measures the target's own MTP layers: asked for (`mtp`, or `draft`, which means every
+    model drafter), the target carries NextN blocks, and the build has draft-mtp. `--kinds mtp` on a target
+    without them is an error; `draft` on one says nothing."""
+    asked = "mtp" in kinds or "draft" in kinds
+    has = target.draft_kind == "mtp"
+    check_mtp_asked(target, kinds)
+    if asked and has and "draft-mtp" not in dialect.spec_types:
+        console.print(f"note: {target.path.name} has MTP layers, but this llama-server build has no --spec-type "
+                      "draft-mtp: MTP is not measured", style="yellow")
+        return False
+    return asked and has
 
 
 def check_gpu_layers(value: str | None) -> None:
@@ -404,6 +437,11 @@ def _check_pair_still_speculates(config, force: bool = False) -> None:
     from ggufpair.format.model_info import read_model_info
     from ggufpair.pairing.verdict import check_pair, parse_override
 
+    if config.draft is None:  # MTP: the target itself must still carry its NextN layers
+        if read_model_info(config.target).draft_kind != "mtp" and not force:
+            raise UsageError(f"{config.target}: the profile drafts with the target's MTP layers, and the file has "
+                             "none now (no blk.N.nextn.eh_proj tensor)", hint="tune again; --force launches anyway")
+        return
     overrides = dict(parse_override(a) for a in config.overrides)
     verdict = check_pair(read_model_info(config.target), read_model_info(config.draft), overrides)
     if force:

@@ -18,13 +18,12 @@ QUANTIZED_KV = frozenset({"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
 FLASH_ATTN = ("on", "off", "auto")
 
 
-# Drafts llama.cpp runs by their own --spec-type (they read the target's hidden states; llama.cpp does not
-# compare vocabularies for them). Any other draft, MTP-carrying ones included, runs as draft-simple.
-SPEC_TYPE_FOR_DRAFT_KIND = {"eagle3": "draft-eagle3", "dflash": "draft-dflash", "dspark": "draft-dspark"}
-
-
 def spec_type_for(draft_kind: str | None) -> str:
-    return SPEC_TYPE_FOR_DRAFT_KIND.get(draft_kind or "", "draft-simple")
+    """The --spec-type a draft file runs by (engine.kinds.DRAFTERS): EAGLE-3, DFlash and DSpark heads by their
+    own; any other draft, MTP-carrying ones included, as draft-simple."""
+    from ggufpair.engine.kinds import drafter_for_file
+
+    return drafter_for_file(draft_kind).spec_type
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,10 @@ class ServerConfig:
 
             if self.draft_sampling not in DRAFT_SAMPLING:
                 raise UsageError(f"draft sampling {self.draft_sampling!r}: one of {', '.join(DRAFT_SAMPLING)}")
-        if self.draft is not None and not (0 <= self.draft_min <= self.draft_max and self.draft_max >= 1):
+        if self.fileless_drafter and self.draft is not None:
+            raise UsageError(f"--spec-type {self.spec_type} runs on the target's own layers: it takes no draft file",
+                             hint=f"drop the draft ({self.draft.name}), or use draft-simple for it")
+        if self.has_draft and not (0 <= self.draft_min <= self.draft_max and self.draft_max >= 1):
             raise UsageError(f"draft length must satisfy 0 <= min <= max and max >= 1 (got {self.draft_min}..{self.draft_max})")
 
     @property
@@ -88,13 +90,33 @@ class ServerConfig:
         return bool(flags) and flags[-1] in ("-kvu", "--kv-unified")
 
     @property
+    def fileless_drafter(self) -> bool:
+        """A model drafter that runs on the target's own layers (MTP), with no draft file."""
+        from ggufpair.engine.kinds import DRAFTERS
+
+        kind = DRAFTERS.get(self.spec_type)
+        return kind is not None and not kind.needs_file
+
+    @property
     def has_draft(self) -> bool:
-        return self.draft is not None
+        """A model drafter: a draft file, or the target's own MTP layers (a draft length, a draft context)."""
+        return self.draft is not None or self.fileless_drafter
+
+    @property
+    def drafter(self) -> str | None:
+        """Which model drafter this runs, as a key that tells drafters apart: the draft file, or the spec type
+        of a drafter without one ("draft-mtp"); None without a model drafter."""
+        return str(self.draft) if self.draft is not None else (self.spec_type if self.fileless_drafter else None)
+
+    @property
+    def drafter_name(self) -> str | None:
+        """How answers name the model drafter: its file name, or MTP."""
+        return self.draft.name if self.draft is not None else ("MTP" if self.fileless_drafter else None)
 
     @property
     def speculates(self) -> bool:
-        """A draft model, an n-gram kind, or both."""
-        return self.draft is not None or self.ngram is not None
+        """A model drafter, an n-gram kind, or both."""
+        return self.has_draft or self.ngram is not None
 
     @property
     def ngram_values(self) -> dict[str, int]:
@@ -111,11 +133,11 @@ class ServerConfig:
         return self.ngram is not None and kind(self.ngram).stateful
 
     def without_draft(self) -> "ServerConfig":
-        return replace(self, draft=None)
+        return replace(self, draft=None, spec_type="draft-simple")
 
     def without_speculation(self) -> "ServerConfig":
-        """The paired baseline: no draft model and no n-gram kind."""
-        return replace(self, draft=None, ngram=None, ngram_params=())
+        """The paired baseline: no model drafter and no n-gram kind."""
+        return replace(self, draft=None, spec_type="draft-simple", ngram=None, ngram_params=())
 
     def with_ngram(self, name: str | None, values: dict[str, int] | None = None) -> "ServerConfig":
         """This configuration with an n-gram kind (every parameter recorded, defaults included) or none."""
@@ -170,13 +192,13 @@ class ServerConfig:
             from ggufpair.engine.kinds import kind
 
             lookup = kind(self.ngram).argv(self.ngram_values, dialect)
-            shared = {dialect.draft_max_flag, dialect.draft_min_flag} & set(lookup[::2]) if self.draft else set()
+            shared = {dialect.draft_max_flag, dialect.draft_min_flag} & set(lookup[::2]) if self.has_draft else set()
             if shared:  # older spellings: one flag for the lookup's length and the draft's, the last one winning
                 raise UsageError(f"this llama-server build sets {self.ngram}'s length with the draft's own "
                                  f"{', '.join(sorted(shared))}, so it cannot run both with their own values",
                                  hint="tune the n-gram kind and the draft apart on this build")
             a += lookup
-        if self.draft is not None:
+        if self.has_draft:
             a += self._draft_args(dialect)
         for ov in self.overrides:
             if not dialect.has("--override-kv"):
@@ -209,12 +231,12 @@ class ServerConfig:
             if self.ngram not in dialect.spec_types:
                 raise UsageError(f"this llama-server build has no --spec-type {self.ngram}",
                                  hint=f"its types: {', '.join(dialect.spec_types) or 'none (no n-gram lookup)'}")
-            if self.draft is not None and not dialect.ngram_with_draft:
+            if self.has_draft and not dialect.ngram_with_draft:
                 raise UsageError(f"this llama-server build runs {self.ngram} only without a draft model (its "
                                  "--spec-type takes one draftless kind, which replaces the draft)",
                                  hint="tune the n-gram kind and the draft apart, or use a 2026-11 or newer build")
             types.append(self.ngram)
-        if self.draft is not None:
+        if self.has_draft:
             if self.spec_type in dialect.spec_types:
                 types.append(self.spec_type)  # without it, -md loads the draft and then frees it
             elif self.spec_type != "draft-simple" or dialect.draft_spec_types:
@@ -226,9 +248,9 @@ class ServerConfig:
 
     def _draft_args(self, dialect: Dialect) -> list[str]:
         model_flag, max_flag = dialect.draft_model_flag, dialect.draft_max_flag
-        if model_flag is None or max_flag is None:
+        if max_flag is None or (model_flag is None and self.draft is not None):
             raise UsageError("this llama-server build has no draft-model flags")
-        a = [model_flag, str(self.draft)]
+        a = [model_flag, str(self.draft)] if self.draft is not None else []  # MTP: the target's own layers
         a += [max_flag, str(self.draft_max)]
         if dialect.draft_min_flag:
             a += [dialect.draft_min_flag, str(self.draft_min)]
@@ -245,11 +267,11 @@ class ServerConfig:
             elif self.draft_sampling != "greedy":
                 raise UsageError(f"this llama-server build has no --spec-draft-sampling, so it cannot verify drafts "
                                  f"by {self.draft_sampling} sampling", hint="use a 2026-11 or newer build")
-        if self.draft_device is not None:
+        if self.draft_device is not None and self.draft is not None:  # MTP runs where the target's layers are
             flag = dialect.pick("--spec-draft-device", "-devd", "--device-draft")
             if flag is None:
                 raise UsageError("this llama-server build cannot place the draft on its own device (no -devd)")
             a += [flag, self.draft_device]
-        if self.draft_gpu_layers is not None and dialect.draft_gpu_layers_flag:
+        if self.draft_gpu_layers is not None and dialect.draft_gpu_layers_flag and self.draft is not None:
             a += [dialect.draft_gpu_layers_flag, str(self.draft_gpu_layers)]
         return a

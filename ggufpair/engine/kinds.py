@@ -162,17 +162,21 @@ def offered(dialect) -> tuple[Kind, ...]:
 
 
 def parse_kinds(text: str, dialect=None) -> tuple[str, ...]:
-    """`--kinds none,draft,ngram-mod,ngram` -> the names asked for: `ngram` is every n-gram kind, `draft` the
-    draft model, `none` only the baseline (always measured). Names the build does not offer are an error."""
+    """`--kinds none,draft,mtp,ngram-mod,ngram` -> the names asked for: `ngram` is every n-gram kind, `draft` the
+    model drafters (the draft files given, and MTP where the target has NextN layers), `mtp` the target's own
+    MTP layers alone, `none` only the baseline (always measured). Names the build does not offer are an error."""
     out: list[str] = []
     for part in (x.strip() for x in text.split(",")):
         if not part:
             continue
         names = NGRAM_KINDS if part == "ngram" else (part,)
         for name in names:
-            if name not in ("none", "draft") and name not in KINDS:
+            if name not in ("none", "draft", "mtp") and name not in KINDS:
                 raise UsageError(f"--kinds {text}: unknown kind {name!r}",
-                                 hint=f"choose from none, draft, ngram (all of: {', '.join(NGRAM_KINDS)})")
+                                 hint=f"choose from none, draft, mtp, ngram (all of: {', '.join(NGRAM_KINDS)})")
+            if name == "mtp" and dialect is not None and "draft-mtp" not in dialect.spec_types:
+                raise UsageError(f"--kinds {text}: this llama-server build has no --spec-type draft-mtp",
+                                 hint=f"its types: {', '.join(dialect.spec_types) or 'none'}")
             if dialect is not None and name in KINDS and name not in dialect.spec_types:
                 if part == "ngram":
                     continue
@@ -183,3 +187,55 @@ def parse_kinds(text: str, dialect=None) -> tuple[str, ...]:
     if not out:
         raise UsageError(f"--kinds {text!r}: no kind named", hint="e.g. ngram,draft or ngram-mod")
     return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------ model drafters
+
+@dataclass(frozen=True)
+class Drafter:
+    """A kind of speculation that drafts with a neural network in a draft context of its own (llama.cpp has
+    one such context per server, so two drafters never run together, #27839), read from the pinned build's
+    `common/speculative.cpp` (`common_speculative_init`) and `common/arg.cpp`."""
+    spec_type: str  # the --spec-type value
+    file_kind: str | None  # ModelInfo.draft_kind of the file it runs ("eagle3", ...); None: an ordinary draft model
+    needs_file: bool  # False: it runs on layers the target file itself carries (-md is not given)
+    vocab_checked: bool  # llama.cpp compares the two vocabularies (common_speculative_are_compatible)
+    summary: str
+
+    def length_cap(self, target) -> int | None:
+        """The longest draft llama.cpp lets it make for `target` (a ModelInfo), or None for no cap: chained
+        MTP heads draft one token each (`n_max = min(n_max, n_mtp_layers)` when there is more than one head;
+        a single head is run again for each drafted token)."""
+        if self.spec_type == "draft-mtp" and getattr(target, "n_nextn", 0) > 1:
+            return target.n_nextn
+        return None
+
+    def name(self, path=None) -> str:
+        """How answers name a drafter: its file, or for MTP the target's own layers."""
+        return path.name if path is not None else "MTP (the target's own NextN layers)"
+
+
+DRAFTERS: dict[str, Drafter] = {d.spec_type: d for d in (
+    Drafter("draft-simple", None, True, True, "a smaller model of the target's family, run token by token"),
+    Drafter("draft-eagle3", "eagle3", True, False,
+            "an EAGLE-3 head: one decoder layer reading three of the target's hidden states"),
+    Drafter("draft-mtp", "mtp", False, False,
+            "the target's own NextN (multi-token prediction) layers, on the target's weights: no draft file"),
+    Drafter("draft-dflash", "dflash", True, False, "a DFlash block-diffusion drafter reading several target layers"),
+    Drafter("draft-dspark", "dspark", True, False, "a DSpark drafter (DFlash with a Markov head)"),
+)}
+
+
+def drafter(spec_type: str) -> Drafter:
+    try:
+        return DRAFTERS[spec_type]
+    except KeyError:
+        raise UsageError(f"unknown model drafter {spec_type!r}", hint=f"one of {', '.join(DRAFTERS)}") from None
+
+
+def drafter_for_file(draft_kind: str | None) -> Drafter:
+    """The drafter that runs a draft file of this ModelInfo.draft_kind. A file with NextN layers given as a
+    draft runs as an ordinary draft (ggufpair always passes --spec-type, so llama.cpp's switch to draft-mtp
+    for such a -md never happens)."""
+    return next((d for d in DRAFTERS.values() if d.needs_file and d.file_kind and d.file_kind == draft_kind),
+                DRAFTERS["draft-simple"])

@@ -176,9 +176,29 @@ def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False
     return ModelMemory(weights, k, v, output, compute_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa))
 
 
+def estimate_mtp(target: ModelInfo, config: ServerConfig, fa_takes_value: bool = True) -> ModelMemory:
+    """The MTP context (draft-mtp): no weights of its own (it runs on the target's NextN blocks, loaded with the
+    target), a KV cache for those blocks at the draft KV types, its outputs and a compute buffer."""
+    fa = flash_attn_on(config, fa_takes_value)
+    n_seq, n_ctx = max(1, config.parallel), pad256(config.ctx)
+    cells = n_ctx if config.kv_unified else pad256(n_ctx // n_seq) * n_seq
+    heads_kv = target.n_head_kv or (1,)
+    nextn = range((target.n_layers or 0) - target.n_nextn, target.n_layers or 0)
+    k = sum(cells * heads_kv[min(il, len(heads_kv) - 1)] * (target.head_dim_k or 0) for il in nextn)
+    v = sum(cells * heads_kv[min(il, len(heads_kv) - 1)] * (target.head_dim_v or 0) for il in nextn)
+    return ModelMemory(0, int(k * BYTES_PER_ELEMENT[config.draft_cache_type_k]),
+                       int(v * BYTES_PER_ELEMENT[config.draft_cache_type_v]),
+                       target.vocab.n_tokens * 4 * n_seq, compute_bytes(target, ctx=config.ctx, parallel=config.parallel,
+                                                                         flash_attn=fa))
+
+
 def estimate_pair(target: ModelInfo, draft: ModelInfo | None, config: ServerConfig, device: str = "cpu",
                   fa_takes_value: bool = True) -> PairMemory:
-    """`fa_takes_value`: the build's -fa takes on|off|auto (the dialect's), which decides what `auto` means."""
+    """`fa_takes_value`: the build's -fa takes on|off|auto (the dialect's), which decides what `auto` means.
+    With MTP (a drafter without a file) the draft part is the MTP context."""
+    if draft is None and config.fileless_drafter:
+        return PairMemory(estimate_model(target, config, device=device, fa_takes_value=fa_takes_value),
+                          estimate_mtp(target, config, fa_takes_value))
     return PairMemory(estimate_model(target, config, device=device, fa_takes_value=fa_takes_value),
                       estimate_model(draft, config, draft=True, device=device, fa_takes_value=fa_takes_value)
                       if draft is not None else None)
@@ -199,7 +219,7 @@ def measured_from_log(log: str) -> PairMemory:
     split = next((i for i, line in enumerate(lines) if DRAFT_MARK.search(line)), len(lines))
     parts = ["\n".join(lines[:split]), "\n".join(lines[split:])]
     models = [_measured_part(p) for p in parts]
-    return PairMemory(models[0], models[1] if models[1].weights else None)
+    return PairMemory(models[0], models[1] if models[1].total else None)  # MTP: a context with no weights of its own
 
 
 def _mib(x: str) -> int:

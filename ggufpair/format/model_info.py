@@ -55,6 +55,7 @@ class ModelInfo:
     chat_template_sha256: str | None
     draft_kind: str | None  # "eagle3", "mtp" (NextN layers), "dflash" or "dspark", for special drafts
     header: GGUFHeader
+    n_nextn: int = 0  # NextN (MTP) blocks at the end of the block count ({arch}.nextn_predict_layers)
 
     @property
     def has_chat_template(self) -> bool:
@@ -67,8 +68,9 @@ class ModelInfo:
 
     @property
     def kv_layers(self) -> tuple[int, ...]:
-        """Layers that own a KV cache (shared-KV layers at the end reuse earlier ones)."""
-        n = self.n_layers or 0
+        """Layers that own a KV cache in the target's context (shared-KV layers at the end reuse earlier ones;
+        NextN blocks have theirs in the MTP context)."""
+        n = (self.n_layers or 0) - self.n_nextn
         return tuple(range(n - self.shared_kv_layers))
 
 
@@ -152,6 +154,7 @@ def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None
         chat_template_sha256=hashlib.sha256(template.encode()).hexdigest() if isinstance(template, str) else None,
         draft_kind=_draft_kind(header, arch, n_layers, tensors),
         header=header,
+        n_nextn=_int(header, arch_key("{arch}.nextn_predict_layers")) or 0,
     )
 
 

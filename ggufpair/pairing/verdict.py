@@ -94,7 +94,8 @@ class Verdict:
     def server_outcome(self) -> str:
         """What llama-server does with an incompatible pair: it fails to load a vocabulary it refuses or aborts
         on, or it serves, silently, without speculation."""
-        if any(f.check.endswith(("_vocab_load", "_duplicate_tokens", "_key_type")) for f in self.blockers):
+        if any(f.check.endswith(("_vocab_load", "_duplicate_tokens", "_key_type")) or f.check.startswith("eagle3_")
+               for f in self.blockers):  # an EAGLE-3 head llama.cpp refuses, or aborts on, at start-up
             return "fail to load the models"
         return "serve WITHOUT speculation"
 
@@ -110,7 +111,7 @@ class Verdict:
     def summary(self) -> str:
         if self.compatible:
             return "compatible: llama.cpp will speculate with this draft"
-        first = next(f for f in self.blockers if f.llama_reports)
+        first = next((f for f in self.blockers if f.llama_reports), self.blockers[0])
         fixable = all(f.fixes for f in self.blockers)
         tail = "fixable with `ggufpair fix`" if fixable else "not fixable by metadata"
         return f"incompatible ({first.check}): {first.message}; {tail}"
@@ -382,7 +383,20 @@ def _special_draft_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding
         if isinstance(hidden, int) and target.n_embd and hidden != target.n_embd:
             return [Finding("eagle3_target", Severity.BLOCKER, msg + f"; but it was trained for a hidden size of "
                             f"{hidden}, and the target's is {target.n_embd}", ("eagle3.target_hidden_size",),
-                            target.n_embd, hidden)]
+                            target.n_embd, hidden, llama_reports=True)]
+        layers = draft.header.get("eagle3.target_layers")
+        ids = list(layers.items()) if hasattr(layers, "items") else list(layers) if isinstance(layers, (list, tuple)) else None
+        n_target = (target.n_layers or 0) - target.n_nextn
+        if ids is not None and len(ids) != 3:  # src/models/eagle3.cpp refuses the file
+            return [Finding("eagle3_layers", Severity.BLOCKER, msg + f"; but it names {len(ids)} target layers "
+                            "(eagle3.target_layers), and llama.cpp needs exactly 3", ("eagle3.target_layers",), 3, len(ids),
+                            llama_reports=True)]
+        if ids is not None and target.n_layers and max(ids) > n_target:
+            # common/speculative.cpp: GGML_ABORT("EAGLE3: target layer id %d exceeds target n_layer %d"): the
+            # server dies at start-up, not a quiet fallback
+            return [Finding("eagle3_layers", Severity.BLOCKER, msg + f"; but it reads target layer {max(ids)}, and "
+                            f"the target has {n_target} (llama-server aborts at start-up)", ("eagle3.target_layers",),
+                            n_target, max(ids), llama_reports=True)]
         return [Finding("eagle3", Severity.INFO, msg)]
     if draft.draft_kind in ("dflash", "dspark"):
         return [Finding(draft.draft_kind, Severity.INFO, f"the draft is a {draft.draft_kind.upper()} draft: it needs "

@@ -17,13 +17,35 @@ from ggufpair.tune.sweep import PointResult, beats
 
 @dataclass(frozen=True)
 class DraftChoice:
-    """A model drafter to measure: the file's facts, and the --override-kv arguments its fix needs."""
+    """A model drafter to measure: the file's facts (for MTP, the target's: it drafts with the target's own
+    NextN layers), the --override-kv arguments its fix needs, and its --spec-type (engine.kinds.DRAFTERS;
+    empty: the one its file runs by)."""
     info: ModelInfo
     overrides: tuple[str, ...] = ()
+    spec_type: str = ""
+
+    @property
+    def kind(self):
+        from ggufpair.engine.kinds import drafter, drafter_for_file
+
+        return drafter(self.spec_type) if self.spec_type else drafter_for_file(self.info.draft_kind)
+
+    @property
+    def file(self) -> Path | None:
+        """The draft file llama-server loads with -md; None for MTP."""
+        return self.info.path if self.kind.needs_file else None
 
     @property
     def path(self) -> Path:
         return self.info.path
+
+    @property
+    def name(self) -> str:
+        return self.kind.name(self.file)
+
+    @classmethod
+    def mtp(cls, target: ModelInfo) -> "DraftChoice":
+        return cls(target, (), "draft-mtp")
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,7 @@ class TuneSpec:
     # more model drafters beside base.draft, each measured like it (never two in one server: llama.cpp has one
     # draft context), each with the --override-kv its own fix needs
     more_drafts: tuple["DraftChoice", ...] = ()
+    mtp: bool = False  # the target's own NextN (MTP) layers measured as one more drafter (draft-mtp, no file)
     p_min: tuple[float, ...] = ()  # --spec-draft-p-min values tried on each drafter's best length (0 is measured)
     budget_seconds: float | None = None  # stop launching when the next launch would end past this
     # per device, where remote (RPC) devices take the target's layers: each share is checked (engine.placement)
@@ -63,7 +86,7 @@ class TuneSpec:
         baseline again at the end."""
         from ggufpair.engine.kinds import kind
 
-        drafters = (1 + len(self.more_drafts)) if with_draft else 0
+        drafters = ((1 + len(self.more_drafts)) if with_draft else 0) + self.mtp
         combos = len(self.target_kv) * len(self.draft_kv) * drafters
         runs = 2 if len(self.lengths) > 1 else 1  # the long and the short run (one, when one length is asked)
         confirm = min(self.confirm, (len(self.lengths) - runs) * combos // max(drafters, 1)) * drafters
@@ -71,9 +94,9 @@ class TuneSpec:
         kinds = [kind(k) for k in self.ngram_kinds]
         finalists = sorted(kinds, key=lambda k: -ngram_search_size(k))[:self.ngram_finalists]  # at most these
         ngram = len(kinds) + sum(ngram_search_size(k) for k in finalists)
-        mix = 1 if with_draft and kinds and self.mix else 0
+        mix = 1 if drafters and kinds and self.mix else 0
         speculating = combos or kinds
-        sampling = 1 if with_draft and combos and not self.sampling.greedy else 0  # probabilistic drafts
+        sampling = 1 if combos and not self.sampling.greedy else 0  # probabilistic drafts
         levels = (len(self.concurrency) - 1) * (1 + self.level_finalists) if speculating else len(self.concurrency) - 1
         return (len(self.target_kv) + runs * combos + confirm + ngram + mix + (1 if speculating else 0) + sampling
                 + levels)
@@ -82,7 +105,7 @@ class TuneSpec:
 def estimate_key(config: ServerConfig) -> tuple:
     """What a memory estimate depends on, of what the search varies (the draft length, p_min and the n-gram
     parameters add nothing to it)."""
-    return (config.cache_type_k, config.cache_type_v, str(config.draft) if config.has_draft else None,
+    return (config.cache_type_k, config.cache_type_v, config.drafter,
             config.draft_cache_type_k if config.has_draft else None, config.parallel, config.ctx)
 
 
@@ -155,11 +178,12 @@ class TuneResult:
         return max(self.live(True), key=lambda p: p.measurement.tokens_per_second, default=None)
 
     def drafters(self) -> list[PointResult]:
-        """The fastest live configuration of each draft file (without an n-gram kind), fastest first."""
+        """The fastest live configuration of each model drafter (a draft file, or MTP; without an n-gram kind),
+        fastest first."""
         best: dict[str, PointResult] = {}
         for p in self.live(True):
             if p.config.has_draft and p.config.ngram is None:
-                key = str(p.config.draft)
+                key = p.config.drafter
                 if key not in best or p.measurement.tokens_per_second > best[key].measurement.tokens_per_second:
                     best[key] = p
         return sorted(best.values(), key=lambda p: -p.measurement.tokens_per_second)

@@ -135,7 +135,7 @@ class TuneJournal:
                "outputs": [list(o) for o in point.measurement.outputs],  # the greedy answers, for agreement
                "conditions": self.conditions, "label": point_dict(point)["label"],
                "models": {"target": _identity(point.config.target),
-                          "draft": _identity(point.config.draft) if point.config.has_draft else None}}
+                          "draft": _identity(point.config.draft) if point.config.draft is not None else None}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(rec, default=str) + "\n")

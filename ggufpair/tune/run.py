@@ -178,10 +178,12 @@ def stability_note(result: TuneResult) -> str:
 
 
 def kind_of(config) -> str:
-    """What a configuration speculates with: none, draft, an n-gram kind, or an n-gram kind + draft."""
+    """What a configuration speculates with: none, draft (a draft file), mtp (the target's own layers), an
+    n-gram kind, or an n-gram kind + one of those."""
     if not config.speculates:
         return "none"
-    return "+".join(([config.ngram] if config.ngram else []) + (["draft"] if config.has_draft else []))
+    model = ["mtp" if config.fileless_drafter else "draft"] if config.has_draft else []
+    return "+".join(([config.ngram] if config.ngram else []) + model)
 
 
 def workload_note(result: TuneResult) -> str:
@@ -244,7 +246,7 @@ def recommendation_text(result: TuneResult) -> str:
 def drafter_note(result: TuneResult) -> str:
     """With several drafts: each one's best, and what the smaller of the two fastest costs or saves."""
     ranked = result.drafters()
-    tried = {str(p.config.draft) for p in result.points if p.config.has_draft}
+    tried = {p.config.drafter: p.config.drafter_name for p in result.points if p.config.has_draft}
     if len(tried) < 2:
         return ""
     parts = []
@@ -252,15 +254,16 @@ def drafter_note(result: TuneResult) -> str:
         m = p.measurement
         est = result.estimate_for(p.config)
         acc = f"acceptance {m.acceptance_rate:.0%}" if m.acceptance_rate is not None else "acceptance not reported"
-        parts.append(f"{p.config.draft.name} {m.tokens_per_second:.1f} tok/s at n_max {p.config.draft_max} "
+        parts.append(f"{p.config.drafter_name} {m.tokens_per_second:.1f} tok/s at n_max {p.config.draft_max} "
                      f"({acc}" + (f", {est.total / 2**20:.0f} MiB in all" if est else "") + ")")
     text = (" Drafts ranked: " + "; ".join(parts)) if parts else " No draft ran with speculation live"
-    missing = sorted(tried - {str(p.config.draft) for p in ranked})
+    missing = sorted(set(tried) - {p.config.drafter for p in ranked})
     if missing:
-        text += "; without speculation live: " + ", ".join(Path(m).name for m in missing)
+        text += "; without speculation live: " + ", ".join(tried[m] for m in missing)
     if len(ranked) >= 2:
         a, b = ranked[0], ranked[1]
-        size_a, size_b = (os.path.getsize(p.config.draft) if os.path.exists(p.config.draft) else 0 for p in (a, b))
+        size_a, size_b = (os.path.getsize(p.config.draft) if p.config.draft and os.path.exists(p.config.draft) else 0
+                          for p in (a, b))  # MTP has no file of its own: no size to compare
         if size_b and size_a and size_b < size_a:
             cost = 1 - b.measurement.tokens_per_second / a.measurement.tokens_per_second
             text += (f". The smaller {b.config.draft.name} ({_size(size_a - size_b)} less on disk) costs "
@@ -330,13 +333,13 @@ def _recommendation(result: TuneResult) -> str:
 
 
 def several_drafts(points) -> bool:
-    return len({str(p.config.draft) for p in points if p.config.has_draft}) > 1
+    return len({p.config.drafter for p in points if p.config.has_draft}) > 1
 
 
 def label(point, points) -> str:
     """A point's label, naming its draft file when the tune measured several."""
     if point.config.has_draft and several_drafts(points):
-        return f"{point.config.draft.name}: {point.label}"
+        return f"{point.config.drafter_name}: {point.label}"
     return point.label
 
 
@@ -433,7 +436,8 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                                                      if measure_memory else None)}
     config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
     # named after the pair tuned, even when the answer is no draft: tunes of other drafts keep their own profiles
-    name = f"{config.target.stem}" + (f"+{drafted.stem}" if drafted else "")
+    mtp = any(p.config.fileless_drafter for p in result.points)  # a tune of the target's own MTP layers
+    name = f"{config.target.stem}" + (f"+{drafted.stem}" if drafted else "+mtp" if mtp else "")
     listen = {"host": args.host, "port": args.port}
     pdata = profile_data(name, config, binary, device, {**data, "recommendation": text}, **listen)
     pdata["traffic"] = {"concurrency": rec.config.parallel, "levels": result.levels,
@@ -469,7 +473,9 @@ def point_dict(p) -> dict[str, Any]:
         d["ngram"] = c.ngram
         d["ngram_params"] = dict(c.ngram_params)
     if c.has_draft:
-        d["draft"] = str(c.draft)  # every draft point names its file: a tune may rank several
+        d["spec_type"] = c.spec_type  # draft-simple, draft-eagle3, draft-mtp, ...
+        if c.draft is not None:
+            d["draft"] = str(c.draft)  # every draft point names its file: a tune may rank several
         if c.p_min:
             d["p_min"] = c.p_min
     if c.has_draft and c.draft_sampling is not None:
@@ -502,7 +508,10 @@ def result_from_profile(path: Path) -> tuple[TuneResult, TuneOutputs]:
         for p in m.get("points", []):
             cfg = base.with_(cache_type_k=p["target_kv"], cache_type_v=p["target_kv"])
             if p.get("draft_max"):
-                cfg = cfg.with_(draft=Path(p["draft"]) if p.get("draft") else draft, draft_max=p["draft_max"],
+                kind = p.get("spec_type", config.spec_type)  # profiles before MTP: the profile's own
+                fileless = kind == "draft-mtp"
+                cfg = cfg.with_(draft=None if fileless else Path(p["draft"]) if p.get("draft") else draft,
+                                spec_type=kind, draft_max=p["draft_max"],
                                 draft_cache_type_k=p["draft_kv"], draft_cache_type_v=p["draft_kv"],
                                 p_min=float(p.get("p_min", 0.0)))
             if p.get("ngram"):

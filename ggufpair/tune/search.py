@@ -252,7 +252,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         progress(label)
         threshold = spec.early_stop * best_tps(config.parallel)
         stop = (lambda tps: tps < threshold) if allow_early_stop and threshold > 0 else None
-        tag = draft_tag(config.draft) if spec.more_drafts and config.has_draft else ""
+        tag = draft_tag(config.drafter) if (spec.more_drafts or spec.mtp) and config.has_draft else ""
         point = run_point(binary, dialect, config, prompts, n_predict=spec.n_predict, repeats=spec.repeats,
                           log_dir=log_dir, on_event=on_event, stop_early=stop, cancel=cancel, sampling=spec.sampling,
                           log_tag=tag)
@@ -272,12 +272,17 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         if fits(cfg, f"no draft, KV {tkv}", (tkv, None)):
             run(cfg, f"baseline, target KV {tkv}", allow_early_stop=False)
 
-    if draft is not None:
-        choices = [DraftChoice(draft, spec.base.overrides), *spec.more_drafts]
-        for choice in choices:
-            kind = spec.base.spec_type if choice.info is draft else spec_type_for(choice.info.draft_kind)
-            _draft_stage(spec, spec.base.with_(draft=choice.path, overrides=choice.overrides, spec_type=kind),
-                         lengths, choice_name(choice, choices), result, run, fits, on_event, dialect)
+    choices = ([DraftChoice(draft, spec.base.overrides, spec.base.spec_type)] if draft is not None else [])
+    choices += [*spec.more_drafts, *([DraftChoice.mtp(target)] if spec.mtp else [])]
+    for choice in choices:
+        cap = choice.kind.length_cap(target)
+        mine = [n for n in lengths if cap is None or n <= cap] or [min(lengths[0], cap or lengths[0])]
+        if mine != lengths:
+            on_event(f"{choice.name}: llama.cpp caps its drafts at {cap} token(s) (one per chained head): "
+                     f"lengths {', '.join(map(str, mine))}")
+        _draft_stage(spec, spec.base.with_(draft=choice.file, overrides=choice.overrides, spec_type=choice.kind.spec_type),
+                     mine, choice_name(choice, choices), result, run, fits, on_event, dialect)
+    if choices:
         _draft_sampling_stage(spec, dialect, result, run, on_event)
     if spec.budget_seconds:  # the baselines deferred under the budget that no draft run needed yet
         for tkv in spec.target_kv[1:]:

@@ -21,7 +21,7 @@ def with_kv(config: ServerConfig, tkv: str, dkv: str | None = None) -> ServerCon
 
 def choice_name(choice: DraftChoice, choices) -> str:
     """How a drafter's runs are labelled when several are tuned: its file name; nothing for a single one."""
-    return f"{choice.path.name}: " if len(choices) > 1 else ""
+    return f"{choice.name}: " if len(choices) > 1 else ""
 
 
 def _draft_stage(spec: TuneSpec, base: ServerConfig, lengths: list[int], name: str, result: TuneResult, run, fits,
@@ -55,7 +55,7 @@ def _draft_stage(spec: TuneSpec, base: ServerConfig, lengths: list[int], name: s
         base_ms = base_m.predicted_ms / base_m.predicted_tokens if base_m and base_m.predicted_tokens else None
         predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position, base_ms)
         ranked = predictor.best(lengths)
-        result.predictions[(tkv, dkv) if not name else (f"{tkv}@{draft_tag(base.draft)}", dkv)] = ranked
+        result.predictions[(tkv, dkv) if not name else (f"{tkv}@{draft_tag(base.drafter)}", dkv)] = ranked
         if not predictor.linear:
             on_event(f"  the step costs of n_max {short_n} and {long_n} ({s1.step_ms:.0f} and {s2.step_ms:.0f} ms) "
                      "fit no straight line with a positive fixed cost (a disturbed run?): other lengths are "
@@ -65,7 +65,7 @@ def _draft_stage(spec: TuneSpec, base: ServerConfig, lengths: list[int], name: s
         unmeasured = [(n, t) for n, t in ranked if n not in (short_n, long_n)]
         candidates += [(t, cfg.with_(draft_max=n)) for n, t in unmeasured[:spec.confirm]]
     measured = {(p.config.cache_type_k, p.config.draft_cache_type_k, p.config.draft_max)
-                for p in result.points if p.config.has_draft and p.config.draft == base.draft}
+                for p in result.points if p.config.has_draft and p.config.drafter == base.drafter}
     confirmed = 0
     for predicted, cfg in sorted(candidates, key=lambda c: -c[0]):
         if confirmed >= spec.confirm:
@@ -85,7 +85,7 @@ def _p_min_stage(spec: TuneSpec, base: ServerConfig, name: str, result: TuneResu
     """`--spec-draft-p-min` on the drafter's fastest configuration: a draft token below that probability ends
     the draft (llama.cpp #25908: acceptance collapsed at the default 0 on one pair). Not on a build without
     the flag (the run would be p_min 0 under another label)."""
-    mine = [p for p in result.live(True) if p.config.draft == base.draft and p.config.ngram is None
+    mine = [p for p in result.live(True) if p.config.drafter == base.drafter and p.config.ngram is None
             and p.config.draft_sampling is None]
     if not mine or not [v for v in spec.p_min if v]:
         return
@@ -126,7 +126,7 @@ def _level_stage(spec: TuneSpec, level: int, per_request_ctx: int, result: TuneR
         picks.append(base)
     best_of: dict[str, PointResult] = {}
     for p in primary.live(True):
-        family = ("mix" if p.config.has_draft and p.config.ngram else p.config.ngram or "draft")
+        family = ("mix" if p.config.has_draft and p.config.ngram else p.config.ngram or p.config.drafter or "draft")
         if family not in best_of or p.measurement.tokens_per_second > best_of[family].measurement.tokens_per_second:
             best_of[family] = p
     picks += sorted(best_of.values(), key=lambda p: -p.measurement.tokens_per_second)[:spec.level_finalists]
@@ -257,7 +257,7 @@ def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tk
 def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run, fits, on_event) -> None:
     """The best n-gram kind beside the best draft configuration: llama.cpp tries the n-gram lookup first at
     every step and falls back to the draft model when it finds nothing."""
-    if draft is None or not spec.mix:
+    if not spec.mix:
         return
     lookups = [p for p in result.live(True) if p.config.ngram is not None and not p.config.has_draft]
     drafts = [p for p in result.live(True) if p.config.has_draft and p.config.ngram is None]
@@ -266,12 +266,13 @@ def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run,
     look = max(lookups, key=lambda p: p.measurement.tokens_per_second)
     dr = max(drafts, key=lambda p: p.measurement.tokens_per_second)
     cfg = dr.config.with_ngram(look.config.ngram, look.config.ngram_values)
-    what = f"{look.config.ngram} with the draft"
+    what = f"{look.config.ngram} with {'MTP' if dr.config.draft is None else 'the draft'}"
     if not dialect.ngram_with_draft:
         result.pruned.append((what, "this llama-server build runs an n-gram kind only without a draft model"))
         return
     if fits(cfg, what, (cfg.cache_type_k, cfg.draft_cache_type_k)):
-        pt = run(cfg, f"{look.config.ngram} + the draft at n_max {dr.config.draft_max} (lookup first, the draft "
+        drafter = "MTP" if dr.config.draft is None else "the draft"
+        pt = run(cfg, f"{look.config.ngram} + {drafter} at n_max {dr.config.draft_max} (lookup first, {drafter} "
                       "when it finds nothing)", True)
         by_kind = pt.measurement.by_kind if pt.ok else {}
         if by_kind and not by_kind.get(look.config.ngram, {}).get("drafts"):

@@ -44,13 +44,14 @@ def config_label(c: ServerConfig) -> str:
 
         parts.append(kind(c.ngram).describe(c.ngram_values))
     if c.has_draft:
-        parts.append(f"n_max {c.draft_max}" + (f", p_min {c.p_min:g}" if c.p_min else ""))
+        parts.append(("MTP " if c.fileless_drafter else "") + f"n_max {c.draft_max}" + (f", p_min {c.p_min:g}" if c.p_min else ""))
     if c.has_draft and c.draft_sampling == "probabilistic":
         parts[-1] += " (probabilistic)"
     at = f", {c.parallel} at once" if c.parallel > 1 else ""
     if not parts:
         return f"no draft, {kv}{at}"
-    tail = f" + draft {c.draft_cache_type_k}/{c.draft_cache_type_v}" if c.has_draft else ""
+    tail = (f" + {'MTP' if c.fileless_drafter else 'draft'} {c.draft_cache_type_k}/{c.draft_cache_type_v}"
+            if c.has_draft else "")
     return f"{' + '.join(parts)}, {kv}{tail}{at}"
 
 
@@ -64,7 +65,8 @@ def draft_tag(draft) -> str:
 
 def point_name(c: ServerConfig) -> str:
     """A file-name-safe name for a configuration's server log."""
-    parts = [f"draft{c.draft_max}-{c.cache_type_k}-{c.draft_cache_type_k}"] if c.has_draft else []
+    parts = [f"{'mtp' if c.fileless_drafter else 'draft'}{c.draft_max}-{c.cache_type_k}-{c.draft_cache_type_k}"
+             ] if c.has_draft else []
     if parts and c.draft_sampling == "probabilistic":
         parts[-1] += "-prob"
     if parts and c.p_min:

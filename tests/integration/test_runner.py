@@ -4,7 +4,6 @@ reported cleanly, and no llama-server left behind."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
