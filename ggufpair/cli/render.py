@@ -267,12 +267,31 @@ def level_table(result, level: int) -> Table:
     return table
 
 
+def drafter_table(rows: list[dict]) -> Table:
+    """The model drafters side by side: the fastest configuration of each, its acceptance, its acceptance by
+    draft position (from its longest run), and the memory it needs in all."""
+    table = Table("drafter", "kind", "best", "tok/s", "speedup", "accept", "accepted by position", "memory",
+                  box=None, header_style="bold", pad_edge=False, title="model drafters, fastest first")
+    for r in rows:
+        tps = r["tokens_per_second"]
+        table.add_row(r["drafter"], r["spec_type"], r["best"] or "never live", f"{tps:.1f}" if tps else "-",
+                      f"{r['speedup']:.2f}x" if r["speedup"] else "-",
+                      f"{r['acceptance_rate']:.0%}" if r["acceptance_rate"] is not None else "-",
+                      " ".join(f"{x:.2f}" for x in r["accept_by_position"][:8])
+                      + (f" (n_max {r['positions_from']})" if r["accept_by_position"] else "-"),
+                      f"{r['memory_bytes'] / 2**20:.0f} MiB" if r["memory_bytes"] else "-")
+    return table
+
+
 def print_tune(console: Console, result, outputs) -> None:
     base = result.best_baseline
     levels = result.levels
     console.rule(f"measured (paired baseline, same prompts, chat-formatted, {result.sampling.describe()})")
     console.print(points_table([p for p in result.points if p.config.parallel == result.level],
                                base.measurement.tokens_per_second if base else None))
+    drafters = result.drafter_table()
+    if len(drafters) > 1:
+        console.print(drafter_table(drafters))
     for level in ([result.level] if result.level > 1 else []) + levels[1:]:
         console.print(level_table(result, level))
     for what, why in result.pruned:

@@ -188,6 +188,33 @@ class TuneResult:
                     best[key] = p
         return sorted(best.values(), key=lambda p: -p.measurement.tokens_per_second)
 
+    def drafter_table(self) -> list[dict]:
+        """Each model drafter measured (fastest first; those that never ran with speculation live last): its
+        fastest configuration, and its acceptance by draft position read from its longest live run (the one
+        that drafted the most positions: the long run of the length search)."""
+        rows: list[dict] = []
+        names = {p.config.drafter: p.config for p in self.points if p.config.has_draft and p.config.ngram is None
+                 and p.config.parallel == self.level}
+        best = {p.config.drafter: p for p in self.drafters()}
+        base = self.best_baseline
+        for key in sorted(names, key=lambda k: -(best[k].measurement.tokens_per_second if k in best else -1)):
+            cfg, top = names[key], best.get(key)
+            mine = [p for p in self.live(True) if p.config.drafter == key and p.config.ngram is None]
+            longest = max(mine, key=lambda p: (p.config.draft_max, p.measurement.drafts), default=None)
+            est = self.estimate_for(top.config) if top else None
+            rows.append({
+                "drafter": cfg.drafter_name, "spec_type": cfg.spec_type,
+                "best": top.label if top else None,
+                "tokens_per_second": top.measurement.tokens_per_second if top else None,
+                "speedup": (top.measurement.tokens_per_second / base.measurement.tokens_per_second
+                            if top and base and base.measurement.tokens_per_second else None),
+                "acceptance_rate": top.measurement.acceptance_rate if top else None,
+                "accept_by_position": list(longest.measurement.accept_by_position) if longest else [],
+                "positions_from": longest.config.draft_max if longest else None,
+                "memory_bytes": est.total if est else None,
+            })
+        return rows
+
     @property
     def best_baseline(self) -> PointResult | None:
         return max(self.measured(False), key=lambda p: p.measurement.tokens_per_second, default=None)

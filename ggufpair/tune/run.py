@@ -413,6 +413,7 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
         "points": [point_dict(p) for p in result.points],
         "pruned": [{"configuration": c, "why": w} for c, w in result.pruned],
         "unmeasured": list(result.unmeasured),
+        "drafters": result.drafter_table(),  # each model drafter's best, acceptance by position, memory
         "predictions": {f"{t}/{d}": [[n, round(tps, 2)] for n, tps in ranked] for (t, d), ranked in result.predictions.items()},
     }
     if rec is None or result.cancelled:  # a cancelled tune's partial results replace no saved profile

@@ -44,6 +44,10 @@ def test_mtp_and_a_draft_file_ranked_in_one_tune(tmp_path, llama_server, capsys)
     assert all(p["label"].startswith("MTP n_max") and "+ MTP f16/f16" in p["label"] for p in mtp), mtp
     flat = " ".join(out.split())
     assert "Drafts ranked: " in flat and "MTP " in flat and "tiny-draft.gguf " in flat, flat
+    assert "model drafters, fastest first" in flat
+    rows = data["measurements"]["drafters"]
+    assert sorted(r["drafter"] for r in rows) == ["MTP", "tiny-draft.gguf"]
+    assert all(r["positions_from"] == 3 and len(r["accept_by_position"]) == 3 and r["memory_bytes"] > 0 for r in rows)
     # the MTP runs' own logs: llama.cpp made an MTP context on the target, and loaded no draft file
     logs = sorted(state_dir("logs").rglob("draft-mtp-*.log"))
     assert len(logs) == 2, sorted(p.name for p in state_dir("logs").rglob("*.log"))

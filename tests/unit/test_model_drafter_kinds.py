@@ -108,6 +108,11 @@ def test_mtp_is_one_more_drafter_capped_at_its_heads_and_ranked(engine, tmp_path
     assert result.recommended.config.fileless_drafter  # n_max 1 and 2 within the noise: the simpler one may win
     text = recommendation_text(result)
     assert "Drafts ranked: MTP 40.0 tok/s at n_max 2" in text and "small.gguf 33.0 tok/s at n_max 2" in text
+    rows = result.drafter_table()  # speed, acceptance by position (from each one's longest run), memory
+    assert [r["drafter"] for r in rows] == ["MTP", "small.gguf"]
+    assert rows[0]["positions_from"] == 2 and rows[0]["accept_by_position"] == pytest.approx([0.8, 0.64])
+    assert rows[1]["positions_from"] == 8 and len(rows[1]["accept_by_position"]) == 8
+    assert rows[0]["speedup"] == pytest.approx(40 / 30) and all(r["memory_bytes"] > 0 for r in rows)
     points = [point_dict(p) for p in result.points]
     assert all(p["spec_type"] == "draft-mtp" and "draft" not in p for p in points if p["kind"] == "mtp")
     assert all(p["spec_type"] == "draft-simple" and p["draft"] == str(draft) for p in points if p["kind"] == "draft")
