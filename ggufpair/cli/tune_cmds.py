@@ -46,6 +46,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--prompt-tokens", type=int, default=2000, metavar="N",
                    help="size of the `long` category's document, in tokens (add `long` to --categories; default 2000)")
     p.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement (default 2)")
+    p.add_argument("--devices", metavar="DEV[,DEV...]",
+                   help="the devices the tune may use (names as `llama-server --list-devices` gives them: CUDA0, "
+                        "CUDA1, ...); the profile and the launch script keep them (-dev)")
     p.add_argument("--rpc", metavar="HOST:PORT[,...]",
                    help="rpc-servers (llama.cpp's ggml-rpc-server) whose devices take the target's layers; the "
                         "draft stays on this machine")
@@ -267,16 +270,26 @@ def cmd_tune(args: argparse.Namespace) -> int:
     rpc_names = tuple(str(h) for h in rpc)
     # GPUs when the build lists any, else host RAM; the remote devices beside them
     devs = devices(binary.path if args.gpu_layers != "0" or rpc else None, rpc=rpc_names)
+    chosen = parse_devices(args.devices, devs)
+    if chosen:
+        devs = [d for d in devs if d.name in chosen]
     budget = int(sum(d.free_bytes for d in devs) * (1 - args.margin))
     kind = device_kind(devs)
     device_budgets = tuple(DeviceBudget(d.name, int(d.free_bytes * (1 - args.margin)), d.name != "CPU")
-                           for d in devs) if rpc else ()
+                           for d in devs) if any(d.name != "CPU" for d in devs) else ()
     local_gpu = next((d.name for d in devs if not d.name.startswith("RPC") and d.name != "CPU"), None)
     levels = parse_concurrency(args.concurrency)
     base = ServerConfig(target=target_path, draft=draft_path, ctx=args.ctx or 4096, threads=args.threads,
                         gpu_layers=args.gpu_layers or ("all" if rpc else None),
                         draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn, overrides=overrides,
-                        rpc=rpc_names, draft_device=(local_gpu or "none") if rpc and draft_path else None)
+                        rpc=rpc_names, draft_device=(local_gpu or "none") if rpc and draft_path else None,
+                        devices=chosen)
+    from ggufpair.engine.placement import placements as placements_for
+
+    placed = tuple(placements_for(list(device_budgets), bool(draft_path) or mtp, chosen)) if not rpc else ()
+    if placed:
+        base = placed[0].apply(base)
+        say("placements: " + "; ".join(p.name for p in placed))
     from ggufpair.tune.resume import TuneJournal, conditions
 
     if not args.ctx:  # the largest context that fits at the highest level, shared by its slots, with the
@@ -301,7 +314,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                     draft_kv=tuple(args.draft_kv.split(",")), prompts=tuple(prompts), n_predict=args.tokens,
                     repeats=args.repeats, budget_bytes=budget, device=kind, ngram_kinds=ngram_kinds,
                     concurrency=levels, sampling=sampling, more_drafts=tuple(more), p_min=p_min, mtp=mtp,
-                    budget_seconds=parse_duration(args.budget), device_budgets=device_budgets)
+                    budget_seconds=parse_duration(args.budget), device_budgets=device_budgets, placements=placed)
     conds = conditions(binary, kind, prompts, args.tokens, args.repeats, sampling, base.ctx)
     journal = TuneJournal.for_pair(target_path, [draft_path, *(c.path for c in more)] if draft_path else [], conds,
                                    resume=args.resume)
@@ -318,6 +331,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if result.cancelled:
         return 130
     return 0 if result.recommended is not None else 1  # nothing measured, or no baseline to compare with
+
+
+def parse_devices(text: str | None, devs) -> tuple[str, ...]:
+    """`--devices CUDA0,CUDA1`: the devices the tune may use, each one the build lists."""
+    if not text:
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    known = [d.name for d in devs]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--devices {text}: {', '.join(unknown)} is not a device of this llama-server build",
+                         hint=f"its devices: {', '.join(known) or 'none'} (see `llama-server --list-devices`)")
+    return names
 
 
 def check_mtp_asked(target, kinds: tuple[str, ...]) -> None:

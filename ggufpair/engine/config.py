@@ -50,6 +50,8 @@ class ServerConfig:
     draft_sampling: str | None = None  # --spec-draft-sampling (engine.traffic.DRAFT_SAMPLING); None: the build's
     rpc: tuple[str, ...] = ()  # host:port of each rpc-server whose devices join (engine.rpc)
     draft_device: str | None = None  # -devd: where the draft runs ("none": the local CPU); None: as the target
+    devices: tuple[str, ...] = ()  # -dev: the devices the target uses (engine.placement); (): all the build has
+    tensor_split: tuple[float, ...] = ()  # -ts over those devices; (): llama.cpp's split by free memory
     host: str = "127.0.0.1"
     port: int | None = None
     metrics: bool = True
@@ -158,9 +160,11 @@ class ServerConfig:
         for key in ("target", "draft"):
             if d.get(key):
                 d[key] = Path(d[key])
-        for key in ("overrides", "extra", "rpc"):
+        for key in ("overrides", "extra", "rpc", "devices"):
             if key in d:
                 d[key] = tuple(d[key] or ())
+        if "tensor_split" in d:
+            d["tensor_split"] = tuple(float(x) for x in d["tensor_split"] or ())
         params = d.get("ngram_params")
         if params:
             d["ngram_params"] = tuple(sorted(params.items())) if isinstance(params, dict) else tuple(
@@ -183,6 +187,16 @@ class ServerConfig:
                 raise UsageError("this llama-server build has no RPC backend (--rpc)",
                                  hint="build llama.cpp with -DGGML_RPC=ON (ggufpair's own build has it)")
             a += ["--rpc", ",".join(self.rpc)]
+        if self.devices:
+            flag = dialect.pick("--device", "-dev")
+            if flag is None:
+                raise UsageError("this llama-server build cannot choose its devices (no --device)")
+            a += [flag, ",".join(self.devices)]
+        if self.tensor_split:
+            flag = dialect.pick("--tensor-split", "-ts")
+            if flag is None:
+                raise UsageError("this llama-server build cannot split the target over devices (no --tensor-split)")
+            a += [flag, ",".join(f"{x:g}" for x in self.tensor_split)]
         if self.gpu_layers is not None:
             a += ["-ngl", str(self.gpu_layers)]
         a += self._flash_attn_args(dialect)

@@ -1,16 +1,28 @@
-"""Where target and draft run, and whether each device holds its share, checked before any launch.
+"""Where target and draft run, as data (`Placement`: the devices the target uses, its tensor split, where the
+draft goes), each device's share estimated the way llama.cpp assigns it, and checked before any launch.
 
-With remote devices (engine.rpc) the target's layers are offloaded (`-ngl all`) over every device that takes
-layers, the local GPUs and the RPC devices alike, split as llama.cpp splits them by default: in proportion
-to each device's free memory (`-ts` unset). The draft runs where `-devd` puts it: a local GPU, or the host
-(`none`). Each device's share (weights, KV cache, compute) must fit its free memory less the margin.
+llama.cpp's own assignment (`llama_model::load_tensors`, src/llama-model.cpp in the pinned build): the input
+layer (token embedding) stays on the host; repeating layer `il` and the output layer (`il = n_layer`) go to
+the device whose cumulative split first exceeds `il / (n_layer + 1)`, where the split is `-ts` or, unset,
+each device's free memory; layers below `n_layer + 1 - n_gpu_layers` stay on the host. A layer's KV cache
+lives with the layer. The draft is a model of its own, placed by `-devd` (default: the target's devices) and
+`-ngld`. MTP runs on the target's own layers and follows them.
+
+Adding a placement is adding a case to `placements`: the search, the profile and the launch script read the
+`ServerConfig` fields it sets (`devices`, `tensor_split`, `draft_device`, `draft_gpu_layers`).
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ggufpair.engine.memory import PairMemory
+
+HOST = "CPU"
 
 
 @dataclass(frozen=True)
@@ -20,24 +32,172 @@ class DeviceBudget:
     offload: bool = False  # takes the target's layers (a GPU, an RPC device); the host CPU does not
 
 
-def target_shares(est: PairMemory, devices: list[DeviceBudget]) -> dict[str, int]:
-    """Bytes of the target each offload device receives: llama.cpp's default split, by free memory."""
-    takers = [d for d in devices if d.offload]
-    total = sum(d.budget_bytes for d in takers)
-    if not takers or total <= 0:
-        return {}
-    return {d.name: int(est.target.total * d.budget_bytes / total) for d in takers}
+@dataclass(frozen=True)
+class Placement:
+    name: str  # "target on CUDA0, draft on CUDA1"
+    why: str  # what it is for, said when it wins or is left out
+    devices: tuple[str, ...] = ()  # -dev: the target's devices; () all the build offers
+    tensor_split: tuple[float, ...] = ()  # -ts over `devices`; () llama.cpp's split by free memory
+    draft_device: str | None = None  # -devd; None: the target's devices; "none": the host
+    draft_on_host: bool = False  # -ngld 0: every draft layer on the host
+
+    def apply(self, config):
+        """`config` placed so (a drafter without a file, MTP, follows the target whatever is asked)."""
+        return config.with_(devices=self.devices, tensor_split=self.tensor_split,
+                            draft_device=self.draft_device if config.draft is not None else None,
+                            draft_gpu_layers=0 if self.draft_on_host and config.draft is not None else config.draft_gpu_layers)
 
 
-def misfit(est: PairMemory, devices: list[DeviceBudget], draft_on: str | None = None) -> str | None:
-    """Why the placement does not fit, or None. `draft_on`: the device the draft is placed on (-devd);
-    None or "none": the host."""
-    load = dict(target_shares(est, devices))
-    host = next((d for d in devices if not d.offload), None)
-    where = draft_on if draft_on and draft_on != "none" and any(d.name == draft_on for d in devices) else (
-        host.name if host else None)
-    if where is not None and est.draft is not None:
-        load[where] = load.get(where, 0) + est.draft.total
+def placement_key(config) -> tuple:
+    """What tells two configurations' placements apart (a baseline pairs only with runs placed as it is)."""
+    return (config.devices, config.tensor_split, config.rpc)
+
+
+def placements(budgets: list[DeviceBudget], with_draft: bool, chosen: tuple[str, ...] = ()) -> list[Placement]:
+    """The placements worth measuring on these devices, the default (llama.cpp's own choice) first. One GPU:
+    everything on it, or the draft on the host (which leaves the GPU's memory to the target's context). Two
+    or more: the target split over them with the draft on the one with most room; the target on the largest
+    alone with the draft on the next; everything on the largest. RPC devices take target layers only (the
+    draft stays local: #23242). `chosen`: the devices the user allowed (`--devices`), kept by every placement."""
+    gpus = sorted((b for b in budgets if b.offload and not b.name.startswith("RPC")
+                   and (not chosen or b.name in chosen)), key=lambda b: -b.budget_bytes)
+    if not gpus:
+        return []
+    big = gpus[0].name
+    out: list[Placement] = []
+    if len(gpus) == 1:
+        out.append(Placement(f"all on {big}", "llama.cpp's default: target and draft on the one GPU", devices=chosen))
+        if with_draft:
+            out.append(Placement(f"target on {big}, draft on the host", "frees the GPU's memory for the target's "
+                                 "context; the draft's steps run on the CPU", devices=chosen, draft_device="none",
+                                 draft_on_host=True))
+        return out
+    names = tuple(g.name for g in gpus)
+    out.append(Placement(f"target split over {', '.join(names)}, draft on {big}",
+                         "llama.cpp's default split (by free memory); the draft where most room is left",
+                         devices=chosen, draft_device=big if with_draft else None))
+    if with_draft:
+        out.append(Placement(f"target on {big}, draft on {gpus[1].name}", "no split of the target (no traffic "
+                             "between GPUs per token); the draft on a GPU of its own", devices=(big,),
+                             draft_device=gpus[1].name))
+    out.append(Placement(f"all on {big}", "one GPU for everything: no traffic between GPUs", devices=(big,),
+                         draft_device=big if with_draft else None))
+    return out
+
+
+# -------------------------------------------------------------------------------- llama.cpp's assignment
+
+def layer_devices(n_layers: int, devices: list[str], splits: list[float], n_gpu_layers: int | None = None
+                  ) -> tuple[list[str], str]:
+    """The device of each repeating layer and of the output layer, as llama.cpp assigns them."""
+    if not devices:
+        return [HOST] * n_layers, HOST
+    total = sum(splits) or 1.0
+    cum, acc = [], 0.0
+    for s in splits:
+        acc += s
+        cum.append(acc / total)
+    n_gpu = n_layers + 1 if n_gpu_layers is None else n_gpu_layers
+    start = max(n_layers + 1 - n_gpu, 0)
+    act = min(n_gpu, n_layers + 1)
+
+    def dev(il: int) -> str:
+        if il < start or il - start >= act:
+            return HOST
+        return devices[min(bisect.bisect_right(cum, (il - start) / act), len(devices) - 1)]
+
+    return [dev(il) for il in range(n_layers)], dev(n_layers)
+
+
+_BLK = re.compile(r"^blk\.(\d+)\.")
+
+
+def tensor_bytes_by_layer(path: Path, n_layers: int) -> tuple[int, list[int], int]:
+    """(input bytes, bytes per repeating layer, output bytes) of a model file (all its shards)."""
+    st = Path(path).stat()
+    inp, layers, out = _tensor_bytes(Path(path), n_layers, st.st_size, st.st_mtime_ns)
+    return inp, list(layers), out
+
+
+@functools.lru_cache(maxsize=32)
+def _tensor_bytes(path: Path, n_layers: int, _size: int, _mtime: int) -> tuple[int, tuple[int, ...], int]:
+    from ggufpair.format.model_info import read_model_info
+    from ggufpair.format.reader import read_header
+
+    info = read_model_info(path)
+    layers = [0] * n_layers
+    inp = out = 0
+    for shard in info.shards:
+        for t in read_header(shard).tensors:
+            m = _BLK.match(t.name)
+            if m and int(m.group(1)) < n_layers:
+                layers[int(m.group(1))] += t.n_bytes
+            elif t.name.startswith("output"):
+                out += t.n_bytes
+            else:
+                inp += t.n_bytes
+    if not any(t.name == "output.weight" for shard in info.shards for t in read_header(shard).tensors):
+        out += info.output_bytes  # tied to the embedding: llama.cpp duplicates it on the output's device
+    return inp, tuple(layers), out
+
+
+def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBudget]) -> dict[str, int]:
+    """Bytes each device receives under `config`'s placement: the target's layers (weights and KV) where
+    llama.cpp puts them, its compute buffer on each device that holds layers, the host's share (input layer,
+    outputs); the draft the same way on its own devices (MTP: its context with the target's last layer)."""
+    offload = [b for b in budgets if b.offload]
+    names = list(config.devices) or [b.name for b in offload]
+    free = {b.name: b.budget_bytes for b in budgets}
+    splits = list(config.tensor_split) or [free.get(n, 0) for n in names]
+    loads: dict[str, int] = {}
+
+    def add(dev: str, n: int) -> None:
+        loads[dev] = loads.get(dev, 0) + n
+
+    def place(info, mem, devs: list[str], ngl) -> None:
+        n = info.n_layers or 0  # NextN blocks included: llama.cpp assigns them like any layer
+        per_layer_dev, out_dev = layer_devices(n, devs, splits if devs == names else [free.get(d, 0) for d in devs],
+                                               None if ngl in (None, "all", "auto") else int(ngl))
+        inp, layers, out = tensor_bytes_by_layer(info.path, n)
+        weight_sum = inp + sum(layers) + out or 1
+        scale = mem.weights / weight_sum  # the estimate's own weight figure (CPU repacking included) spread
+        add(HOST, int(inp * scale) + mem.output)
+        for il, dev in enumerate(per_layer_dev):
+            add(dev, int(layers[il] * scale))
+        add(out_dev, int(out * scale))
+        kv_layers = [d for il, d in enumerate(per_layer_dev) if il in set(info.kv_layers)] or [HOST]
+        for dev in kv_layers:
+            add(dev, mem.kv // len(kv_layers))
+        for dev in set(per_layer_dev) | {out_dev}:
+            add(dev, mem.compute)
+
+    place(target, est.target, names if config.gpu_layers != 0 else [], config.gpu_layers)
+    if est.draft is not None:
+        if draft is None:  # MTP: its context on the device of the target's last layer
+            _, out_dev = layer_devices(target.n_layers or 0, names, splits)
+            add(out_dev, est.draft.total)
+        else:
+            where = config.draft_device
+            ddevs = [] if where == "none" else [where] if where else names
+            place(draft, est.draft, ddevs, config.draft_gpu_layers)
+    return loads
+
+
+def misfit(est: PairMemory, devices: list[DeviceBudget], draft_on: str | None = None, *, target=None, draft=None,
+           config=None) -> str | None:
+    """Why the placement does not fit, or None. With the models and the configuration, each device's share is
+    what llama.cpp's assignment gives it (`device_loads`); without them, the target spread by free memory and
+    the draft on `draft_on` (None or "none": the host)."""
+    if target is not None and config is not None:
+        load = device_loads(target, draft, config, est, devices)
+        where = config.draft_device or "none"
+    else:
+        load = dict(target_shares(est, devices))
+        host = next((d for d in devices if not d.offload), None)
+        where = draft_on if draft_on and draft_on != "none" and any(d.name == draft_on for d in devices) else (
+            host.name if host else None)
+        if where is not None and est.draft is not None:
+            load[where] = load.get(where, 0) + est.draft.total
     for d in devices:
         need = load.get(d.name, 0)
         if need > d.budget_bytes:
@@ -46,3 +206,12 @@ def misfit(est: PairMemory, devices: list[DeviceBudget], draft_on: str | None = 
             return (f"{what} on {d.name} needs about {need / 2**20:.0f} MiB, the device has "
                     f"{d.budget_bytes / 2**20:.0f} MiB to give")
     return None
+
+
+def target_shares(est: PairMemory, devices: list[DeviceBudget]) -> dict[str, int]:
+    """Bytes of the target each offload device receives, spread by free memory (the whole-model view)."""
+    takers = [d for d in devices if d.offload]
+    total = sum(d.budget_bytes for d in takers)
+    if not takers or total <= 0:
+        return {}
+    return {d.name: int(est.target.total * d.budget_bytes / total) for d in takers}

@@ -78,6 +78,9 @@ class TuneSpec:
     budget_seconds: float | None = None  # stop launching when the next launch would end past this
     # per device, where remote (RPC) devices take the target's layers: each share is checked (engine.placement)
     device_budgets: tuple = ()
+    # where target and draft run (engine.placement.Placement): base is placed as the first; the best
+    # configurations are measured again under each other one that fits
+    placements: tuple = ()
 
     def planned_launches(self, with_draft: bool) -> int:
         """Launches the search plans: a baseline per target KV type; with a draft, a long and a short run per
@@ -98,8 +101,9 @@ class TuneSpec:
         speculating = combos or kinds
         sampling = 1 if combos and not self.sampling.greedy else 0  # probabilistic drafts
         levels = (len(self.concurrency) - 1) * (1 + self.level_finalists) if speculating else len(self.concurrency) - 1
+        placed = 2 * (len(self.placements) - 1) if speculating and len(self.placements) > 1 else 0
         return (len(self.target_kv) + runs * combos + confirm + ngram + mix + (1 if speculating else 0) + sampling
-                + levels)
+                + levels + placed)
 
 
 def estimate_key(config: ServerConfig) -> tuple:
@@ -137,6 +141,7 @@ class TuneResult:
     unmeasured: list[str] = field(default_factory=list)  # launches the time budget left out, in plan order
     reused: int = 0  # points taken from an interrupted tune's journal instead of launched again
     level: int = 1  # the concurrency the rankings below are for (points at other levels do not compete)
+    placements: tuple = ()  # the placements the tune considered (engine.placement), the first the default
     sampling: Sampling = field(default_factory=Sampling)
 
     @property
@@ -168,8 +173,11 @@ class TuneResult:
 
     def baseline_for(self, config: ServerConfig) -> PointResult | None:
         """The faster of the baselines with the same target KV (measured before and after the drafts)."""
+        from ggufpair.engine.placement import placement_key
+
         return max((p for p in self.measured(False) if p.config.cache_type_k == config.cache_type_k
-                    and p.config.cache_type_v == config.cache_type_v),
+                    and p.config.cache_type_v == config.cache_type_v
+                    and placement_key(p.config) == placement_key(config)),
                    key=lambda p: p.measurement.tokens_per_second, default=None)
 
     @property
@@ -187,6 +195,10 @@ class TuneResult:
                 if key not in best or p.measurement.tokens_per_second > best[key].measurement.tokens_per_second:
                     best[key] = p
         return sorted(best.values(), key=lambda p: -p.measurement.tokens_per_second)
+
+    def placement_of(self, config: ServerConfig):
+        """The placement (of those considered) a configuration ran under, or None."""
+        return next((pl for pl in self.placements if pl.apply(config) == config), None)
 
     def drafter_table(self) -> list[dict]:
         """Each model drafter measured (fastest first; those that never ran with speculation live last): its

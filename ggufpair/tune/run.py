@@ -239,8 +239,28 @@ def recommendation_text(result: TuneResult) -> str:
     if len(result.levels) > 1:
         text = f"for {_at(result.level)}: {text}"
     note = (stability_note(result) + workload_note(result) + repetition_note(result) + drafter_note(result)
+            + placement_note(result)
             + level_note(result) + sampling_note(result) + budget_note(result))
     return text + ("." if note and not text.endswith(".") else "") + note
+
+
+def placement_note(result: TuneResult) -> str:
+    """Where the recommendation runs, why, and what the other placements measured or why they were left out."""
+    rec = result.recommended
+    if len(result.placements) < 2 or rec is None or (pl := result.placement_of(rec.config)) is None:
+        return ""
+    best: dict[str, float] = {}
+    for p in result.live(True):
+        other = result.placement_of(p.config)
+        if other is not None and other.name != pl.name:
+            best[other.name] = max(best.get(other.name, 0.0), p.measurement.tokens_per_second)
+    text = f" Placement: {pl.name} ({pl.why})"
+    if best:
+        text += "; the best elsewhere: " + ", ".join(f"{n} {t:.1f} tok/s" for n, t in best.items())
+    left = [f"{q.name} ({why})" for q in result.placements for what, why in result.pruned if what.endswith(q.name)]
+    if left:
+        text += "; left out: " + "; ".join(left)
+    return text + "."
 
 
 def drafter_note(result: TuneResult) -> str:

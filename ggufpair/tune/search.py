@@ -30,7 +30,7 @@ from ggufpair.format.model_info import ModelInfo
 from ggufpair.tune.result import (KV_RANK, NOISE_FLOOR, DraftChoice, TuneResult, TuneSpec,  # noqa: F401
                                   estimate_key, ngram_search_size, noise, simplicity)
 from ggufpair.tune.stages import (_draft_sampling_stage, _draft_stage, _level_stage, _mix_stage, _ngram_stage,
-                                  choice_name, with_kv)
+                                  _placement_stage, choice_name, with_kv)
 from ggufpair.tune.sweep import PointResult, draft_tag, run_point
 
 Events = Callable[[str], None]
@@ -181,7 +181,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         raise UsageError(f"--concurrency {max(spec.concurrency)} needs at least that many distinct prompts in flight; "
                          f"the prompt set has {distinct}", hint="add categories or prompts, or a lower level")
     spec = replace(spec, base=level_config(spec.base, primary, per_request_ctx))
-    result.level, result.sampling = primary, spec.sampling
+    result.level, result.sampling, result.placements = primary, spec.sampling, spec.placements
     base_cfg = spec.base.without_speculation()
     lengths = sorted(set(spec.lengths))
     planned = spec.planned_launches(draft is not None)
@@ -212,10 +212,10 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
             return False
         est = estimate_pair(target, config_draft, config, spec.device, dialect.fa_takes_value)
         result.estimates[estimate_key(config)] = est
-        if config.rpc and spec.device_budgets:
+        if spec.device_budgets:  # GPUs or RPC devices: each device's share, as llama.cpp assigns it
             from ggufpair.engine.placement import misfit as placement_misfit
 
-            why = placement_misfit(est, list(spec.device_budgets), config.draft_device if config.has_draft else None)
+            why = placement_misfit(est, list(spec.device_budgets), target=target, draft=config_draft, config=config)
             if why:
                 result.pruned.append((what, why))
                 on_event(f"skipped {what}: {why}")
@@ -292,6 +292,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
     if spec.ngram_kinds:
         _ngram_stage(spec, base_cfg, result, run, fits, on_event)
         _mix_stage(spec, dialect, draft, result, run, fits, on_event)
+    _placement_stage(spec, result, run, fits, on_event)
     # The baseline again, after the speculating runs: the pair measured at both ends of the tune, so a machine
     # busy while the first baseline ran cannot make speculation look faster than it is (the faster counts).
     best = result.best_speculative

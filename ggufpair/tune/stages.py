@@ -278,3 +278,19 @@ def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run,
         if by_kind and not by_kind.get(look.config.ngram, {}).get("drafts"):
             result.pruned.append((what, f"{look.config.ngram} drafted nothing beside the draft: the mix ran as "
                                         "the draft alone"))
+
+
+def _placement_stage(spec: TuneSpec, result: TuneResult, run, fits, on_event) -> None:
+    """The fastest configuration again under each other placement (engine.placement) that fits, and the
+    baseline too where the placement moves the target (a speedup is paired with a baseline placed alike);
+    a placement that does not fit is listed with the device that lacks room, never launched."""
+    if len(spec.placements) < 2:
+        return
+    best, base = result.best_speculative, result.best_baseline
+    on_event("placements: measuring the best configuration where else it could run")
+    for pl in spec.placements[1:]:
+        moves_target = (pl.devices, pl.tensor_split) != (spec.base.devices, spec.base.tensor_split)
+        for p in ([base] if moves_target and base else []) + ([best] if best else []):
+            cfg = pl.apply(p.config)
+            if cfg != p.config and fits(cfg, f"{p.label}, {pl.name}"):
+                run(cfg, f"{p.label}, {pl.name}", allow_early_stop=False)

@@ -48,11 +48,26 @@ def config_label(c: ServerConfig) -> str:
     if c.has_draft and c.draft_sampling == "probabilistic":
         parts[-1] += " (probabilistic)"
     at = f", {c.parallel} at once" if c.parallel > 1 else ""
+    at += placement_text(c)
     if not parts:
         return f"no draft, {kv}{at}"
     tail = (f" + {'MTP' if c.fileless_drafter else 'draft'} {c.draft_cache_type_k}/{c.draft_cache_type_v}"
             if c.has_draft else "")
     return f"{' + '.join(parts)}, {kv}{tail}{at}"
+
+
+def placement_text(c: ServerConfig) -> str:
+    """`, on CUDA0 split 3:1, draft on CUDA1` where the configuration says where things run (engine.placement);
+    nothing where llama.cpp decides."""
+    parts = []
+    if c.devices or c.tensor_split:
+        parts.append("on " + ",".join(c.devices or ("all devices",))
+                     + (" split " + ":".join(f"{x:g}" for x in c.tensor_split) if c.tensor_split else ""))
+    if c.draft is not None and c.draft_gpu_layers == 0 or c.draft is not None and c.draft_device == "none" and not c.rpc:
+        parts.append("draft on the host")
+    elif c.draft is not None and c.draft_device not in (None, "none"):
+        parts.append(f"draft on {c.draft_device}")
+    return "".join(f", {p}" for p in parts)
 
 
 def draft_tag(draft) -> str:
@@ -74,6 +89,11 @@ def point_name(c: ServerConfig) -> str:
     if c.ngram is not None:
         parts.insert(0, c.ngram + "".join(f"-{v}" for _, v in c.ngram_params) + f"-{c.cache_type_k}")
     name = "+".join(parts) or f"baseline-{c.cache_type_k}"
+    placed = placement_text(c)
+    if placed:  # where it ran: a short digest keeps each placement's log apart
+        import hashlib
+
+        name += "-at" + hashlib.sha256(placed.encode()).hexdigest()[:6]
     return name + (f"-np{c.parallel}" if c.parallel > 1 else "")
 
 
