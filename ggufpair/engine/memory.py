@@ -235,3 +235,20 @@ def _measured_part(text: str) -> ModelMemory:
     output = sum(_mib(m.group(1)) for m in _OUT.finditer(text))
     compute = sum(_mib(m.group(1)) for m in _COMPUTE.finditer(text))
     return ModelMemory(weights, k, v, output, compute)
+
+
+_BUF_BY_DEVICE = re.compile(r"(?:load_tensors|llama_kv_cache|llama_context|sched_reserve):\s+(\S+)\s+"
+                            r"(model|KV|output|compute) buffer size =\s+([\d.]+) MiB")
+HOST_BUFFERS = ("CPU", "CPU_Mapped", "CPU_REPACK", "CUDA_Host", "CPU_AARCH64")  # host memory, whatever the name
+
+
+def measured_by_device(log: str) -> dict[str, int]:
+    """Bytes llama.cpp reports allocating on each device, target and draft together, from a `-lv 4` log:
+    model, KV, output and compute buffers by the device name each line gives (`CUDA0`, `RPC0[host:port]` as
+    `RPC0`); host buffers (CPU, CPU_Mapped, CPU_REPACK, CUDA_Host) count as `CPU`."""
+    out: dict[str, int] = {}
+    for m in _BUF_BY_DEVICE.finditer(log):
+        name = m.group(1).split("[", 1)[0]
+        name = "CPU" if name in HOST_BUFFERS else name
+        out[name] = out.get(name, 0) + _mib(m.group(3))
+    return out

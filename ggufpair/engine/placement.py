@@ -160,11 +160,13 @@ def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBud
                                                None if ngl in (None, "all", "auto") else int(ngl))
         inp, layers, out = tensor_bytes_by_layer(info.path, n)
         weight_sum = inp + sum(layers) + out or 1
-        scale = mem.weights / weight_sum  # the estimate's own weight figure (CPU repacking included) spread
-        add(HOST, int(inp * scale) + mem.output)
+        # the estimate's weights include the CPU backend's repacked copies: those are made for host layers only
+        host_share = inp + sum(b for b, dv in zip(layers, per_layer_dev) if dv == HOST) + (out if out_dev == HOST else 0)
+        extra = (mem.weights - weight_sum) * host_share / weight_sum if host_share else 0
+        add(HOST, inp + int(extra) + mem.output)
         for il, dev in enumerate(per_layer_dev):
-            add(dev, int(layers[il] * scale))
-        add(out_dev, int(out * scale))
+            add(dev, layers[il])
+        add(out_dev, out)
         kv_layers = [d for il, d in enumerate(per_layer_dev) if il in set(info.kv_layers)] or [HOST]
         for dev in kv_layers:
             add(dev, mem.kv // len(kv_layers))

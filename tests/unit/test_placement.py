@@ -115,3 +115,13 @@ def test_the_tune_measures_the_best_under_each_placement_that_fits(pair, monkeyp
     result2 = tune(None, NEW, spec2, t, d, tmp_path / "2", events.append)
     assert all(c.draft_device != "CUDA1" and "CUDA1" not in c.devices for c in launched)
     assert any("CUDA1" in why for _, why in result2.pruned), result2.pruned
+
+
+def test_the_gpu_check_script_is_clean_shell():
+    import subprocess
+
+    from tests.conftest import shellcheck
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
+    check = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
