@@ -326,6 +326,11 @@ def print_tune(console: Console, result, outputs) -> None:
         measured = rd.get("measured_memory_bytes")
         console.print(f"memory: predicted {human_bytes(rd['predicted_memory_bytes'])}"
                       + (f", measured {human_bytes(measured)} (llama.cpp's own buffer report)" if measured else ""))
+        by_dev, pred = rd.get("measured_by_device") or {}, rd.get("predicted_by_device") or {}
+        if by_dev:
+            console.print("  per device: " + "; ".join(
+                f"{dev} {human_bytes(n)}" + (f" (predicted {human_bytes(pred[dev])})" if dev in pred else "")
+                for dev, n in sorted(by_dev.items())))
     for label, path in (("profile", outputs.profile), ("launch script", outputs.script), ("llama-swap entry", outputs.swap)):
         if path:
             console.print(f"{label}: {path}")

@@ -106,6 +106,12 @@ class TuneSpec:
                 + levels + placed)
 
 
+def load_key(config: ServerConfig) -> tuple:
+    """What a per-device estimate depends on: the memory estimate's key and where things run."""
+    return (*estimate_key(config), config.devices, config.tensor_split, config.draft_device, config.draft_gpu_layers,
+            config.gpu_layers)
+
+
 def estimate_key(config: ServerConfig) -> tuple:
     """What a memory estimate depends on, of what the search varies (the draft length, p_min and the n-gram
     parameters add nothing to it)."""
@@ -134,6 +140,7 @@ class TuneResult:
     pruned: list[tuple[str, str]] = field(default_factory=list)  # (configuration, why)
     predictions: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict)
     estimates: dict[tuple[str, str], PairMemory] = field(default_factory=dict)
+    loads: dict[tuple, dict[str, int]] = field(default_factory=dict)  # per device, where devices were budgeted
     seconds: float = 0.0
     cancelled: bool = False
     planned: int = 0

@@ -19,7 +19,7 @@ from ggufpair.fix.plan import RouteChoice, plan_pair_fix
 from ggufpair.format.model_info import ModelInfo
 from ggufpair.pairing.verdict import check_pair
 from ggufpair.tune.profile import launch_script, llama_swap_entry, profile_data, save_profile, write_script
-from ggufpair.tune.result import NOISE_FLOOR, TuneResult, noise, simplicity
+from ggufpair.tune.result import NOISE_FLOOR, TuneResult, load_key, noise, simplicity
 
 PRESETS = Path(__file__).resolve().parent.parent.parent / "profiles" / "presets.toml"
 MAX_DRAFT_RATIO = 0.3
@@ -407,17 +407,19 @@ def _agreement_text(baseline, drafted) -> str:
             "but a draft that changes many answers deserves a closer look")
 
 
-def measured_memory(binary: Binary, dialect: Dialect, config) -> int | None:
-    """Start the configuration once with llama.cpp's verbose log and add up what it reports allocating."""
-    from ggufpair.engine.memory import measured_from_log
+def measured_memory(binary: Binary, dialect: Dialect, config) -> tuple[int | None, dict[str, int]]:
+    """Start the configuration once with llama.cpp's verbose log: what it reports allocating in all, and on
+    each device."""
+    from ggufpair.engine.memory import measured_by_device, measured_from_log
     from ggufpair.engine.runner import LlamaServer
     from ggufpair.errors import EngineError
 
     try:
         with LlamaServer(binary, config.with_(extra=(*config.extra, "-lv", "4")), dialect=dialect) as server:
-            return measured_from_log(server.log_text()).total or None
+            log = server.log_text()
+            return measured_from_log(log).total or None, measured_by_device(log)
     except EngineError:
-        return None
+        return None, {}
 
 
 def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: str, args, fix_note: str,
@@ -452,9 +454,14 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                            # the prompts themselves, so that `ggufpair check` re-measures on the same ones
                            "prompts": [{"id": q.id, "category": q.category, "messages": q.payload()}
                                        for q in result.prompts],
-                           "predicted_memory_bytes": est.total if est else None,
-                           "measured_memory_bytes": (measured_memory(binary, dialect, rec.config)
-                                                     if measure_memory else None)}
+                           "predicted_memory_bytes": est.total if est else None}
+    total, by_device = measured_memory(binary, dialect, rec.config) if measure_memory else (None, {})
+    data["recommended"]["measured_memory_bytes"] = total
+    if len(by_device) > 1 or any(k != "CPU" for k in by_device):  # more than the host: say where it went
+        data["recommended"]["measured_by_device"] = by_device
+        predicted = result.loads.get(load_key(rec.config))
+        if predicted:
+            data["recommended"]["predicted_by_device"] = predicted
     config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
     # named after the pair tuned, even when the answer is no draft: tunes of other drafts keep their own profiles
     mtp = any(p.config.fileless_drafter for p in result.points)  # a tune of the target's own MTP layers

@@ -28,7 +28,7 @@ from ggufpair.errors import UsageError
 from ggufpair.format.model_info import ModelInfo
 # the tune's data, importable from here as before the split
 from ggufpair.tune.result import (KV_RANK, NOISE_FLOOR, DraftChoice, TuneResult, TuneSpec,  # noqa: F401
-                                  estimate_key, ngram_search_size, noise, simplicity)
+                                  estimate_key, load_key, ngram_search_size, noise, simplicity)
 from ggufpair.tune.stages import (_draft_sampling_stage, _draft_stage, _level_stage, _mix_stage, _ngram_stage,
                                   _placement_stage, choice_name, with_kv)
 from ggufpair.tune.sweep import PointResult, draft_tag, run_point
@@ -213,8 +213,9 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         est = estimate_pair(target, config_draft, config, spec.device, dialect.fa_takes_value)
         result.estimates[estimate_key(config)] = est
         if spec.device_budgets:  # GPUs or RPC devices: each device's share, as llama.cpp assigns it
-            from ggufpair.engine.placement import misfit as placement_misfit
+            from ggufpair.engine.placement import device_loads, misfit as placement_misfit
 
+            result.loads[load_key(config)] = device_loads(target, config_draft, config, est, list(spec.device_budgets))
             why = placement_misfit(est, list(spec.device_budgets), target=target, draft=config_draft, config=config)
             if why:
                 result.pruned.append((what, why))
