@@ -25,9 +25,11 @@ import time  # noqa: E402
 MIB = 1 << 20
 
 
-def sh(argv: list[str], env: dict, timeout: int) -> tuple[int, str, float]:
+def sh(argv: list[str], env: dict, timeout: int, split: bool = False):
     t0 = time.perf_counter()
     p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+    if split:  # --json: the JSON on stdout, what a person reads on stderr
+        return p.returncode, p.stdout, p.stderr, time.perf_counter() - t0
     return p.returncode, p.stdout + p.stderr, time.perf_counter() - t0
 
 
@@ -90,11 +92,10 @@ def main() -> int:
                           "--lengths", "2,4,8"]),
                         ("tune: the MTP target's own layers", ["--target", str(mtp), "--kinds", "mtp",
                                                                "--lengths", "1,2,3"])):
-        rc, out, secs = sh([sys.executable, "-m", "ggufpair.cli.main", "tune", *argv, *short], env, 420)
+        rc, out, err, secs = sh([sys.executable, "-m", "ggufpair.cli.main", "tune", *argv, *short], env, 420, split=True)
         lines += [f"## {title}", "", f"exit {rc}, {secs:.0f} s", ""]
-        start = out.find("{\n")
         try:
-            data = json.loads(out[start:]) if start >= 0 else {}
+            data = json.loads(out)
         except json.JSONDecodeError:
             data = {}
         for p in data.get("points", []):
@@ -105,8 +106,7 @@ def main() -> int:
         if rec:
             lines.append(f"- recommended: {rec.get('label')}; memory predicted {rec.get('predicted_memory_bytes', 0) / MIB:.0f}"
                          f" MiB, measured {(rec.get('measured_memory_bytes') or 0) / MIB:.0f} MiB")
-        lines += ["", "<details><summary>output</summary>", "", "```", out[:start if start >= 0 else None].strip()[-4000:],
-                  "```", "</details>", ""]
+        lines += ["", "<details><summary>output</summary>", "", "```", err.strip()[-6000:], "```", "</details>", ""]
 
     # per device: ggufpair's estimate against llama.cpp's buffer lines, for every placement offered
     binary = Binary(server, "gpu-check")

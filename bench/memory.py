@@ -79,7 +79,7 @@ def placements_main(binary, dialect, target, q4) -> None:
         print(f"{'placement':<66} {'device':>6} | {'estimated':>9} {'measured':>9} {'error':>7}")
         for name, cfg in cases:
             with LlamaServer(binary, cfg, dialect=dialect) as server:
-                measured = measured_by_device(server.log_text())
+                measured = measured_by_device(server.log_text(), cfg.rpc)
                 live = server.speculative
             est = estimate_pair(t_info, d_info, cfg, "cpu", dialect.fa_takes_value)
             loads = device_loads(t_info, d_info, cfg, est, budgets)

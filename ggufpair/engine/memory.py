@@ -242,13 +242,22 @@ _BUF_BY_DEVICE = re.compile(r"(?:load_tensors|llama_kv_cache|llama_context|sched
 HOST_BUFFERS = ("CPU", "CPU_Mapped", "CPU_REPACK", "CUDA_Host", "CPU_AARCH64")  # host memory, whatever the name
 
 
-def measured_by_device(log: str) -> dict[str, int]:
+_USING_DEVICE = re.compile(r"using device (\S+) \(([^)]+)\)")
+
+
+def measured_by_device(log: str, rpc: tuple[str, ...] = ()) -> dict[str, int]:
     """Bytes llama.cpp reports allocating on each device, target and draft together, from a `-lv 4` log:
-    model, KV, output and compute buffers by the device name each line gives (`CUDA0`, `RPC0[host:port]` as
-    `RPC0`); host buffers (CPU, CPU_Mapped, CPU_REPACK, CUDA_Host) count as `CPU`."""
+    model, KV, output and compute buffers by the device name each line gives (`CUDA0`); host buffers (CPU,
+    CPU_Mapped, CPU_REPACK, CUDA_Host) count as `CPU`. A remote buffer is named by its server's own device
+    index and endpoint (`RPC0[127.0.0.1:50053]`): it is given the name the device list has for that endpoint
+    (the log's "using device RPC1 (127.0.0.1:50053)", else the endpoint's place in `rpc`)."""
+    by_endpoint = {ep: name for name, ep in _USING_DEVICE.findall(log)}
     out: dict[str, int] = {}
     for m in _BUF_BY_DEVICE.finditer(log):
-        name = m.group(1).split("[", 1)[0]
+        name, _, endpoint = m.group(1).partition("[")
+        endpoint = endpoint.rstrip("]")
+        if endpoint:
+            name = by_endpoint.get(endpoint) or (f"RPC{rpc.index(endpoint)}" if endpoint in rpc else name)
         name = "CPU" if name in HOST_BUFFERS else name
         out[name] = out.get(name, 0) + _mib(m.group(3))
     return out

@@ -112,11 +112,12 @@ def layer_devices(n_layers: int, devices: list[str], splits: list[float], n_gpu_
 _BLK = re.compile(r"^blk\.(\d+)\.")
 
 
-def tensor_bytes_by_layer(path: Path, n_layers: int) -> tuple[int, list[int], int]:
-    """(input bytes, bytes per repeating layer, output bytes) of a model file (all its shards)."""
+def tensor_bytes_by_layer(path: Path, n_layers: int) -> tuple[int, list[int], int, bool]:
+    """(input bytes, bytes per repeating layer, output bytes, whether the output is tied to the input's token
+    embedding) of a model file (all its shards)."""
     st = Path(path).stat()
-    inp, layers, out = _tensor_bytes(Path(path), n_layers, st.st_size, st.st_mtime_ns)
-    return inp, list(layers), out
+    inp, layers, out, tied = _tensor_bytes(Path(path), n_layers, st.st_size, st.st_mtime_ns)
+    return inp, list(layers), out, tied
 
 
 @functools.lru_cache(maxsize=32)
@@ -136,16 +137,17 @@ def _tensor_bytes(path: Path, n_layers: int, _size: int, _mtime: int) -> tuple[i
                 out += t.n_bytes
             else:
                 inp += t.n_bytes
-    if not any(t.name == "output.weight" for shard in info.shards for t in read_header(shard).tensors):
+    tied = not any(t.name == "output.weight" for shard in info.shards for t in read_header(shard).tensors)
+    if tied:
         out += info.output_bytes  # tied to the embedding: llama.cpp duplicates it on the output's device
-    return inp, tuple(layers), out
+    return inp, tuple(layers), out, tied
 
 
 def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBudget]) -> dict[str, int]:
     """Bytes each device receives under `config`'s placement: the target's layers (weights and KV) where
     llama.cpp puts them, its compute buffer on each device that holds layers, the host's share (input layer,
     outputs); the draft the same way on its own devices (MTP: its context with the target's last layer)."""
-    offload = [b for b in budgets if b.offload]
+    offload = [b for b in budgets if b.offload and (config.rpc or not b.name.startswith("RPC"))]  # RPC: only with --rpc
     names = list(config.devices) or [b.name for b in offload]
     free = {b.name: b.budget_bytes for b in budgets}
     splits = list(config.tensor_split) or [free.get(n, 0) for n in names]
@@ -158,12 +160,15 @@ def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBud
         n = info.n_layers or 0  # NextN blocks included: llama.cpp assigns them like any layer
         per_layer_dev, out_dev = layer_devices(n, devs, splits if devs == names else [free.get(d, 0) for d in devs],
                                                None if ngl in (None, "all", "auto") else int(ngl))
-        inp, layers, out = tensor_bytes_by_layer(info.path, n)
-        weight_sum = inp + sum(layers) + out or 1
-        # the estimate's weights include the CPU backend's repacked copies: those are made for host layers only
-        host_share = inp + sum(b for b, dv in zip(layers, per_layer_dev) if dv == HOST) + (out if out_dev == HOST else 0)
-        extra = (mem.weights - weight_sum) * host_share / weight_sum if host_share else 0
-        add(HOST, inp + int(extra) + mem.output)
+        inp, layers, out, tied = tensor_bytes_by_layer(info.path, n)
+        if tied and out_dev == HOST:
+            out = 0  # the output reads the host's own token embedding: no copy
+        # the estimate's weights include the CPU backend's repacked copies (made for host layers only)
+        repack = max(mem.weights - info.weight_bytes, 0)
+        body = sum(layers) + (out if not tied else 0) or 1
+        host_body = sum(b for b, dv in zip(layers, per_layer_dev) if dv == HOST) + (
+            out if out_dev == HOST and not tied else 0)
+        add(HOST, inp + int(repack * host_body / body) + mem.output)
         for il, dev in enumerate(per_layer_dev):
             add(dev, layers[il])
         add(out_dev, out)

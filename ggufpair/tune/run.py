@@ -417,7 +417,7 @@ def measured_memory(binary: Binary, dialect: Dialect, config) -> tuple[int | Non
     try:
         with LlamaServer(binary, config.with_(extra=(*config.extra, "-lv", "4")), dialect=dialect) as server:
             log = server.log_text()
-            return measured_from_log(log).total or None, measured_by_device(log)
+            return measured_from_log(log).total or None, measured_by_device(log, config.rpc)
     except EngineError:
         return None, {}
 

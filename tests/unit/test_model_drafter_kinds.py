@@ -129,3 +129,14 @@ def test_eagle3_heads_that_llama_cpp_refuses_or_aborts_on_are_blockers(tmp_path)
     assert "needs exactly 3" in check_pair(target, two).summary
     wide = read_model_info(random_model(tmp_path / "wide.gguf", "eagle3", target_hidden=128))
     assert "hidden size of 128" in check_pair(target, wide).summary
+
+
+def test_an_mtp_profile_round_trips_and_its_script_loads_no_draft(tmp_path):
+    from ggufpair.engine.binary import Binary
+    from ggufpair.tune.profile import launch_script
+
+    cfg = ServerConfig(T_PATH, spec_type="draft-mtp", draft_max=2, draft_cache_type_k="q8_0", draft_cache_type_v="q8_0")
+    assert ServerConfig.from_dict(cfg.to_dict()) == cfg
+    script = launch_script(cfg, Binary(tmp_path / "llama-server", "flag"), NEW)
+    assert "--spec-type draft-mtp" in script and "--spec-draft-n-max 2" in script
+    assert "-md " not in script and "--spec-draft-model" not in script
