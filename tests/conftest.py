@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -96,3 +97,10 @@ def demo_pair_folder(models_folder, gemma_f16, gemma_q4, model_copy):
     set_scalar(draft, "tokenizer.ggml.add_bos_token", False)
     (models_folder / "gemma3-270m-q4-draft.gguf").symlink_to(draft)
     return models_folder
+
+
+def sigint_default() -> None:
+    """`preexec_fn` for a child a test interrupts with SIGINT: a non-interactive shell that starts the suite in
+    the background sets SIGINT to ignored, children inherit that, and Python then installs no KeyboardInterrupt
+    handler (the interrupt would be lost and the test would time out)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

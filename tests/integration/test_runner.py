@@ -17,6 +17,7 @@ from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.measure import Prompt, compare_outputs, greedy_outputs, measure
 from ggufpair.engine.runner import LlamaServer, ServerStartError, SpeculationOffError, wait_gone
 from tests.integration.variants import set_scalar
+from tests.conftest import sigint_default
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +141,7 @@ _CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("how", ["raise", "sigint", "sigkill"])
 def test_no_llama_server_is_left_behind(how, gemma_q4):
     parent = subprocess.Popen([sys.executable, "-c", _CHILD, str(gemma_q4), how], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     pid = int(parent.stdout.readline())
     assert psutil.pid_exists(pid) and "llama-server" in psutil.Process(pid).name()
     if how == "sigint":

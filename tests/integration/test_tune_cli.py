@@ -10,6 +10,7 @@ import pytest
 
 from ggufpair.cli.main import main
 from ggufpair.state import state_dir
+from tests.conftest import sigint_default
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +142,7 @@ def test_an_interrupted_tune_resumes_without_launching_its_points_again(gemma_f1
             "--ctx", "1024", "--threads", "2", "--p-min", "0"]
     journals = state_dir("tunes")
     proc = subprocess.Popen([sys.executable, "-m", "ggufpair.cli.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+                            stderr=subprocess.STDOUT, text=True, env=os.environ.copy(), preexec_fn=sigint_default)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         lines = sum(len(p.read_text().splitlines()) for p in journals.glob("*.jsonl"))
