@@ -34,31 +34,13 @@ CONFIGS = [  # target K/V, draft K/V, context
 
 
 def placements_main(binary, dialect, target, q4) -> None:
-    import socket
-    import subprocess
-    import time
-
     from ggufpair.engine.devices import devices
     from ggufpair.engine.memory import measured_by_device
     from ggufpair.engine.placement import DeviceBudget, device_loads
-    from ggufpair.engine.process import free_port
+    from ggufpair.engine.rpc import local_rpc_servers, rpc_tool
 
-    tool = next(p for p in (binary.path.with_name("ggml-rpc-server"), binary.path.with_name("rpc-server")) if p.exists())
-    procs, hosts = [], []
-    try:
-        for _ in range(2):
-            port = free_port()
-            procs.append(subprocess.Popen([str(tool), "-H", "127.0.0.1", "-p", str(port), "-t", "1"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            hosts.append(f"127.0.0.1:{port}")
-        for h in hosts:
-            for _ in range(300):
-                try:
-                    socket.create_connection(("127.0.0.1", int(h.split(":")[1])), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-        rpc = tuple(hosts)
+    tool = rpc_tool(binary.path)
+    with local_rpc_servers(tool) as rpc:
         devs = devices(binary.path, rpc=rpc)
         budgets = [DeviceBudget(d.name, d.free_bytes, d.name != "CPU") for d in devs]
         print("devices: " + ", ".join(f"{d.name} ({d.free_bytes / MIB:.0f} MiB free)" for d in devs))
@@ -92,10 +74,6 @@ def placements_main(binary, dialect, target, q4) -> None:
                       f"{m / MIB:>7.1f} M {err:>+7.1%}")
         print(f"largest per-device error over {rows} device shares above 32 MiB in {len(cases)} placements: "
               f"{worst:.1%} (target <= 5%: {'met' if worst <= 0.05 else 'NOT met'})")
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
 
 
 def main() -> None:

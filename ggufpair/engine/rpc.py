@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from ggufpair.errors import EngineError, UsageError
 
@@ -82,3 +84,42 @@ def check_reachable(hosts: tuple[RpcHost, ...], timeout: float = 3.0) -> None:
 def warnings(hosts: tuple[RpcHost, ...]) -> list[str]:
     remote = [str(h) for h in hosts if not h.loopback]
     return [INSECURE.format(where=", ".join(remote))] if remote else []
+
+
+def rpc_tool(llama_server: Path) -> Path | None:
+    """The build's rpc-server, beside its llama-server (ggml-rpc-server; older builds: rpc-server)."""
+    return next((p for p in (llama_server.with_name("ggml-rpc-server"), llama_server.with_name("rpc-server"))
+                 if p.exists()), None)
+
+
+@contextmanager
+def local_rpc_servers(tool: Path, count: int = 2, threads: int = 1, timeout: float = 30.0):
+    """`count` rpc-servers on 127.0.0.1 (loopback only: RPC is unauthenticated), each on a free port, yielded
+    as their host:port once each one listens; stopped on the way out. For tests and benchmarks."""
+    import subprocess
+    import time
+
+    from ggufpair.engine.process import free_port
+
+    procs, hosts = [], []
+    try:
+        for _ in range(count):
+            port = free_port()
+            procs.append(subprocess.Popen([str(tool), "-H", "127.0.0.1", "-p", str(port), "-t", str(threads)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            hosts.append(f"127.0.0.1:{port}")
+        for host in hosts:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", int(host.rsplit(":", 1)[1])), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise EngineError(f"the rpc-server at {host} never listened ({tool})") from None
+                    time.sleep(0.1)
+        yield tuple(hosts)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)

@@ -7,10 +7,6 @@ This build's rpc-server has no option to cap the memory it offers (tools/rpc/rpc
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
-
 import psutil
 import pytest
 
@@ -18,6 +14,7 @@ from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.devices import devices
 from ggufpair.engine.placement import DeviceBudget
 from ggufpair.engine.process import free_port
+from ggufpair.engine.rpc import local_rpc_servers, rpc_tool
 from ggufpair.tune.prompts import builtin_prompts
 from ggufpair.tune.sweep import run_point
 
@@ -25,37 +22,16 @@ pytestmark = pytest.mark.integration
 
 
 def _tool(llama_server):
-    for name in ("ggml-rpc-server", "rpc-server"):
-        path = llama_server.path.with_name(name)
-        if path.exists():
-            return path
-    pytest.skip(f"{llama_server.path.parent}: no rpc-server (llama.cpp built without -DGGML_RPC=ON)")
+    tool = rpc_tool(llama_server.path)
+    if tool is None:
+        pytest.skip(f"{llama_server.path.parent}: no rpc-server (llama.cpp built without -DGGML_RPC=ON)")
+    return tool
 
 
 @pytest.fixture(scope="module")
 def rpc_servers(llama_server):
-    tool, procs, hosts = _tool(llama_server), [], []
-    try:
-        for _ in range(2):
-            port = free_port()
-            procs.append(subprocess.Popen([str(tool), "-H", "127.0.0.1", "-p", str(port), "-t", "1"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            hosts.append(f"127.0.0.1:{port}")
-        for host in hosts:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", int(host.split(":")[1])), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"the rpc-server at {host} never listened")
-                    time.sleep(0.1)
-        yield tuple(hosts)
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+    with local_rpc_servers(_tool(llama_server)) as hosts:
+        yield hosts
 
 
 def test_the_target_runs_on_two_rpc_servers_with_the_draft_local(rpc_servers, gemma_f16, gemma_q4, llama_server,
