@@ -125,3 +125,18 @@ def test_the_gpu_check_script_is_clean_shell():
     script = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
     check = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+
+
+def test_devices_flag_names_only_devices_the_build_lists():
+    from ggufpair.cli.tune_cmds import parse_devices
+    from ggufpair.engine.devices import Device
+    from ggufpair.errors import UsageError
+
+    listed = [Device("CUDA0", "GPU", 24 << 30, 20 << 30, "list-devices"), Device("CUDA1", "GPU", 8 << 30, 7 << 30,
+                                                                                 "list-devices")]
+    assert parse_devices("CUDA1", listed) == ("CUDA1",) and parse_devices(None, listed) == ()
+    with pytest.raises(UsageError, match="CUDA2 is not a device of this llama-server build"):
+        parse_devices("CUDA0,CUDA2", listed)
+    only = placements([DeviceBudget("CUDA0", 24 << 30, True), DeviceBudget("CUDA1", 8 << 30, True)], True, ("CUDA1",))
+    assert [p.name for p in only] == ["all on CUDA1", "target on CUDA1, draft on the host"]
+    assert all(p.devices == ("CUDA1",) for p in only)  # every placement keeps the user's choice
