@@ -121,13 +121,14 @@ def tensor_bytes_by_layer(path: Path, n_layers: int) -> tuple[int, list[int], in
 
 
 @functools.lru_cache(maxsize=32)
-def _tensor_bytes(path: Path, n_layers: int, _size: int, _mtime: int) -> tuple[int, tuple[int, ...], int]:
+def _tensor_bytes(path: Path, n_layers: int, _size: int, _mtime: int) -> tuple[int, tuple[int, ...], int, bool]:
     from ggufpair.format.model_info import read_model_info
     from ggufpair.format.reader import read_header
 
     info = read_model_info(path)
     layers = [0] * n_layers
     inp = out = 0
+    tied = True
     for shard in info.shards:
         for t in read_header(shard).tensors:
             m = _BLK.match(t.name)
@@ -135,9 +136,9 @@ def _tensor_bytes(path: Path, n_layers: int, _size: int, _mtime: int) -> tuple[i
                 layers[int(m.group(1))] += t.n_bytes
             elif t.name.startswith("output"):
                 out += t.n_bytes
+                tied = tied and t.name != "output.weight"
             else:
                 inp += t.n_bytes
-    tied = not any(t.name == "output.weight" for shard in info.shards for t in read_header(shard).tensors)
     if tied:
         out += info.output_bytes  # tied to the embedding: llama.cpp duplicates it on the output's device
     return inp, tuple(layers), out, tied
@@ -172,7 +173,8 @@ def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBud
         for il, dev in enumerate(per_layer_dev):
             add(dev, layers[il])
         add(out_dev, out)
-        kv_layers = [d for il, d in enumerate(per_layer_dev) if il in set(info.kv_layers)] or [HOST]
+        owners = set(info.kv_layers)
+        kv_layers = [d for il, d in enumerate(per_layer_dev) if il in owners] or [HOST]
         for dev in kv_layers:
             add(dev, mem.kv // len(kv_layers))
         for dev in set(per_layer_dev) | {out_dev}:
