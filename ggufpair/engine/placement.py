@@ -193,12 +193,12 @@ def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBud
 
 
 def misfit(est: PairMemory, devices: list[DeviceBudget], draft_on: str | None = None, *, target=None, draft=None,
-           config=None) -> str | None:
-    """Why the placement does not fit, or None. With the models and the configuration, each device's share is
-    what llama.cpp's assignment gives it (`device_loads`); without them, the target spread by free memory and
-    the draft on `draft_on` (None or "none": the host)."""
-    if target is not None and config is not None:
-        load = device_loads(target, draft, config, est, devices)
+           config=None, loads: dict[str, int] | None = None) -> str | None:
+    """Why the placement does not fit, or None. With the configuration, each device's share is what llama.cpp's
+    assignment gives it (`loads`, else `device_loads` of the models); without it, the target spread by free
+    memory and the draft on `draft_on` (None or "none": the host)."""
+    if config is not None and (loads is not None or target is not None):
+        load = loads if loads is not None else device_loads(target, draft, config, est, devices)
         where = config.draft_device or "none"
     else:
         load = dict(target_shares(est, devices))

@@ -215,8 +215,9 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         if spec.device_budgets:  # GPUs or RPC devices: each device's share, as llama.cpp assigns it
             from ggufpair.engine.placement import device_loads, misfit as placement_misfit
 
-            result.loads[load_key(config)] = device_loads(target, config_draft, config, est, list(spec.device_budgets))
-            why = placement_misfit(est, list(spec.device_budgets), target=target, draft=config_draft, config=config)
+            loads = device_loads(target, config_draft, config, est, list(spec.device_budgets))
+            result.loads[load_key(config)] = loads
+            why = placement_misfit(est, list(spec.device_budgets), config=config, loads=loads)
             if why:
                 result.pruned.append((what, why))
                 on_event(f"skipped {what}: {why}")
@@ -277,7 +278,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
     choices += [*spec.more_drafts, *([DraftChoice.mtp(target)] if spec.mtp else [])]
     for choice in choices:
         cap = choice.kind.length_cap(target)
-        mine = [n for n in lengths if cap is None or n <= cap] or [min(lengths[0], cap or lengths[0])]
+        mine = [n for n in lengths if cap is None or n <= cap] or [cap]  # empty only under a cap
         if mine != lengths:
             on_event(f"{choice.name}: llama.cpp caps its drafts at {cap} token(s) (one per chained head): "
                      f"lengths {', '.join(map(str, mine))}")

@@ -266,12 +266,12 @@ def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run,
     look = max(lookups, key=lambda p: p.measurement.tokens_per_second)
     dr = max(drafts, key=lambda p: p.measurement.tokens_per_second)
     cfg = dr.config.with_ngram(look.config.ngram, look.config.ngram_values)
-    what = f"{look.config.ngram} with {'MTP' if dr.config.draft is None else 'the draft'}"
+    drafter = "MTP" if dr.config.fileless_drafter else "the draft"
+    what = f"{look.config.ngram} with {drafter}"
     if not dialect.ngram_with_draft:
         result.pruned.append((what, "this llama-server build runs an n-gram kind only without a draft model"))
         return
     if fits(cfg, what, (cfg.cache_type_k, cfg.draft_cache_type_k)):
-        drafter = "MTP" if dr.config.draft is None else "the draft"
         pt = run(cfg, f"{look.config.ngram} + {drafter} at n_max {dr.config.draft_max} (lookup first, {drafter} "
                       "when it finds nothing)", True)
         by_kind = pt.measurement.by_kind if pt.ok else {}
