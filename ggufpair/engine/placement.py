@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ggufpair.engine.memory import PairMemory
+from ggufpair.engine.memory import PairMemory, host_compute_bytes, pipeline_bytes
 
 HOST = "CPU"
 
@@ -144,6 +144,23 @@ def _tensor_bytes(path: Path, n_layers: int, _size: int, _mtime: int) -> tuple[i
     return inp, tuple(layers), out, tied
 
 
+_NO_PIPELINE = ("-nkvo", "--no-kv-offload", "-ot", "--override-tensor", "-cmoe", "--cpu-moe", "-ncmoe",
+                "--n-cpu-moe")
+
+
+def pipeline_parallel(config, devices: list[str], ngl, n_layers: int) -> bool:
+    """Whether llama.cpp runs a model placed on `devices` with pipeline parallelism (llama_context: more than one
+    device, every layer offloaded, split by layer, KV offloaded, no tensor overrides; the devices must support
+    async compute and events, as CUDA and RPC do)."""
+    if len(devices) < 2 or any(a in _NO_PIPELINE for a in config.extra):
+        return False
+    extra = list(config.extra)
+    for flag in ("-sm", "--split-mode"):
+        if flag in extra and extra.index(flag) + 1 < len(extra) and extra[extra.index(flag) + 1] != "layer":
+            return False
+    return ngl in (None, "all", "auto") or int(ngl) > n_layers
+
+
 def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBudget]) -> dict[str, int]:
     """Bytes each device receives under `config`'s placement: the target's layers (weights and KV) where
     llama.cpp puts them, its compute buffer on each device that holds layers, the host's share (input layer,
@@ -179,6 +196,13 @@ def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBud
             add(dev, mem.kv // len(kv_layers))
         for dev in set(per_layer_dev) | {out_dev}:
             add(dev, mem.compute)
+        if HOST not in per_layer_dev and out_dev != HOST:
+            add(HOST, host_compute_bytes(info, config))
+        if pipeline_parallel(config, devs, ngl, n):
+            first, later, host = pipeline_bytes(info, config)
+            add(HOST, host)
+            for i, dev in enumerate(dict.fromkeys(d for d in per_layer_dev + [out_dev] if d != HOST)):
+                add(dev, first if i == 0 else later)
 
     place(target, est.target, names if config.gpu_layers != 0 else [], config.gpu_layers)
     if est.draft is not None:

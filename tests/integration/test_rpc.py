@@ -12,9 +12,11 @@ import pytest
 
 from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.devices import devices
-from ggufpair.engine.placement import DeviceBudget
+from ggufpair.engine.memory import MIB, estimate_pair, measured_by_device
+from ggufpair.engine.placement import DeviceBudget, device_loads
 from ggufpair.engine.process import free_port
 from ggufpair.engine.rpc import local_rpc_servers, rpc_tool
+from ggufpair.format.model_info import read_model_info
 from ggufpair.tune.prompts import builtin_prompts
 from ggufpair.tune.sweep import run_point
 
@@ -49,12 +51,21 @@ def test_the_target_runs_on_two_rpc_servers_with_the_draft_local(rpc_servers, ge
     assert "RPC0" in log and "RPC1" in log  # the target's buffers on both remote devices
     draft_part = log[log.find("loading draft model") if "loading draft model" in log else 0:]
     assert "RPC" not in "".join(line for line in draft_part.splitlines() if "model buffer size" in line)
+    # each device's share as estimated, against llama.cpp's buffers on it: the split target runs with pipeline
+    # parallelism (the log says so), whose pinned input copies the estimate must carry
+    assert "pipeline parallelism enabled" in log
+    t_info, d_info = read_model_info(gemma_f16), read_model_info(gemma_q4)
+    est = estimate_pair(t_info, d_info, cfg, "cpu", dialect.fa_takes_value)
+    budgets = [DeviceBudget(d.name, d.free_bytes, d.name != "CPU") for d in listed]
+    loads, measured = device_loads(t_info, d_info, cfg, est, budgets), measured_by_device(log, rpc_servers)
+    assert set(measured) == {"CPU", "RPC0", "RPC1"} == set(loads)
+    for dev, m in measured.items():
+        assert abs(loads[dev] - m) <= 0.05 * m, (dev, loads[dev] / MIB, m / MIB)
 
 
 def test_a_placement_that_does_not_fit_the_remote_memory_is_pruned_before_launch(rpc_servers, gemma_f16, gemma_q4,
                                                                                  llama_server, dialect, tmp_path,
                                                                                  monkeypatch):
-    from ggufpair.format.model_info import read_model_info
     from ggufpair.tune import search
     from ggufpair.tune.search import TuneSpec, tune
 

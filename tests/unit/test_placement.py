@@ -11,7 +11,7 @@ import pytest
 
 from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.measure import Measurement
-from ggufpair.engine.memory import estimate_pair
+from ggufpair.engine.memory import estimate_pair, pipeline_bytes
 from ggufpair.engine.placement import DeviceBudget, device_loads, layer_devices, misfit, placements
 from ggufpair.format.model_info import read_model_info
 from ggufpair.tune import search
@@ -70,7 +70,8 @@ def test_each_devices_share_follows_the_layers(pair):
     assert set(loads) == {"CPU", "CUDA0", "CUDA1"}
     assert sum(loads.values()) >= est.total  # every byte somewhere (compute buffers on each device in use)
     only0 = device_loads(t, d, cfg.with_(devices=("CUDA0",), tensor_split=(), draft_device="CUDA0"), est, budgets)
-    assert "CUDA1" not in only0 and only0["CUDA0"] > loads["CUDA0"]
+    first_copies = pipeline_bytes(t, cfg)[0]  # the split runs pipelined; one device does not
+    assert "CUDA1" not in only0 and only0["CUDA0"] > loads["CUDA0"] - first_copies
     tight = [DeviceBudget("CUDA0", loads["CUDA0"] + MIB, True), DeviceBudget("CUDA1", loads["CUDA1"] - MIB, True)]
     why = misfit(est, tight, target=t, draft=d, config=cfg)
     assert why is not None and "on CUDA1 needs about" in why, why
@@ -140,3 +141,40 @@ def test_devices_flag_names_only_devices_the_build_lists():
     only = placements([DeviceBudget("CUDA0", 24 << 30, True), DeviceBudget("CUDA1", 8 << 30, True)], True, ("CUDA1",))
     assert [p.name for p in only] == ["all on CUDA1", "target on CUDA1, draft on the host"]
     assert all(p.devices == ("CUDA1",) for p in only)  # every placement keeps the user's choice
+
+
+def test_pipeline_parallelism_is_on_only_where_llama_cpp_turns_it_on(pair):
+    from ggufpair.engine.placement import pipeline_parallel
+
+    t, _ = pair
+    cfg = ServerConfig(t.path, None, ctx=1024)
+    two, n = ["CUDA0", "CUDA1"], t.n_layers
+    assert pipeline_parallel(cfg, two, None, n) and pipeline_parallel(cfg, two, "all", n)
+    assert pipeline_parallel(cfg, two, n + 1, n)
+    assert not pipeline_parallel(cfg, two, n, n)  # the output layer on the host: not every layer offloaded
+    assert not pipeline_parallel(cfg, ["CUDA0"], None, n)
+    assert pipeline_parallel(cfg.with_(extra=("-sm", "layer")), two, None, n)
+    for extra in (("-sm", "row"), ("-nkvo",), ("-ot", "exps=CPU"), ("--cpu-moe",)):
+        assert not pipeline_parallel(cfg.with_(extra=extra), two, None, n), extra
+
+
+def test_a_split_target_carries_the_schedulers_pinned_input_copies(pair):
+    from ggufpair.engine.memory import N_UBATCH, mask_bytes
+
+    t, d = pair
+    budgets = [DeviceBudget("CUDA0", 512 * MIB, True), DeviceBudget("CUDA1", 512 * MIB, True)]
+    cfg = ServerConfig(t.path, d.path, ctx=1024, devices=("CUDA0", "CUDA1"), tensor_split=(1.0, 1.0),
+                       draft_device="CUDA1", flash_attn="on")
+    est = estimate_pair(t, d, cfg, "cuda")
+    piped = device_loads(t, d, cfg, est, budgets)
+    plain = device_loads(t, d, cfg.with_(extra=("-ot", "x=CUDA0")), est, budgets)  # overrides: no pipeline
+    first, later, host = pipeline_bytes(t, cfg)
+    assert (piped["CUDA0"] - plain["CUDA0"], piped["CUDA1"] - plain["CUDA1"], piped["CPU"] - plain["CPU"]) == (
+        first, later, host)
+    masks = mask_bytes(t, ctx=1024, parallel=1, flash_attn=True)
+    assert masks == 1024 * N_UBATCH * 2  # one full-attention mask, F16 under flash attention
+    assert later - 3 * masks == int(3.5 * t.n_embd * N_UBATCH * 4) and first > later
+    # the draft on both devices too: it gets its own copies, by its own width
+    both = device_loads(t, d, cfg.with_(draft_device=None), est, budgets)
+    d_first, d_later, d_host = pipeline_bytes(d, cfg)
+    assert both["CPU"] - piped["CPU"] == d_host and d_first != first
