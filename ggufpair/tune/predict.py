@@ -118,3 +118,27 @@ class Predictor:
         """(n, predicted tok/s), best first, for draft lengths the acceptance profile covers."""
         usable = [n for n in lengths if n <= len(self.accept_by_position)]
         return sorted(((n, self.tps(n)) for n in usable), key=lambda x: -x[1])
+
+
+def ceiling(runs: list[tuple[int, Measurement]], baseline_step_ms: float | None, lengths) -> tuple[int, float]:
+    """(n, tok/s): the most a drafter could reach at any of `lengths` were every drafted token accepted, from
+    its measured runs (n, measurement): a verification step's cost c(n) (the run's time over its steps, every
+    step counted, drafting or not) interpolated between the runs and the baseline's step (n = 0), and n + 1
+    tokens per step. No p_min and no other length can take the drafter beyond it: a step costs what it costs
+    whatever is accepted, and p_min only ends drafts sooner (a shorter length's step)."""
+    by_n = {n: m.predicted_ms / steps_of(m) for n, m in runs if m.predicted_ms > 0}
+    if baseline_step_ms:
+        by_n.setdefault(0, baseline_step_ms)
+    knots = sorted(by_n.items())
+    if not knots:
+        return 0, 0.0
+
+    def cost(n: int) -> float:
+        if n <= knots[0][0]:
+            return knots[0][1]
+        for (n0, c0), (n1, c1) in zip(knots, knots[1:]):
+            if n <= n1:
+                return c0 + (c1 - c0) * (n - n0) / (n1 - n0)
+        return knots[-1][1]  # beyond the longest run: not cheaper than it (lengths stop there in practice)
+
+    return max(((n, 1000.0 * (n + 1) / cost(n)) for n in lengths), key=lambda x: x[1], default=(0, 0.0))

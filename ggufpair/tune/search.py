@@ -274,6 +274,10 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         if fits(cfg, f"no draft, KV {tkv}", (tkv, None)):
             run(cfg, f"baseline, target KV {tkv}", allow_early_stop=False)
 
+    # The draftless kinds first: one launch each says whether lookup finds anything in these prompts, and
+    # where it does, the speed it reaches is the bar a model drafter's ceiling is held to (`_draft_stage`).
+    if spec.ngram_kinds:
+        _ngram_stage(spec, base_cfg, result, run, fits, on_event)
     choices = ([DraftChoice(draft, spec.base.overrides, spec.base.spec_type)] if draft is not None else [])
     choices += [*spec.more_drafts, *([DraftChoice.mtp(target)] if spec.mtp else [])]
     for choice in choices:
@@ -292,7 +296,6 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
             if result.baseline_for(cfg) is None and fits(cfg, f"no draft, KV {tkv}"):
                 run(cfg, f"baseline, target KV {tkv}", allow_early_stop=False)
     if spec.ngram_kinds:
-        _ngram_stage(spec, base_cfg, result, run, fits, on_event)
         _mix_stage(spec, dialect, draft, result, run, fits, on_event)
     _placement_stage(spec, result, run, fits, on_event)
     # The baseline again, after the speculating runs: the pair measured at both ends of the tune, so a machine

@@ -7,7 +7,8 @@ from __future__ import annotations
 from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.dialect import Dialect
 from ggufpair.engine.traffic import level_config
-from ggufpair.tune.predict import Predictor, step_sample
+from ggufpair.tune.predict import Predictor, step_sample, steps_of
+from ggufpair.tune.predict import ceiling as predicted_ceiling
 from ggufpair.tune.result import DraftChoice, TuneResult, TuneSpec, ngram_search_size
 from ggufpair.tune.sweep import PointResult, draft_tag
 
@@ -31,6 +32,7 @@ def _draft_stage(spec: TuneSpec, base: ServerConfig, lengths: list[int], name: s
     # The short run: the second-shortest length (a length of 1 is rarely best and measures little).
     short_n, long_n = (lengths[1] if len(lengths) > 2 else lengths[0]), lengths[-1]
     candidates: list[tuple[float, ServerConfig]] = []
+    hopeless: set[tuple[str, str]] = set()  # KV pairs whose ceiling is below what is already measured
     for tkv, dkv in [(t, d) for t in spec.target_kv for d in spec.draft_kv]:
         cfg = with_kv(base, tkv, dkv)
         if not fits(cfg.with_(draft_max=long_n), f"{name}target KV {tkv}, draft KV {dkv}"):
@@ -56,6 +58,17 @@ def _draft_stage(spec: TuneSpec, base: ServerConfig, lengths: list[int], name: s
         predictor = Predictor.fit(s1, s2, long_pt.measurement.accept_by_position, base_ms)
         ranked = predictor.best(lengths)
         result.predictions[(tkv, dkv) if not name else (f"{tkv}@{draft_tag(base.drafter)}", dkv)] = ranked
+        lead = _lead(result, cfg.parallel)
+        ceiling_n, ceiling = predicted_ceiling([(short_n, short_pt.measurement), (long_n, long_pt.measurement)],
+                                               base_m.predicted_ms / steps_of(base_m) if base_m else None, lengths)
+        if lead is not None and ceiling < lead.measurement.tokens_per_second:
+            why = (f"even with every drafted token accepted it would reach at most {ceiling:.1f} tok/s (n_max "
+                   f"{ceiling_n}), below {lead.label} at {lead.measurement.tokens_per_second:.1f}: its other "
+                   "lengths and p_min cannot win and were not measured")
+            result.pruned.append((f"{name}KV {tkv}/{dkv}", why))
+            on_event(f"  {name}KV {tkv}/{dkv}: {why}")
+            hopeless.add((tkv, dkv))
+            continue
         if not predictor.linear:
             on_event(f"  the step costs of n_max {short_n} and {long_n} ({s1.step_ms:.0f} and {s2.step_ms:.0f} ms) "
                      "fit no straight line with a positive fixed cost (a disturbed run?): other lengths are "
@@ -77,11 +90,19 @@ def _draft_stage(spec: TuneSpec, base: ServerConfig, lengths: list[int], name: s
         run(cfg, f"{name}confirm n_max {cfg.draft_max}, KV {cfg.cache_type_k}/{cfg.draft_cache_type_k} "
                  f"(predicted {predicted:.1f} tok/s)", True)
         confirmed += 1
-    _p_min_stage(spec, base, name, result, run, on_event, dialect)
+    _p_min_stage(spec, base, name, result, run, on_event, dialect, hopeless)
+
+
+def _lead(result: TuneResult, level: int) -> PointResult | None:
+    """The fastest run measured so far at this concurrency level, baseline or speculating (a speculating run
+    only where speculation was live)."""
+    runs = [p for p in result.points if p.ok and p.config.parallel == level
+            and (not p.config.speculates or p.measurement.speculative)]
+    return max(runs, key=lambda p: p.measurement.tokens_per_second, default=None)
 
 
 def _p_min_stage(spec: TuneSpec, base: ServerConfig, name: str, result: TuneResult, run, on_event,
-                 dialect: Dialect | None = None) -> None:
+                 dialect: Dialect | None = None, hopeless: set[tuple[str, str]] = frozenset()) -> None:
     """`--spec-draft-p-min` on the drafter's fastest configuration: a draft token below that probability ends
     the draft (llama.cpp #25908: acceptance collapsed at the default 0 on one pair). Not on a build without
     the flag (the run would be p_min 0 under another label)."""
@@ -93,6 +114,8 @@ def _p_min_stage(spec: TuneSpec, base: ServerConfig, name: str, result: TuneResu
         on_event("  this llama-server build has no --spec-draft-p-min: p_min is not tried")
         return
     best = max(mine, key=lambda p: p.measurement.tokens_per_second)
+    if (best.config.cache_type_k, best.config.draft_cache_type_k) in hopeless:
+        return  # its ceiling is below the lead (said in `_draft_stage`)
     for value in spec.p_min:
         if value and all(p.config != best.config.with_(p_min=value) for p in result.points):
             run(best.config.with_(p_min=value), f"{name}{best.label} with p_min {value:g}", True)

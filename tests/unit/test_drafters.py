@@ -84,3 +84,57 @@ def test_draft_auto_with_no_compatible_local_draft_is_a_clear_usage_error(tmp_pa
     assert main(["tune", "--target", str(t), "--draft", "auto", "--kinds", "draft"]) == 2
     err = capsys.readouterr().err
     assert "--draft auto: no local file would serve t.gguf as a draft" in err
+
+
+def test_a_drafter_that_cannot_reach_the_lead_even_accepting_everything_is_not_searched(monkeypatch, tmp_path):
+    """n-gram lookup runs first and reaches 100 tok/s; a draft whose steps cost 40 ms + 20 ms per drafted token
+    would reach at most 1000 * 9 / 200 = 45 tok/s at n_max 8 were every token accepted, so after its long and
+    short runs (its acceptance by position, for the table) its other lengths and p_min are not launched."""
+    from ggufpair.tune.predict import ceiling
+
+    launched: list[ServerConfig] = []
+
+    def measurement(step_ms: float, tokens_per_step: float, n: int, drafting: bool) -> Measurement:
+        steps = 100
+        predicted = int(steps * tokens_per_step) + 4  # + each of 4 answers' first token
+        accepted = predicted - 4 - steps
+        q = tuple(0.5 ** (i + 1) for i in range(n)) if drafting else ()
+        tps = 1000.0 * tokens_per_step / step_ms
+        return Measurement(drafting, tps, (tps, tps), predicted, steps * n if drafting else 0,
+                           accepted if drafting else 0, steps if drafting else 0, q,
+                           predicted_ms=steps * step_ms, request_tps=(tps,) * 4)
+
+    def run_point(binary, dialect, config, prompts, **kw):
+        config.argv(dialect)
+        launched.append(config)
+        if config.ngram is not None:
+            m = measurement(30.0, 3.0, 8, True)  # 100 tok/s
+        elif config.has_draft:
+            n = config.draft_max
+            m = measurement(40.0 + 20.0 * n, 1.0 + sum(0.5 ** (i + 1) for i in range(n)), n, True)
+        else:
+            m = measurement(40.0, 1.0, 0, False)
+        return search.PointResult(config, m, None, 1.0)
+
+    monkeypatch.setattr(search, "run_point", run_point)
+    t = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv()})
+    d = write_gguf(tmp_path / "d.gguf", {**model_kv(n_layers=2), **vocab_kv()})
+    spec = TuneSpec(base=ServerConfig(target=t, draft=d, ctx=1024), lengths=(2, 4, 8), target_kv=("f16",),
+                    draft_kv=("f16",), prompts=PROMPTS, p_min=(0.0, 0.5), ngram_kinds=("ngram-simple",), mix=False)
+    result = tune(None, NEW, spec, read_model_info(t), read_model_info(d), tmp_path)
+    drafted = [c for c in launched if c.has_draft]
+    assert sorted(c.draft_max for c in drafted) == [4, 8] and not any(c.p_min for c in drafted)
+    assert launched.index(drafted[0]) > min(i for i, c in enumerate(launched) if c.ngram is not None)
+    why = dict(result.pruned)["KV f16/f16"]
+    assert "at most 45.0 tok/s (n_max 8)" in why and "at 100.0" in why
+    assert result.recommended.config.ngram == "ngram-simple"
+    # the bound itself: the runs' measured step costs, n + 1 tokens a step
+    runs = [(n, measurement(40.0 + 20.0 * n, 1.2, n, True)) for n in (4, 8)]
+    assert ceiling(runs, 40.0, (2, 4, 8)) == (8, pytest.approx(45.0, rel=0.02))
+    assert ceiling(runs, 40.0, (2,)) == (2, pytest.approx(1000 * 3 / 80, rel=0.02))  # interpolated to n = 2
+    # a drafter at the lead's speed is searched as before: the bound only removes what cannot win
+    spec_fast = TuneSpec(base=spec.base, lengths=(2, 4, 8), target_kv=("f16",), draft_kv=("f16",), prompts=PROMPTS,
+                         p_min=(0.0, 0.5))
+    launched.clear()
+    tune(None, NEW, spec_fast, read_model_info(t), read_model_info(d), tmp_path / "2")
+    assert any(c.p_min == 0.5 for c in launched) and 2 in {c.draft_max for c in launched if c.has_draft}
