@@ -200,20 +200,23 @@ def mask_bytes(info: ModelInfo, *, ctx: int, parallel: int, flash_attn: bool, un
 
 def pipeline_bytes(info: ModelInfo, config: ServerConfig, fa_takes_value: bool = True) -> tuple[int, int, int]:
     """What pipeline parallelism adds to the compute buffers: (the first device, each later device, the host)."""
-    fa = flash_attn_on(config, fa_takes_value)
-    masks = mask_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa,
-                       unified=config.kv_unified, swa_full="--swa-full" in config.extra)
-    row = (info.n_embd or 0) * N_UBATCH * 4
+    fa, masks, row = _graph_inputs(info, config, fa_takes_value)
     pinned = (N_SCHED_COPIES - 1) * masks
     return tuple(int(pinned + k * row) for k in _PIPELINE_ROWS[fa])
 
 
 def host_compute_bytes(info: ModelInfo, config: ServerConfig, fa_takes_value: bool = True) -> int:
     """The host's compute buffer for a model none of whose layers runs on the host."""
+    fa, masks, row = _graph_inputs(info, config, fa_takes_value)
+    return int(masks + _HOST_ROWS[fa] * row)
+
+
+def _graph_inputs(info: ModelInfo, config: ServerConfig, fa_takes_value: bool) -> tuple[bool, int, int]:
+    """(flash attention on, the masks' bytes, one residual row's bytes for the micro-batch) under `config`."""
     fa = flash_attn_on(config, fa_takes_value)
     masks = mask_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa,
                        unified=config.kv_unified, swa_full="--swa-full" in config.extra)
-    return int(masks + _HOST_ROWS[fa] * (info.n_embd or 0) * N_UBATCH * 4)
+    return fa, masks, (info.n_embd or 0) * N_UBATCH * 4
 
 
 def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False, device: str = "cpu",
@@ -227,8 +230,8 @@ def estimate_model(info: ModelInfo, config: ServerConfig, *, draft: bool = False
     if device == "cpu":
         weights += repack_bytes(info)
     output = info.vocab.n_tokens * 4 * max(1, config.parallel)
-    return ModelMemory(weights, k, v, output, compute_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa,
-                                                                  unified=config.kv_unified))
+    compute = compute_bytes(info, ctx=config.ctx, parallel=config.parallel, flash_attn=fa, unified=config.kv_unified)
+    return ModelMemory(weights, k, v, output, compute)
 
 
 def estimate_mtp(target: ModelInfo, config: ServerConfig, fa_takes_value: bool = True) -> ModelMemory:

@@ -154,10 +154,8 @@ def pipeline_parallel(config, devices: list[str], ngl, n_layers: int) -> bool:
     async compute and events, as CUDA and RPC do)."""
     if len(devices) < 2 or any(a in _NO_PIPELINE for a in config.extra):
         return False
-    extra = list(config.extra)
-    for flag in ("-sm", "--split-mode"):
-        if flag in extra and extra.index(flag) + 1 < len(extra) and extra[extra.index(flag) + 1] != "layer":
-            return False
+    if any(flag in ("-sm", "--split-mode") and value != "layer" for flag, value in zip(config.extra, config.extra[1:])):
+        return False
     return ngl in (None, "all", "auto") or int(ngl) > n_layers
 
 

@@ -101,9 +101,8 @@ class Predictor:
             if k[0][0] == 0 or not self.linear:
                 return k[0][1]  # no shorter measurement: not cheaper than the shortest one (conservative)
             return self.a_ms + self.b_ms * n
-        for (n0, s0), (n1, s1) in zip(k, k[1:]):
-            if n <= n1:
-                return s0 + (s1 - s0) * (n - n0) / (n1 - n0)
+        if n <= k[-1][0]:
+            return _between(k, n)
         (n0, s0), (n1, s1) = k[-2], k[-1]
         return s1 + max((s1 - s0) / (n1 - n0), 0.0) * (n - n1)
 
@@ -136,9 +135,16 @@ def ceiling(runs: list[tuple[int, Measurement]], baseline_step_ms: float | None,
     def cost(n: int) -> float:
         if n <= knots[0][0]:
             return knots[0][1]
-        for (n0, c0), (n1, c1) in zip(knots, knots[1:]):
-            if n <= n1:
-                return c0 + (c1 - c0) * (n - n0) / (n1 - n0)
-        return knots[-1][1]  # beyond the longest run: not cheaper than it (lengths stop there in practice)
+        # beyond the longest run: not cheaper than it (lengths stop there in practice)
+        return _between(knots, n) if n <= knots[-1][0] else knots[-1][1]
 
     return max(((n, 1000.0 * (n + 1) / cost(n)) for n in lengths), key=lambda x: x[1], default=(0, 0.0))
+
+
+def _between(knots, n: int) -> float:
+    """The value at `n` on the straight segments through `knots` ((n, value), sorted; knots[0][0] <= n <=
+    knots[-1][0])."""
+    for (n0, v0), (n1, v1) in zip(knots, knots[1:]):
+        if n <= n1:
+            return v0 + (v1 - v0) * (n - n0) / (n1 - n0)
+    return knots[-1][1]  # a single knot
