@@ -124,7 +124,7 @@ def main() -> int:
         t = read_model_info(cfg.target)
         d = read_model_info(cfg.draft) if cfg.draft else None
         est = estimate_pair(t, d, cfg, "cuda" if any(b.offload for b in budgets) else "cpu", dialect.fa_takes_value)
-        loads = device_loads(t, d, cfg, est, budgets) if any(b.offload for b in budgets) else {"CPU": est.total}
+        loads = device_loads(t, d, cfg, est, budgets, dialect.fa_takes_value) if any(b.offload for b in budgets) else {"CPU": est.total}
         try:
             with LlamaServer(binary, cfg.with_(extra=("-lv", "4")), dialect=dialect) as srv:
                 measured = measured_by_device(srv.log_text())

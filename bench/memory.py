@@ -76,7 +76,7 @@ def placements_main(binary, dialect, target, q4) -> None:
             t_info = read_model_info(cfg.target)
             d_info = read_model_info(cfg.draft) if cfg.draft is not None else None
             est = estimate_pair(t_info, d_info, cfg, "cpu", dialect.fa_takes_value)
-            loads = device_loads(t_info, d_info, cfg, est, budgets)
+            loads = device_loads(t_info, d_info, cfg, est, budgets, dialect.fa_takes_value)
             for dev in sorted(set(loads) | set(measured)):
                 e, m = loads.get(dev, 0), measured.get(dev, 0)
                 err = (e - m) / m if m else float("inf") if e else 0.0

@@ -159,10 +159,12 @@ def pipeline_parallel(config, devices: list[str], ngl, n_layers: int) -> bool:
     return ngl in (None, "all", "auto") or int(ngl) > n_layers
 
 
-def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBudget]) -> dict[str, int]:
+def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBudget],
+                 fa_takes_value: bool = True) -> dict[str, int]:
     """Bytes each device receives under `config`'s placement: the target's layers (weights and KV) where
     llama.cpp puts them, its compute buffer on each device that holds layers, the host's share (input layer,
-    outputs); the draft the same way on its own devices (MTP: its context with the target's last layer)."""
+    outputs); the draft the same way on its own devices (MTP: its context with the target's last layer).
+    `fa_takes_value`: the dialect's, which decides what `-fa auto` means (as for `estimate_pair`)."""
     offload = [b for b in budgets if b.offload and (config.rpc or not b.name.startswith("RPC"))]  # RPC: only with --rpc
     names = list(config.devices) or [b.name for b in offload]
     free = {b.name: b.budget_bytes for b in budgets}
@@ -195,9 +197,9 @@ def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBud
         for dev in set(per_layer_dev) | {out_dev}:
             add(dev, mem.compute)
         if HOST not in per_layer_dev and out_dev != HOST:
-            add(HOST, host_compute_bytes(info, config))
+            add(HOST, host_compute_bytes(info, config, fa_takes_value))
         if pipeline_parallel(config, devs, ngl, n):
-            first, later, host = pipeline_bytes(info, config)
+            first, later, host = pipeline_bytes(info, config, fa_takes_value)
             add(HOST, host)
             for i, dev in enumerate(dict.fromkeys(d for d in per_layer_dev + [out_dev] if d != HOST)):
                 add(dev, first if i == 0 else later)
@@ -215,12 +217,12 @@ def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBud
 
 
 def misfit(est: PairMemory, devices: list[DeviceBudget], draft_on: str | None = None, *, target=None, draft=None,
-           config=None, loads: dict[str, int] | None = None) -> str | None:
+           config=None, loads: dict[str, int] | None = None, fa_takes_value: bool = True) -> str | None:
     """Why the placement does not fit, or None. With the configuration, each device's share is what llama.cpp's
     assignment gives it (`loads`, else `device_loads` of the models); without it, the target spread by free
     memory and the draft on `draft_on` (None or "none": the host)."""
     if config is not None and (loads is not None or target is not None):
-        load = loads if loads is not None else device_loads(target, draft, config, est, devices)
+        load = loads if loads is not None else device_loads(target, draft, config, est, devices, fa_takes_value)
         where = config.draft_device or "none"
     else:
         load = dict(target_shares(est, devices))

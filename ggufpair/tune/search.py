@@ -215,7 +215,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         if spec.device_budgets:  # GPUs or RPC devices: each device's share, as llama.cpp assigns it
             from ggufpair.engine.placement import device_loads, misfit as placement_misfit
 
-            loads = device_loads(target, config_draft, config, est, list(spec.device_budgets))
+            loads = device_loads(target, config_draft, config, est, list(spec.device_budgets), dialect.fa_takes_value)
             result.loads[load_key(config)] = loads
             why = placement_misfit(est, list(spec.device_budgets), config=config, loads=loads)
             if why:

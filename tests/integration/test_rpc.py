@@ -57,7 +57,7 @@ def test_the_target_runs_on_two_rpc_servers_with_the_draft_local(rpc_servers, ge
     t_info, d_info = read_model_info(gemma_f16), read_model_info(gemma_q4)
     est = estimate_pair(t_info, d_info, cfg, "cpu", dialect.fa_takes_value)
     budgets = [DeviceBudget(d.name, d.free_bytes, d.name != "CPU") for d in listed]
-    loads, measured = device_loads(t_info, d_info, cfg, est, budgets), measured_by_device(log, rpc_servers)
+    loads, measured = device_loads(t_info, d_info, cfg, est, budgets, dialect.fa_takes_value), measured_by_device(log, rpc_servers)
     assert set(measured) == {"CPU", "RPC0", "RPC1"} == set(loads)
     for dev, m in measured.items():
         assert abs(loads[dev] - m) <= 0.05 * m, (dev, loads[dev] / MIB, m / MIB)

@@ -178,3 +178,17 @@ def test_a_split_target_carries_the_schedulers_pinned_input_copies(pair):
     both = device_loads(t, d, cfg.with_(draft_device=None), est, budgets)
     d_first, d_later, d_host = pipeline_bytes(d, cfg)
     assert both["CPU"] - piped["CPU"] == d_host and d_first != first
+
+
+def test_the_pipeline_terms_read_auto_flash_attention_as_the_build_does(pair):
+    """On a build whose bare -fa is a switch (no value), `auto` means flash attention off: the split target's
+    pinned mask copies are then F32, as `estimate_pair` already reads it for that dialect."""
+    t, d = pair
+    budgets = [DeviceBudget("CUDA0", 512 * MIB, True), DeviceBudget("CUDA1", 512 * MIB, True)]
+    cfg = ServerConfig(t.path, None, ctx=1024, devices=("CUDA0", "CUDA1"), tensor_split=(1.0, 1.0))
+    auto = cfg.with_(flash_attn="auto")
+    old = device_loads(t, None, auto, estimate_pair(t, None, auto, "cuda", False), budgets, fa_takes_value=False)
+    off = device_loads(t, None, cfg.with_(flash_attn="off"), estimate_pair(t, None, auto, "cuda", False), budgets)
+    new = device_loads(t, None, auto, estimate_pair(t, None, auto, "cuda", True), budgets, fa_takes_value=True)
+    on = device_loads(t, None, cfg.with_(flash_attn="on"), estimate_pair(t, None, auto, "cuda", True), budgets)
+    assert old == off and new == on and old["CUDA1"] > new["CUDA1"]  # F32 masks against F16 ones
