@@ -167,7 +167,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ggufpair.cli import render
     from ggufpair.engine.binary import find_llama_server
     from ggufpair.engine.config import ServerConfig
-    from ggufpair.engine.devices import describe, device_kind, devices
+    from ggufpair.engine.devices import describe, devices
     from ggufpair.engine.dialect import probe_dialect
     from ggufpair.format.model_info import read_model_info
     from ggufpair.locate import discover, resolve
@@ -176,6 +176,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ggufpair.tune.run import prepare_pair, save_outputs, suggest_drafts
     from ggufpair.engine.kinds import parse_kinds
     from ggufpair.tune.search import TuneSpec, context_that_fits, same_file, tune
+    from ggufpair.tune.setup import check_mtp_asked, mtp_offered, plan_devices
     from ggufpair.engine.traffic import Sampling, parse_concurrency
 
     console = _console(args)
@@ -204,7 +205,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     dialect = probe_dialect(binary.path)
     kinds = parse_kinds(args.kinds, dialect)
     ngram_kinds = tuple(k for k in kinds if k in dialect.ngram_kinds)
-    mtp = mtp_offered(target, dialect, kinds, console)
+    mtp, mtp_note = mtp_offered(target, dialect, kinds)
+    if mtp_note:
+        console.print(f"note: {mtp_note}", style="yellow")
     if not args.draft and not mtp:
         left_out: list = []
         suggestions = suggest_drafts(target, candidates or [], left_out)
@@ -259,7 +262,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
             else:
                 more.append(DraftChoice(info, ovr))
         fix_note = "; ".join(notes)
-    from ggufpair.engine.placement import DeviceBudget
     from ggufpair.engine.rpc import check_reachable, parse_rpc, warnings
 
     rpc = parse_rpc(args.rpc)
@@ -271,12 +273,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     # GPUs when the build lists any, else host RAM; the remote devices beside them
     devs = devices(binary.path if args.gpu_layers != "0" or rpc else None, rpc=rpc_names)
     chosen = parse_devices(args.devices, devs)
-    if chosen:
-        devs = [d for d in devs if d.name in chosen]
-    budget = int(sum(d.free_bytes for d in devs) * (1 - args.margin))
-    kind = device_kind(devs)
-    device_budgets = tuple(DeviceBudget(d.name, int(d.free_bytes * (1 - args.margin)), d.name != "CPU")
-                           for d in devs) if any(d.name != "CPU" for d in devs) else ()
+    plan = plan_devices(devs, args.margin, bool(draft_path) or mtp, chosen, rpc=bool(rpc))
+    devs, budget, kind, device_budgets, placed = list(plan.devices), plan.budget, plan.kind, plan.budgets, plan.placements
     local_gpu = next((d.name for d in devs if not d.name.startswith("RPC") and d.name != "CPU"), None)
     levels = parse_concurrency(args.concurrency)
     base = ServerConfig(target=target_path, draft=draft_path, ctx=args.ctx or 4096, threads=args.threads,
@@ -284,9 +282,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
                         draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn, overrides=overrides,
                         rpc=rpc_names, draft_device=(local_gpu or "none") if rpc and draft_path else None,
                         devices=chosen)
-    from ggufpair.engine.placement import placements as placements_for
-
-    placed = tuple(placements_for(list(device_budgets), bool(draft_path) or mtp, chosen)) if not rpc else ()
     if placed:
         base = placed[0].apply(base)
         say("placements: " + "; ".join(p.name for p in placed))
@@ -344,27 +339,6 @@ def parse_devices(text: str | None, devs) -> tuple[str, ...]:
         raise UsageError(f"--devices {text}: {', '.join(unknown)} is not a device of this llama-server build",
                          hint=f"its devices: {', '.join(known) or 'none'} (see `llama-server --list-devices`)")
     return names
-
-
-def check_mtp_asked(target, kinds: tuple[str, ...]) -> None:
-    if "mtp" in kinds and target.draft_kind != "mtp":
-        raise UsageError(f"--kinds mtp: {target.path.name} has no NextN (MTP) layers (no blk.N.nextn.eh_proj "
-                         "tensor)", hint="MTP comes with models converted with their MTP heads (GLM-4.5, Qwen3.5/3-Next, "
-                                         "DeepSeek-V3/V4, ...)")
-
-
-def mtp_offered(target, dialect, kinds: tuple[str, ...], console) -> bool:
-    """Whether the tune measures the target's own MTP layers: asked for (`mtp`, or `draft`, which means every
-    model drafter), the target carries NextN blocks, and the build has draft-mtp. `--kinds mtp` on a target
-    without them is an error; `draft` on one says nothing."""
-    asked = "mtp" in kinds or "draft" in kinds
-    has = target.draft_kind == "mtp"
-    check_mtp_asked(target, kinds)
-    if asked and has and "draft-mtp" not in dialect.spec_types:
-        console.print(f"note: {target.path.name} has MTP layers, but this llama-server build has no --spec-type "
-                      "draft-mtp: MTP is not measured", style="yellow")
-        return False
-    return asked and has
 
 
 def check_gpu_layers(value: str | None) -> None:

@@ -18,7 +18,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Static
 
-from ggufpair.errors import GgufpairError
+from ggufpair.errors import GgufpairError, UsageError
 
 
 def short_path(path: Path) -> str:
@@ -80,7 +80,7 @@ class Session:
         """Make `candidate` the target or the draft. A fix belongs to the pair it was made for: another model
         in either role clears the overrides, and the verdict is judged on the files as they are."""
         before = getattr(self, role)
-        if before is None or Path(before.path) != Path(candidate.path):
+        if before is None or candidate is None or Path(before.path) != Path(candidate.path):
             self.overrides = ()
         setattr(self, role, candidate)
 
@@ -91,13 +91,15 @@ class ModelsScreen(Screen):
         Binding("d", "pick('draft')", "Draft"),
         Binding("s", "suggest", "Suggest drafts"),
         Binding("v", "verdict", "Verdict"),
+        Binding("n", "alone", "Tune target alone"),
         Binding("r", "rescan", "Rescan"),
         Binding("q", "app.quit", "Quit"),
     ]
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Label("Models found locally: t = use as target, d = use as draft, v = the pair's verdict", id="help")
+        yield Label("Models found locally: t = use as target, d = use as draft, v = the pair's verdict, n = tune the "
+                    "target without a draft file (n-gram lookup, its own MTP layers)", id="help")
         yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
         yield Static("", id="choice", markup=False)
         yield Footer()
@@ -158,6 +160,15 @@ class ModelsScreen(Screen):
             self.app.notify("pick a target (t) and a draft (d) first", severity="warning")
             return
         self.app.push_screen(VerdictScreen())
+
+    def action_alone(self) -> None:
+        s = self.app.session
+        if s.target is None:
+            self.app.notify("pick a target first (t)", severity="warning")
+            return
+        s.choose("draft", None)  # no draft file: the fix of an earlier pair goes with it
+        self.show_choice()
+        self.app.push_screen(ConfigScreen())
 
 
 class VerdictScreen(Screen):
@@ -255,9 +266,13 @@ class ConfigScreen(Screen):
               ("tokens", "tokens per prompt", "64"), ("repeats", "repetitions", "2")]
 
     def compose(self) -> ComposeResult:
+        s = self.app.session
+        alone = "mtp,ngram" if s.target is not None and s.target.info.draft_kind == "mtp" else "ngram"
         yield Header()
         with VerticalScroll():
             for key, label, default in self.FIELDS:
+                if key == "kinds" and s.draft is None:  # the target alone: what runs without a draft file
+                    default = alone
                 with Horizontal(classes="field"):
                     yield Label(f"{label:>36}  ")
                     field_input = Input(value=default, id=f"f_{key}")
@@ -288,6 +303,8 @@ class TuneScreen(Screen):
         self.cancel_event = threading.Event()
         self.points: list = []
         self.budget = 0
+        self.plan = None  # tune.setup.DevicePlan, once the core tune has made it
+        self.dialect = None
 
     def compose(self) -> ComposeResult:
         from textual_plotext import PlotextPlot
@@ -328,13 +345,14 @@ class TuneScreen(Screen):
     def core_tune(self):
         from ggufpair.engine.binary import find_llama_server
         from ggufpair.engine.config import ServerConfig
-        from ggufpair.engine.devices import describe, device_kind, devices
+        from ggufpair.engine.devices import describe, devices
         from ggufpair.engine.dialect import probe_dialect
         from ggufpair.engine.kinds import parse_kinds
         from ggufpair.state import state_dir
         from ggufpair.tune.prompts import builtin_prompts
         from ggufpair.tune.run import save_outputs
         from ggufpair.tune.search import TuneSpec, check_tune_values, context_that_fits, same_file, tune
+        from ggufpair.tune.setup import check_mtp_asked, mtp_offered, plan_devices
 
         s = self.app.session
         v = self.values
@@ -342,32 +360,44 @@ class TuneScreen(Screen):
         lengths = check_tune_values(tokens=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), margin=margin,
                                     ctx=int(v["ctx"]) if v["ctx"] else None, kv=v["kv"], draft_kv=v["draft_kv"],
                                     lengths=v["lengths"])
-        same_file(s.target.path, s.draft.path)
-        parse_kinds(v["kinds"] or "draft,ngram")
+        if s.draft is not None:
+            same_file(s.target.path, s.draft.path)
+        asked = parse_kinds(v["kinds"] or "draft,ngram")
+        check_mtp_asked(s.target.info, asked)
         binary = find_llama_server(self.app.llama_server)
         dialect = probe_dialect(binary.path)
         kinds = parse_kinds(v["kinds"] or "draft,ngram", dialect)
         draft = s.draft if "draft" in kinds else None  # the kinds asked for may leave the draft model out
-        devs = devices(binary.path)
-        budget = int(sum(d.free_bytes for d in devs) * (1 - margin))
-        kind = device_kind(devs)
+        mtp, note = mtp_offered(s.target.info, dialect, kinds)
+        if note:
+            self.post(self.app.notify, note, severity="warning")
+        ngram = tuple(k for k in kinds if k in dialect.ngram_kinds)
+        if draft is None and not mtp and not ngram:
+            raise UsageError(f"kinds {v['kinds']}: nothing to tune" + ("" if s.draft else " without a draft file"),
+                             hint="pick a draft (d), or ask for n-gram lookup (ngram)")
+        # per device where the build lists GPUs: each device's share checked, the placements measured
+        plan = plan_devices(devices(binary.path), margin, draft is not None or mtp)
+        self.plan, self.dialect = plan, dialect
         base = ServerConfig(target=s.target.path, draft=draft.path if draft else None, ctx=int(v["ctx"] or 4096),
                             overrides=s.overrides if draft else (), threads=self.app.threads)
+        if plan.placements:
+            base = plan.placements[0].apply(base)
         if not v["ctx"]:
-            base = base.with_(ctx=context_that_fits(s.target.info, draft.info if draft else None, base, budget, kind,
-                                                    dialect.fa_takes_value))
+            base = base.with_(ctx=context_that_fits(s.target.info, draft.info if draft else None, base, plan.budget,
+                                                    plan.kind, dialect.fa_takes_value))
         spec = TuneSpec(base=base, lengths=lengths, target_kv=tuple(v["kv"].split(",")),
                         draft_kv=tuple(v["draft_kv"].split(",")),
                         prompts=tuple(builtin_prompts(v["categories"].split(","), per_category=1)),
-                        n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=budget,
-                        device=kind, ngram_kinds=tuple(k for k in kinds if k in dialect.ngram_kinds))
-        self.post(self.set_plan, spec.planned_launches(with_draft=draft is not None), budget)
+                        n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=plan.budget,
+                        device=plan.kind, ngram_kinds=ngram, mtp=mtp, device_budgets=plan.budgets,
+                        placements=plan.placements)
+        self.post(self.set_plan, spec.planned_launches(with_draft=draft is not None or mtp), plan.budget)
         from ggufpair.engine.traffic import Sampling
         from ggufpair.tune.resume import TuneJournal, conditions
 
         # an interrupted tune of this pair under the same conditions: its points are reused (said), not re-run
         journal = TuneJournal.for_pair(s.target.path, [draft.path] if draft else [],
-                                       conditions(binary, kind, spec.prompts, spec.n_predict, spec.repeats, Sampling(),
+                                       conditions(binary, plan.kind, spec.prompts, spec.n_predict, spec.repeats, Sampling(),
                                                   base.ctx), resume=True)
         if journal.reusable:
             self.post(self.app.notify, f"resuming: {len(journal.reusable)} measured point(s) of an interrupted tune "
@@ -379,7 +409,8 @@ class TuneScreen(Screen):
             journal.finished()
         args = SimpleNamespace(tokens=spec.n_predict, categories=v["categories"], profile=None, script=None,
                                format="bash", host="127.0.0.1", port=8080)
-        return result, save_outputs(result, binary, dialect, describe(devs), args, "see the verdict screen")
+        return result, save_outputs(result, binary, dialect, describe(list(plan.devices)), args,
+                                    "see the verdict screen" if draft else "no draft model")
 
     def show_event(self, message: str) -> None:
         self.query_one("#status", Static).update(message)
@@ -419,14 +450,28 @@ class TuneScreen(Screen):
         widget.refresh()
 
     def draw_memory(self, point) -> None:
-        """The predicted memory of the configuration just measured, against the budget."""
+        """The predicted memory of the configuration just measured against the budget; with GPUs or RPC devices,
+        each device's share against its own budget, under the placement it ran with."""
         from ggufpair.engine.memory import estimate_pair
 
         s = self.app.session
         if not self.budget:
             return
         cfg = point.config
-        used = estimate_pair(s.target.info, s.draft.info if cfg.has_draft else None, cfg).total
+        draft = s.draft.info if s.draft is not None and cfg.draft is not None else None  # MTP: no file
+        fa = self.dialect.fa_takes_value if self.dialect is not None else True
+        est = estimate_pair(s.target.info, draft, cfg, self.plan.kind if self.plan else "cpu", fa)
+        budgets = self.plan.budgets if self.plan is not None else ()
+        if budgets:
+            from ggufpair.engine.placement import device_loads
+
+            loads = device_loads(s.target.info, draft, cfg, est, list(budgets), fa)
+            shares = [f"{b.name} {loads.get(b.name, 0) / 2**20:.0f}/{b.budget_bytes / 2**20:.0f}" for b in budgets]
+            placed = next((pl.name for pl in self.plan.placements if pl.apply(cfg) == cfg), None)
+            self.query_one("#memory", Static).update("memory MiB by device: " + ", ".join(shares)
+                                                     + (f"  ({placed})" if placed else ""))
+            return
+        used = est.total
         bar = "#" * int(min(used / self.budget, 1.0) * 40)
         self.query_one("#memory", Static).update(f"memory {used / 2**20:.0f} / {self.budget / 2**20:.0f} MiB  [{bar:<40}]")
 

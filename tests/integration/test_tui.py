@@ -234,3 +234,33 @@ def test_patching_the_file_asks_first_and_q_quits_the_verdict_screen(pair_dir):
             await pilot.pause()
         assert draft.read_bytes() == before and app.return_code in (0, None)
     asyncio.run(flow())
+
+
+def test_a_target_alone_is_tuned_with_its_own_mtp_layers(models_folder, llama_server):
+    """No draft file: `n` on the models screen tunes the target alone; a target carrying NextN layers is
+    offered its MTP layers (the kinds field says so), which run live through the real llama-server."""
+    from tests.ggufmake import random_model
+
+    random_model(models_folder / "tiny-mtp.gguf", "mtp")
+
+    async def flow():
+        app = _app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("n")  # no target yet: a warning, nothing pushed
+            await pilot.pause()
+            assert not isinstance(app.screen, ConfigScreen)
+            await pilot.press("t", "n")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfigScreen) and app.session.draft is None
+            assert app.screen.query_one("#f_kinds").value == "mtp,ngram"
+            for key, value in (("kinds", "mtp"), ("lengths", "2"), ("kv", "f16"), ("draft_kv", "f16"), ("categories", "chat"),
+                               ("tokens", "16"), ("repeats", "1"), ("ctx", "1024")):
+                app.screen.query_one(f"#f_{key}").value = value
+            await pilot.press("ctrl+s")
+            await _wait_for(pilot, lambda: isinstance(app.screen, ResultScreen), 300)
+            result = app.session.result
+            mtp = [p for p in result.points if p.config.spec_type == "draft-mtp"]
+            assert len(mtp) == 1 and mtp[0].ok and mtp[0].measurement.speculative, result.points
+            assert mtp[0].measurement.draft_tokens > 0 and mtp[0].config.draft is None  # no file: its own layers
+            assert app.session.outputs.profile.exists()
+    asyncio.run(flow())

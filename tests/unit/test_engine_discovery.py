@@ -103,3 +103,22 @@ def test_another_llama_cpp_tool_is_not_taken_for_llama_server(tool, capsys):
         pytest.skip(f"this build has no {tool}")
     assert main(["doctor", "--llama-server", str(other)]) == 5
     assert "is not llama-server" in capsys.readouterr().err
+
+
+def test_the_device_plan_budgets_each_listed_gpu_and_offers_its_placements():
+    """What both faces (CLI and TUI) give a tune from a device listing: a budget per device less the margin,
+    the placements for two GPUs (llama.cpp's split first), and on the host alone one budget and no placement."""
+    from ggufpair.tune.setup import plan_devices
+
+    devs = parse_list_devices(CUDA_LISTING)
+    plan = plan_devices(devs, 0.1, with_drafter=True)
+    assert [(b.name, b.budget_bytes, b.offload) for b in plan.budgets] == [
+        ("CUDA0", int(23452 * MIB * 0.9), True), ("CUDA1", int(47901 * MIB * 0.9), True)]
+    assert plan.kind == "gpu" and plan.budget == int((23452 + 47901) * MIB * 0.9)
+    assert [p.name for p in plan.placements] == ["target split over CUDA1, CUDA0, draft on CUDA1",
+                                                 "target on CUDA1, draft on CUDA0", "all on CUDA1"]
+    only = plan_devices(devs, 0.1, with_drafter=False, chosen=("CUDA0",))
+    assert [d.name for d in only.devices] == ["CUDA0"] and [p.name for p in only.placements] == ["all on CUDA0"]
+    assert plan_devices(devs, 0.1, True, rpc=True).placements == ()  # over RPC: placed by --rpc, not searched
+    host = plan_devices([Device("CPU", "host memory", 16 * 2**30, 8 * 2**30, "psutil")], 0.25, True)
+    assert host.kind == "cpu" and host.budgets == () and host.placements == () and host.budget == 6 * 2**30
