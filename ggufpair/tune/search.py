@@ -205,7 +205,9 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         fa = flash_attn_on(config, dialect.fa_takes_value)
         misfit = kv_type_misfit(target, config.cache_type_k, config.cache_type_v, flash_attn=fa) or (
             config_draft is not None
-            and kv_type_misfit(config_draft, config.draft_cache_type_k, config.draft_cache_type_v, "the draft", fa))
+            and kv_type_misfit(config_draft, config.draft_cache_type_k, config.draft_cache_type_v, "the draft", fa)) or (
+            config.fileless_drafter  # MTP: its draft context holds the target's own heads
+            and kv_type_misfit(target, config.draft_cache_type_k, config.draft_cache_type_v, "the MTP context", fa))
         if misfit:
             result.pruned.append((what, misfit))
             on_event(f"skipped {what}: {misfit}")

@@ -140,3 +140,17 @@ def test_an_mtp_profile_round_trips_and_its_script_loads_no_draft(tmp_path):
     script = launch_script(cfg, Binary(tmp_path / "llama-server", "flag"), NEW)
     assert "--spec-type draft-mtp" in script and "--spec-draft-n-max 2" in script
     assert "-md " not in script and "--spec-draft-model" not in script
+
+
+def test_an_mtp_context_kv_type_llama_cpp_refuses_for_the_targets_heads_is_never_launched(engine, tmp_path):
+    """MTP's draft context holds the target's own heads (16 wide here): a q4_0 cache (blocks of 32) is refused
+    by llama.cpp under flash attention, so that run is pruned with the reason, and f16 is measured."""
+    target = _mtp_target(tmp_path / "glm.gguf", heads=1)
+    info = read_model_info(target)
+    spec = TuneSpec(base=ServerConfig(target=target, ctx=1024, flash_attn="on"), lengths=(1, 2), target_kv=("f16",),
+                    draft_kv=("f16", "q4_0"), prompts=PROMPTS, mtp=True)
+    result = tune(None, NEW, spec, info, None, tmp_path)
+    mtp = [c for c in engine if c.fileless_drafter]
+    assert mtp and {c.draft_cache_type_k for c in mtp} == {"f16"}
+    assert any("the MTP context's K head size 16 is not a multiple of 32" in why for _, why in result.pruned), \
+        result.pruned
