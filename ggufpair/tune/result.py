@@ -307,14 +307,18 @@ def noise(*measurements) -> float:
 def simplicity(point: PointResult) -> tuple:
     """Among equally fast configurations, prefer no speculation, then an n-gram kind alone (no second model),
     then a draft, then both; then the less quantized KV caches (target first), then the shorter draft, then
-    llama.cpp's own default parameters of the n-gram kind."""
+    llama.cpp's own default parameters of the n-gram kind, then its shorter lookup drafts (a draft that misses
+    costs the verification of every token it proposed: the shorter one loses less where the traffic repeats
+    itself less than the tune's prompts did)."""
     c = point.config
     kind_rank = (0 if not c.speculates else 1 if not c.has_draft else 2 if c.ngram is None else 3)
     kind_rank += 0.5 * (c.has_draft and c.draft_sampling == "probabilistic")  # the build's default first
-    off_default = 0
+    off_default, lookup_length = 0, 0
     if c.ngram is not None:
         from ggufpair.engine.kinds import kind
 
-        off_default = sum(v != kind(c.ngram).param(n).default for n, v in c.ngram_params)
+        k = kind(c.ngram)
+        off_default = sum(v != k.param(n).default for n, v in c.ngram_params)
+        lookup_length = c.ngram_values[k.length.name] if k.length else (k.fixed_length or 0)
     return (kind_rank, KV_RANK.get(c.cache_type_k, 9), KV_RANK.get(c.draft_cache_type_k, 9) if c.has_draft else 0,
-            c.draft_max if c.has_draft else 0, off_default)
+            c.draft_max if c.has_draft else 0, off_default, lookup_length)

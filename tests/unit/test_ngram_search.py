@@ -169,3 +169,23 @@ def test_a_saved_n_gram_profile_reads_back_with_its_baselines_as_baselines(tmp_p
     assert [kind_of(p.config) for p in back.points] == ["none", "ngram-simple", "none"]
     assert back.recommended.config == lookup_cfg.with_(threads=back.recommended.config.threads)
     assert back.category_winners()["edit"][0].config.ngram == "ngram-simple"
+
+
+def test_of_lookup_runs_noise_cannot_tell_apart_the_shorter_drafts_are_recommended():
+    """Two ngram-simple lengths within the noise band of each other (and as far from llama.cpp's defaults):
+    the shorter one is recommended whichever was measured first or faster; one clearly faster still wins."""
+    base_cfg = ServerConfig(target=Path("t"))
+    base = PointResult(base_cfg, _measurement(base_cfg), None, 1.0)
+
+    def lookup(size_m: int, tps: float) -> PointResult:
+        cfg = base_cfg.with_ngram("ngram-simple", {"size_n": 4, "size_m": size_m})
+        m = _measurement(cfg)
+        return PointResult(cfg, Measurement(True, tps, (tps * 0.99, tps * 1.01), 400, 120, 90, 20, m.accept_by_position,
+                                            m.per_category, predicted_ms=m.predicted_ms, request_tps=m.request_tps),
+                           None, 1.0)
+
+    for order in ((16, 8), (8, 16)):
+        points = [base] + [lookup(n, 70.0 if n == 16 else 68.0) for n in order]
+        assert TuneResult(points=points).recommended.config.ngram_values["size_m"] == 8
+    clear = TuneResult(points=[base, lookup(16, 80.0), lookup(8, 68.0)])
+    assert clear.recommended.config.ngram_values["size_m"] == 16
