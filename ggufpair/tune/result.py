@@ -205,7 +205,9 @@ class TuneResult:
 
     def placement_of(self, config: ServerConfig):
         """The placement (of those considered) a configuration ran under, or None."""
-        return next((pl for pl in self.placements if pl.apply(config) == config), None)
+        from ggufpair.engine.placement import placement_of
+
+        return placement_of(self.placements, config)
 
     def drafter_table(self) -> list[dict]:
         """Each model drafter measured (fastest first; those that never ran with speculation live last): its
@@ -257,8 +259,18 @@ class TuneResult:
     @property
     def recommended(self) -> PointResult | None:
         """The simplest of the contenders: measured speeds that noise cannot tell apart do not decide, so two
-        tunes of the same pair agree unless a configuration moves across the noise band."""
-        return min(self.contenders, key=simplicity, default=None)
+        tunes of the same pair agree unless a configuration moves across the noise band. Of equally simple runs
+        of one n-gram kind (the same number of parameters off llama.cpp's defaults), the shorter lookup drafts:
+        a draft that misses costs the verification of every token it proposed, so the shorter one loses less
+        where the traffic repeats itself less than the tune's prompts did. (Across kinds the order measured
+        stays: no length compares a kind that keeps a table with one that keeps none.)"""
+        contenders = self.contenders
+        best = min(contenders, key=simplicity, default=None)
+        if best is None or best.config.ngram is None:
+            return best
+        same = [p for p in contenders if p.config.ngram == best.config.ngram and p.config.draft == best.config.draft
+                and simplicity(p) == simplicity(best)]
+        return min(same, key=lambda p: lookup_length(p.config))
 
     @property
     def draft_pays_off(self) -> bool:
@@ -307,18 +319,25 @@ def noise(*measurements) -> float:
 def simplicity(point: PointResult) -> tuple:
     """Among equally fast configurations, prefer no speculation, then an n-gram kind alone (no second model),
     then a draft, then both; then the less quantized KV caches (target first), then the shorter draft, then
-    llama.cpp's own default parameters of the n-gram kind, then its shorter lookup drafts (a draft that misses
-    costs the verification of every token it proposed: the shorter one loses less where the traffic repeats
-    itself less than the tune's prompts did)."""
+    llama.cpp's own default parameters of the n-gram kind."""
     c = point.config
     kind_rank = (0 if not c.speculates else 1 if not c.has_draft else 2 if c.ngram is None else 3)
     kind_rank += 0.5 * (c.has_draft and c.draft_sampling == "probabilistic")  # the build's default first
-    off_default, lookup_length = 0, 0
+    off_default = 0
     if c.ngram is not None:
         from ggufpair.engine.kinds import kind
 
-        k = kind(c.ngram)
-        off_default = sum(v != k.param(n).default for n, v in c.ngram_params)
-        lookup_length = c.ngram_values[k.length.name] if k.length else (k.fixed_length or 0)
+        off_default = sum(v != kind(c.ngram).param(n).default for n, v in c.ngram_params)
     return (kind_rank, KV_RANK.get(c.cache_type_k, 9), KV_RANK.get(c.draft_cache_type_k, 9) if c.has_draft else 0,
-            c.draft_max if c.has_draft else 0, off_default, lookup_length)
+            c.draft_max if c.has_draft else 0, off_default)
+
+
+def lookup_length(config: ServerConfig) -> int:
+    """The most tokens an n-gram kind drafts at a lookup under `config` (its length parameter, or its fixed
+    length); 0 without one."""
+    from ggufpair.engine.kinds import kind
+
+    if config.ngram is None:
+        return 0
+    k = kind(config.ngram)
+    return config.ngram_values[k.length.name] if k.length else (k.fixed_length or 0)
