@@ -48,6 +48,17 @@ class Placement:
                             draft_gpu_layers=0 if self.draft_on_host and config.draft is not None else config.draft_gpu_layers)
 
 
+def placement_of(placements, config) -> Placement | None:
+    """The placement (of `placements`) `config` ran under, or None. A run without a draft file matches every
+    placement that differs only in where a draft would go: one that keeps the draft with the target (or says
+    nothing of it) is taken, else the first, so that no run is said to have put a draft where it had none."""
+    matching = [pl for pl in placements if pl.apply(config) == config]
+    if config.draft is None:
+        return next((pl for pl in matching if not pl.draft_on_host and pl.draft_device in (None, *pl.devices)),
+                    matching[0] if matching else None)
+    return matching[0] if matching else None
+
+
 def placement_key(config) -> tuple:
     """What tells two configurations' placements apart (a baseline pairs only with runs placed as it is)."""
     return (config.devices, config.tensor_split, config.rpc)

@@ -391,7 +391,7 @@ class TuneScreen(Screen):
                         n_predict=int(v["tokens"] or 64), repeats=int(v["repeats"] or 2), budget_bytes=plan.budget,
                         device=plan.kind, ngram_kinds=ngram, mtp=mtp, device_budgets=plan.budgets,
                         placements=plan.placements)
-        self.post(self.set_plan, spec.planned_launches(with_draft=draft is not None or mtp), plan.budget)
+        self.post(self.set_plan, spec.planned_launches(with_draft=draft is not None), plan.budget)  # (MTP: spec.mtp)
         from ggufpair.engine.traffic import Sampling
         from ggufpair.tune.resume import TuneJournal, conditions
 
@@ -467,7 +467,9 @@ class TuneScreen(Screen):
 
             loads = device_loads(s.target.info, draft, cfg, est, list(budgets), fa)
             shares = [f"{b.name} {loads.get(b.name, 0) / 2**20:.0f}/{b.budget_bytes / 2**20:.0f}" for b in budgets]
-            placed = next((pl.name for pl in self.plan.placements if pl.apply(cfg) == cfg), None)
+            from ggufpair.engine.placement import placement_of
+
+            placed = getattr(placement_of(self.plan.placements, cfg), "name", None)
             self.query_one("#memory", Static).update("memory MiB by device: " + ", ".join(shares)
                                                      + (f"  ({placed})" if placed else ""))
             return

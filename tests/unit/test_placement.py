@@ -192,3 +192,17 @@ def test_the_pipeline_terms_read_auto_flash_attention_as_the_build_does(pair):
     new = device_loads(t, None, auto, estimate_pair(t, None, auto, "cuda", True), budgets, fa_takes_value=True)
     on = device_loads(t, None, cfg.with_(flash_attn="on"), estimate_pair(t, None, auto, "cuda", True), budgets)
     assert old == off and new == on and old["CUDA1"] > new["CUDA1"]  # F32 masks against F16 ones
+
+
+def test_a_run_without_a_draft_is_not_said_to_have_placed_one():
+    """Two GPUs: "all on CUDA1" and "target on CUDA1, draft on CUDA0" place the target alike, so a baseline
+    (or an n-gram run) matches both; it is named by the placement that puts no draft anywhere."""
+    from ggufpair.engine.placement import placement_of
+
+    budgets = [DeviceBudget("CUDA0", 8 * 2**30, True), DeviceBudget("CUDA1", 16 * 2**30, True)]
+    placed = placements(budgets, with_draft=True)
+    alone = placed[1].apply(ServerConfig(Path("t.gguf"), None, ctx=1024))
+    assert placed[1].name == "target on CUDA1, draft on CUDA0" and placed[1].apply(alone) == alone
+    assert placement_of(placed, alone).name == "all on CUDA1"
+    with_draft = placed[1].apply(ServerConfig(Path("t.gguf"), Path("d.gguf"), ctx=1024))
+    assert placement_of(placed, with_draft).name == "target on CUDA1, draft on CUDA0"
