@@ -65,7 +65,7 @@ def _draft_stage(spec: TuneSpec, base: ServerConfig, lengths: list[int], name: s
             why = (f"even with every drafted token accepted it would reach at most {ceiling:.1f} tok/s (n_max "
                    f"{ceiling_n}), below {lead.label} at {lead.measurement.tokens_per_second:.1f}: its other "
                    "lengths and p_min cannot win and were not measured")
-            who = name or f"{base.drafter_name} (draft), "  # alone, its runs are labelled by KV only: named here
+            who = name or f"{base.drafter_name}: "  # alone, its runs are labelled by KV only: named here as if several
             result.pruned.append((f"{who}KV {tkv}/{dkv}", why))
             on_event(f"  {who}KV {tkv}/{dkv}: {why}")
             hopeless.add((tkv, dkv))

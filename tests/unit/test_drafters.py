@@ -125,7 +125,7 @@ def test_a_drafter_that_cannot_reach_the_lead_even_accepting_everything_is_not_s
     drafted = [c for c in launched if c.has_draft]
     assert sorted(c.draft_max for c in drafted) == [4, 8] and not any(c.p_min for c in drafted)
     assert launched.index(drafted[0]) > min(i for i, c in enumerate(launched) if c.ngram is not None)
-    why = dict(result.pruned)["d.gguf (draft), KV f16/f16"]  # named, though the only drafter
+    why = dict(result.pruned)["d.gguf: KV f16/f16"]  # named, though the only drafter
     assert "at most 45.0 tok/s (n_max 8)" in why and "at 100.0" in why
     assert result.recommended.config.ngram == "ngram-simple"
     # the bound itself: the runs' measured step costs, n + 1 tokens a step
