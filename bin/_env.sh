@@ -91,7 +91,7 @@ ensure_env() {
   if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  echo "ggufpair: setting up $venv (a first run builds llama.cpp from source: about 10-15 minutes on 2 cores)" >&2
+  echo "ggufpair: setting up $venv (a first run builds llama.cpp from source: about 25 minutes on 2 cores)" >&2
   local py="${PYTHON:-}"
   if [ -z "$py" ]; then
     for candidate in python3.13 python3.12 python3.11 python3; do
