@@ -463,12 +463,10 @@ class TuneScreen(Screen):
         est = estimate_pair(s.target.info, draft, cfg, self.plan.kind if self.plan else "cpu", fa)
         budgets = self.plan.budgets if self.plan is not None else ()
         if budgets:
-            from ggufpair.engine.placement import device_loads
+            from ggufpair.engine.placement import device_loads, placement_of
 
             loads = device_loads(s.target.info, draft, cfg, est, list(budgets), fa)
             shares = [f"{b.name} {loads.get(b.name, 0) / 2**20:.0f}/{b.budget_bytes / 2**20:.0f}" for b in budgets]
-            from ggufpair.engine.placement import placement_of
-
             placed = getattr(placement_of(self.plan.placements, cfg), "name", None)
             self.query_one("#memory", Static).update("memory MiB by device: " + ", ".join(shares)
                                                      + (f"  ({placed})" if placed else ""))
@@ -500,14 +498,13 @@ class TuneScreen(Screen):
 def curve_of(config) -> tuple[str, int]:
     """The chart's curve for a configuration and its x: a draft by its KV types and length; an n-gram kind by
     the most tokens it drafts (the kind's length parameter, held at the other parameters' best)."""
-    from ggufpair.engine.kinds import kind
+    from ggufpair.tune.result import lookup_length
 
     if config.ngram is None:
         return f"draft {config.cache_type_k}+{config.draft_cache_type_k}", config.draft_max
-    k = kind(config.ngram)
     if config.has_draft:
-        return f"{k.name}+draft", config.draft_max
-    return k.name, config.ngram_values[k.length.name] if k.length else (k.fixed_length or 0)
+        return f"{config.ngram}+draft", config.draft_max
+    return config.ngram, lookup_length(config)
 
 
 class ResultScreen(Screen):
