@@ -46,6 +46,7 @@ class ServerProcess:
         self.host = host
         self.port = port or free_port(host)
         self.args = [str(self.binary), *map(str, args), "--host", host, "--port", str(self.port)]
+        self.owns_log = log_path is None  # a temporary log of its own, removed by `discard_log`
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
         self.ready_timeout = ready_timeout
         self.grace = grace
@@ -123,14 +124,21 @@ class ServerProcess:
             proc.kill()
             return proc.wait()
 
+    def discard_log(self) -> None:
+        """Remove the temporary log made for a caller that gave no log path (a log it named stays)."""
+        if self.owns_log:
+            self.log_path.unlink(missing_ok=True)
+
     def __enter__(self) -> "ServerProcess":
         self.start()
         try:
             self.wait_ready()
         except BaseException:
             self.stop()
+            self.discard_log()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        self.discard_log()

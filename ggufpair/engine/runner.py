@@ -189,10 +189,15 @@ class LlamaServer:
         self.process.stop()
 
     def __enter__(self) -> "LlamaServer":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # its error has quoted the log's lines already
+            self.process.discard_log()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        self.process.discard_log()
 
     def log_text(self) -> str:
         return self.process.log_text()

@@ -257,6 +257,8 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         threshold = spec.early_stop * best_tps(config.parallel)
         stop = (lambda tps: tps < threshold) if allow_early_stop and threshold > 0 else None
         tag = draft_tag(config.drafter) if (spec.more_drafts or spec.mtp) and config.has_draft else ""
+        if any(p.config == config for p in result.points):  # the baseline again: its own log, the first one kept
+            tag = "-".join(filter(None, ("again", tag)))
         point = run_point(binary, dialect, config, prompts, n_predict=spec.n_predict, repeats=spec.repeats,
                           log_dir=log_dir, on_event=on_event, stop_early=stop, cancel=cancel, sampling=spec.sampling,
                           log_tag=tag)

@@ -71,6 +71,26 @@ def test_incompatible_draft_is_reported_as_speculation_off(gemma_q4, model_copy,
     assert any("failed to initialize speculative decoding context" in line for line in err.value.log_lines)
 
 
+def test_a_server_given_no_log_path_leaves_no_log_behind(gemma_q4, model_copy, llama_server, dialect, tmp_path,
+                                                         monkeypatch):
+    """The tune's memory measure and the benches give no log path: the temporary log goes with the server,
+    whether it served or refused to start (its error has quoted the lines already)."""
+    import tempfile
+
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(logs))
+    with LlamaServer(llama_server, _config(gemma_q4), dialect=dialect) as server:
+        assert server.process.log_path.parent == logs and "listening" in server.log_text()
+    draft = model_copy(gemma_q4, "runner-no-log-bad-bos.gguf")
+    set_scalar(draft, "tokenizer.ggml.add_bos_token", False)
+    with pytest.raises(SpeculationOffError) as err:
+        with LlamaServer(llama_server, _config(gemma_q4, draft), dialect=dialect):
+            pass
+    assert err.value.log_lines
+    assert list(logs.iterdir()) == []
+
+
 def test_a_context_that_cannot_be_allocated_is_an_oom(gemma_q4, llama_server, dialect, tmp_path):
     """A context far beyond memory. The server runs under an address-space limit, so its allocation fails
     inside llama.cpp (as a GPU's cudaMalloc would) instead of the kernel's OOM killer picking a process on
