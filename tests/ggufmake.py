@@ -104,9 +104,9 @@ def tiny_model(path: Path, tokenizer: str = "llama", n_tokens: int = 300, tokens
 
 
 # Whole tiny models with random weights that the real llama-server loads and runs: a llama target, the same
-# target carrying one NextN (MTP) block (llama.cpp runs MTP for `glm4moe`, whose MTP block is an MoE layer), and
-# an EAGLE-3 head for the llama target. Shapes are ggml's (ne0 first), as `create_tensor` in the pinned
-# llama.cpp's src/models/{llama,glm4-moe,eagle3}.cpp asks for them.
+# target carrying one NextN (MTP) block (llama.cpp runs MTP for `glm4moe`, whose MTP block is an MoE layer), an
+# EAGLE-3 head for the llama target, and DFlash and DSpark drafters for it. Shapes are ggml's (ne0 first), as
+# `create_tensor` in the pinned llama.cpp's src/models/{llama,glm4-moe,eagle3,dflash}.cpp asks for them.
 
 def _attn(i: int, n_embd: int, n_q: int, n_kv: int, n_in: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
     n_in = n_in or n_embd
@@ -121,13 +121,16 @@ def _ffn(i: int, n_embd: int, n_ff: int, suffix: str = "") -> list[tuple[str, tu
 
 def random_model(path: Path, kind: str = "llama", *, n_layers: int = 4, n_embd: int = 64, n_head: int = 4,
                  n_head_kv: int = 2, n_tokens: int = 300, seed: int = 0, target_layers: tuple[int, ...] = (1, 2, 3),
-                 target_hidden: int | None = None, name: str | None = None) -> Path:
-    """`kind`: "llama" (a plain target), "mtp" (a glm4moe target whose last block is a NextN/MTP block) or
-    "eagle3" (a one-layer EAGLE-3 head reading `target_layers` of a target of hidden size `target_hidden`)."""
-    arch = {"llama": "llama", "mtp": "glm4moe", "eagle3": "eagle3"}[kind]
+                 target_hidden: int | None = None, name: str | None = None, block_size: int | None = None,
+                 sample_from_anchor: bool | None = None) -> Path:
+    """`kind`: "llama" (a plain target), "mtp" (a glm4moe target whose last block is a NextN/MTP block),
+    "eagle3" (a one-layer EAGLE-3 head reading `target_layers` of a target of hidden size `target_hidden`), or
+    "dflash"/"dspark" (a one-layer DFlash drafter reading `target_layers` of a target of hidden size `n_embd`,
+    denoising blocks of `block_size` (llama.cpp's 16 when None); "dspark" adds the Markov head)."""
+    arch = {"llama": "llama", "mtp": "glm4moe", "eagle3": "eagle3", "dflash": "dflash", "dspark": "dflash"}[kind]
     n_ff, head = n_embd * 2, n_embd // n_head
     n_q, n_kv = n_head * head, n_head_kv * head
-    blocks = 1 if kind == "eagle3" else n_layers + (kind == "mtp")
+    blocks = 1 if kind in ("eagle3", "dflash", "dspark") else n_layers + (kind == "mtp")
     kv = {**model_kv(blocks, n_embd, n_head, n_head_kv, arch=arch, name=name or f"tiny-{kind}"),
           **vocab_kv("llama", n_tokens)}
     tensors: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (n_embd, n_tokens)),
@@ -157,6 +160,21 @@ def random_model(path: Path, kind: str = "llama", *, n_layers: int = 4, n_embd: 
                             *_ffn(i, n_embd, n_ff, "_shexp"),
                             (f"blk.{i}.nextn.eh_proj.weight", (2 * n_embd, n_embd)),
                             (f"blk.{i}.nextn.enorm.weight", (n_embd,)), (f"blk.{i}.nextn.hnorm.weight", (n_embd,))]
+    elif kind in ("dflash", "dspark"):  # src/models/dflash.cpp, load_arch_tensors (no DFlash2 selector, no DSV4)
+        kv.update({f"{arch}.target_layers": (T.ARRAY, list(target_layers), T.INT32),
+                   "tokenizer.ggml.mask_token_id": (T.UINT32, 3)})  # the masked positions' token (llama_vocab_mask)
+        if block_size is not None:
+            kv[f"{arch}.block_size"] = (T.UINT32, block_size)
+        if sample_from_anchor is not None:
+            kv[f"{arch}.sample_from_anchor"] = (T.BOOL, sample_from_anchor)
+        tensors += [("fc.weight", (len(target_layers) * n_embd, n_embd)), ("enc.output_norm.weight", (n_embd,)),
+                    ("blk.0.attn_norm.weight", (n_embd,)), *_attn(0, n_embd, n_q, n_kv),
+                    ("blk.0.attn_q_norm.weight", (head,)), ("blk.0.attn_k_norm.weight", (head,)),
+                    ("blk.0.ffn_norm.weight", (n_embd,)), *_ffn(0, n_embd, n_ff)]
+        if kind == "dspark":
+            rank = 8
+            tensors += [("markov_w1.weight", (rank, n_tokens)), ("markov_w2.weight", (rank, n_tokens)),
+                        ("conf_proj.weight", (n_embd + rank, 1))]
     else:
         hidden = target_hidden or n_embd
         kv.update({f"{arch}.target_layers": (T.ARRAY, list(target_layers), T.INT32),

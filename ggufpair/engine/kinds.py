@@ -201,13 +201,17 @@ class Drafter:
     needs_file: bool  # False: it runs on layers the target file itself carries (-md is not given)
     vocab_checked: bool  # llama.cpp compares the two vocabularies (common_speculative_are_compatible)
     summary: str
+    cap_reason: str = ""  # why llama.cpp caps its drafts (`length_cap`), as the tune says it
 
-    def length_cap(self, target) -> int | None:
-        """The longest draft llama.cpp lets it make for `target` (a ModelInfo), or None for no cap: chained
-        MTP heads draft one token each (`n_max = min(n_max, n_mtp_layers)` when there is more than one head;
-        a single head is run again for each drafted token)."""
+    def length_cap(self, target, draft=None) -> int | None:
+        """The longest draft llama.cpp lets it make for `target` with the file `draft` (ModelInfos), or None for
+        no cap: chained MTP heads draft one token each (`n_max = min(n_max, n_mtp_layers)` when there is more
+        than one head; a single head is run again for each drafted token); a DFlash or DSpark draft drafts one
+        block at most (`ModelInfo.max_draft`)."""
         if self.spec_type == "draft-mtp" and getattr(target, "n_nextn", 0) > 1:
             return target.n_nextn
+        if self.file_kind in ("dflash", "dspark") and draft is not None:
+            return getattr(draft, "max_draft", None)
         return None
 
     def name(self, path=None) -> str:
@@ -220,9 +224,12 @@ DRAFTERS: dict[str, Drafter] = {d.spec_type: d for d in (
     Drafter("draft-eagle3", "eagle3", True, False,
             "an EAGLE-3 head: one decoder layer reading three of the target's hidden states"),
     Drafter("draft-mtp", "mtp", False, False,
-            "the target's own NextN (multi-token prediction) layers, on the target's weights: no draft file"),
-    Drafter("draft-dflash", "dflash", True, False, "a DFlash block-diffusion drafter reading several target layers"),
-    Drafter("draft-dspark", "dspark", True, False, "a DSpark drafter (DFlash with a Markov head)"),
+            "the target's own NextN (multi-token prediction) layers, on the target's weights: no draft file",
+            "one per chained head"),
+    Drafter("draft-dflash", "dflash", True, False, "a DFlash block-diffusion drafter reading several target layers",
+            "one block of the draft file (dflash.block_size) less its anchor token"),
+    Drafter("draft-dspark", "dspark", True, False, "a DSpark drafter (DFlash with a Markov head)",
+            "one block of the draft file (dflash.block_size), less its anchor token unless it samples from it"),
 )}
 
 

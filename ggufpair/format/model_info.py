@@ -56,6 +56,7 @@ class ModelInfo:
     draft_kind: str | None  # "eagle3", "mtp" (NextN layers), "dflash" or "dspark", for special drafts
     header: GGUFHeader
     n_nextn: int = 0  # NextN (MTP) blocks at the end of the block count ({arch}.nextn_predict_layers)
+    max_draft: int | None = None  # the longest draft llama.cpp lets this file make (DFlash/DSpark: its block)
 
     @property
     def has_chat_template(self) -> bool:
@@ -155,6 +156,7 @@ def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None
         draft_kind=_draft_kind(header, arch, n_layers, tensors),
         header=header,
         n_nextn=_int(header, arch_key("{arch}.nextn_predict_layers")) or 0,
+        max_draft=_block_draft(header, tensors) if arch == DFLASH_ARCH else None,
     )
 
 
@@ -209,12 +211,27 @@ def _quant_name(file_type: int | None, tensors) -> str:
     return by_type.most_common(1)[0][0] if by_type else "unknown"
 
 
+DFLASH_ARCH = "dflash"
+"""DFlash and DSpark drafts share the architecture; the Markov head (`markov_w1.weight`) makes a DSpark one, as
+llama.cpp tells them apart (common/speculative.cpp, common_speculative_types_from_gguf, N2351-2385)."""
+
+
 def _draft_kind(header: GGUFHeader, arch: str | None, n_layers: int | None, tensors) -> str | None:
     if arch == EAGLE3_ARCH:
         return "eagle3"
-    for kind in ("dspark", "dflash"):
-        if arch and arch.startswith(kind) or any(k.startswith(kind + ".") for k in header.kv):
-            return kind
+    if arch == DFLASH_ARCH:
+        return "dspark" if any(t.name == "markov_w1.weight" for t in tensors) else "dflash"
     if n_layers and any(t.name == f"blk.{n_layers - 1}.nextn.eh_proj.weight" for t in tensors):
         return "mtp"
     return None
+
+
+def _block_draft(header: GGUFHeader, tensors) -> int:
+    """A DFlash draft denoises one block of `dflash.block_size` positions (16 when the key is absent), the first
+    of which is the last accepted token: llama.cpp clamps --spec-draft-n-max to the block less one, or to the
+    whole block for a DSpark draft that samples from its anchor, as it does unless `dflash.sample_from_anchor`
+    says false (common/speculative.cpp, the DFlash drafter: its members N1010, its constructor N1039-1082)."""
+    block = _int(header, "dflash.block_size") or 16
+    anchor = header.kv.get("dflash.sample_from_anchor")
+    dspark = any(t.name == "markov_w1.weight" for t in tensors)
+    return block if dspark and (anchor is None or anchor.value is True) else block - 1

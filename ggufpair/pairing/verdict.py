@@ -399,13 +399,40 @@ def _special_draft_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding
                             n_target, max(ids), llama_reports=True)]
         return [Finding("eagle3", Severity.INFO, msg)]
     if draft.draft_kind in ("dflash", "dspark"):
-        return [Finding(draft.draft_kind, Severity.INFO, f"the draft is a {draft.draft_kind.upper()} draft: it needs "
-                        f"`--spec-type draft-{draft.draft_kind}` (ggufpair passes it), reads the target's hidden "
-                        "states, and llama.cpp does not run the vocabulary checks for it")]
+        return _dflash_findings(target, draft)
     if draft.draft_kind == "mtp":
         return [Finding("mtp", Severity.INFO, "the draft has NextN (MTP) layers: llama.cpp switches to draft-mtp "
                         "when no --spec-type is given; ggufpair passes --spec-type explicitly")]
     return []
+
+
+def _dflash_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
+    """A DFlash or DSpark draft reads the inputs of `dflash.target_layers` of the target, each of the target's
+    hidden size, through its `fc` layer sized for its own hidden size. What the pinned llama-server does when
+    they do not fit was seen here with generated drafts: a missing key is refused at load (src/models/dflash.cpp);
+    a layer past the target's last aborts at start-up (llama-context.cpp:1242, GGML_ASSERT(lid <= n_layer)); the
+    target's own layer count, or another hidden size, starts with speculation on and dies on the first request
+    (llama-graph.cpp:1413 "layer input tensor is null"; common.cpp:2225 "get_sub_batch: failed to add
+    embedding")."""
+    kind = draft.draft_kind
+    msg = (f"the draft is a {kind.upper()} draft: it needs `--spec-type draft-{kind}` (ggufpair passes it), reads "
+           "the target's hidden states, and llama.cpp does not run the vocabulary checks for it")
+    layers = draft.header.get("dflash.target_layers")
+    ids = list(layers.items()) if hasattr(layers, "items") else list(layers) if isinstance(layers, (list, tuple)) else None
+    if not ids:
+        return [Finding("dflash_layers", Severity.BLOCKER, msg + "; but it names no target layers (dflash.target_layers): "
+                        "llama.cpp refuses to load it", ("dflash.target_layers",), None, None, llama_reports=True)]
+    if target.n_embd and draft.n_embd and draft.n_embd != target.n_embd:
+        return [Finding("dflash_target", Severity.BLOCKER, msg + f"; but its hidden size is {draft.n_embd}, and the "
+                        f"target's is {target.n_embd}: llama-server starts with speculation on and dies on the first "
+                        "request", ("dflash.embedding_length",), target.n_embd, draft.n_embd, llama_reports=True)]
+    n_target = (target.n_layers or 0) - target.n_nextn
+    if target.n_layers and max(ids) >= n_target:
+        when = "aborts at start-up" if max(ids) > n_target else "starts, then dies on the first request"
+        return [Finding("dflash_layers", Severity.BLOCKER, msg + f"; but it reads the input of target layer {max(ids)}, "
+                        f"and the target's layers are 0-{n_target - 1} (llama-server {when})", ("dflash.target_layers",),
+                        n_target - 1, max(ids), llama_reports=True)]
+    return [Finding(kind, Severity.INFO, msg)]
 
 
 def _family(arch: str | None) -> str:
@@ -424,7 +451,7 @@ def _advisory_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
             target_value=target.weight_bytes, draft_value=draft.weight_bytes,
             message=f"the draft's weights are {draft.weight_bytes / target.weight_bytes:.0%} of the target's; a draft "
                     "pays off when each of its steps costs much less than the target's (usually under 10-20%)"))
-    if target.architecture != draft.architecture:
+    if target.architecture != draft.architecture and draft.draft_kind not in VOCAB_UNCHECKED_KINDS:  # a head's own
         same_family = _family(target.architecture) == _family(draft.architecture)
         out.append(Finding(
             "architecture", Severity.INFO if same_family else Severity.WARNING, keys=("general.architecture",),

@@ -285,10 +285,10 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
     choices = ([DraftChoice(draft, spec.base.overrides, spec.base.spec_type)] if draft is not None else [])
     choices += [*spec.more_drafts, *([DraftChoice.mtp(target)] if spec.mtp else [])]
     for choice in choices:
-        cap = choice.kind.length_cap(target)
+        cap = choice.kind.length_cap(target, choice.info)
         mine = [n for n in lengths if cap is None or n <= cap] or [cap]  # empty only under a cap
         if mine != lengths:
-            on_event(f"{choice.name}: llama.cpp caps its drafts at {cap} token(s) (one per chained head): "
+            on_event(f"{choice.name}: llama.cpp caps its drafts at {cap} token(s) ({choice.kind.cap_reason}): "
                      f"lengths {', '.join(map(str, mine))}")
         _draft_stage(spec, spec.base.with_(draft=choice.file, overrides=choice.overrides, spec_type=choice.kind.spec_type),
                      mine, choice_name(choice, choices), result, run, fits, on_event, dialect)

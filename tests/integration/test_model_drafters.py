@@ -1,6 +1,6 @@
 """Model drafters no PyPI package ships, made here with random weights (`tests/ggufmake.random_model`) and run by
 the real llama-server: a target carrying one NextN (MTP) block, tuned with its own MTP layers beside a draft
-file, and an EAGLE-3 head for a llama target. Random weights draft badly (acceptance near zero); what these
+file, an EAGLE-3 head for a llama target, and DFlash and DSpark drafts for it. Random weights draft badly (acceptance near zero); what these
 tests prove is that each drafter starts with speculation live, drafts on the timed requests, is measured and
 ranked, and lands in the profile and launch script with its own --spec-type."""
 
@@ -89,6 +89,30 @@ def test_eagle3_head_is_run_by_its_own_spec_type_and_measured(tmp_path, llama_se
     logs = [p for p in state_dir("logs").rglob("*.log") if "draft" in p.name]
     assert len(logs) == 2 and all("loading draft model" in p.read_text() and "tiny-eagle3.gguf" in p.read_text()
                                   for p in logs)
+
+
+def test_dflash_and_dspark_drafts_are_run_by_their_own_spec_types_within_their_blocks(tmp_path, llama_server, capsys):
+    """Both share llama.cpp's `dflash` architecture; the Markov head makes the DSpark one. With blocks of 4, llama.cpp
+    lets DFlash draft 3 tokens (the block less its anchor) and DSpark 4 (it samples from the anchor): the tune
+    measures no length llama.cpp would clamp."""
+    target = random_model(tmp_path / "tiny-target.gguf", "llama", n_layers=4)
+    dflash = random_model(tmp_path / "tiny-dflash.gguf", "dflash", target_layers=(1, 2, 3), block_size=4, seed=3)
+    dspark = random_model(tmp_path / "tiny-dspark.gguf", "dspark", target_layers=(1, 2, 3), block_size=4, seed=4)
+    code = main(["tune", "--target", str(target), "--draft", str(dflash), "--draft", str(dspark), "--kinds", "draft",
+                 "--lengths", "2,4", *SHORT])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    flat = " ".join(out.split())
+    assert "tiny-dflash.gguf: llama.cpp caps its drafts at 3 token(s)" in flat, flat
+    points = [p for p in _profile()["measurements"]["points"] if p.get("draft_max")]
+    by_type = {t: sorted(p["draft_max"] for p in points if p["spec_type"] == t) for t in ("draft-dflash", "draft-dspark")}
+    assert by_type == {"draft-dflash": [2], "draft-dspark": [2, 4]}, points
+    for p in points:
+        assert p["speculative"] and p["draft_tokens"] > 0, p
+        assert p["draft"] == str(dflash if p["spec_type"] == "draft-dflash" else dspark)
+    logs = {p.name: p.read_text() for p in state_dir("logs").rglob("*.log") if "draft" in p.name}
+    assert len(logs) == 3 and all("adding speculative implementation 'draft-d" in t for t in logs.values()), list(logs)
+    assert not any("clamping" in t for t in logs.values())  # no length llama.cpp would have cut
 
 
 def test_mtp_context_memory_estimate_matches_llama_cpp(tmp_path, llama_server, dialect):

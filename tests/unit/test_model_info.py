@@ -37,9 +37,20 @@ def test_special_drafts_are_recognised(tmp_path):
     mtp = read_model_info(write_gguf(tmp_path / "m.gguf", {**model_kv(n_layers=2), **vocab_kv()},
                                      [("token_embd.weight", (8, 4)), ("blk.1.nextn.eh_proj.weight", (8, 8))]))
     assert mtp.draft_kind == "mtp"
-    for kind in ("dflash", "dspark"):
-        info = read_model_info(write_gguf(tmp_path / f"{kind}.gguf", {**model_kv(arch=kind), **vocab_kv()}))
-        assert info.draft_kind == kind
+    # DFlash and DSpark share llama.cpp's `dflash` architecture; the Markov head makes a DSpark draft
+    # (common_speculative_types_from_gguf). Their longest draft is one block less its anchor token, or the whole
+    # block for a DSpark draft sampling from its anchor (the default), as llama.cpp clamps --spec-draft-n-max.
+    head = [("token_embd.weight", (8, 4)), ("markov_w1.weight", (8, 300))]
+    cases = [("dflash", {}, None, "dflash", 15), ("dflash-4", {"dflash.block_size": (T.UINT32, 4)}, None, "dflash", 3),
+             ("dspark", {}, head, "dspark", 16),
+             ("dspark-4-no-anchor", {"dflash.block_size": (T.UINT32, 4), "dflash.sample_from_anchor": (T.BOOL, False)},
+              head, "dspark", 3)]
+    for name, kv, tensors, kind, longest in cases:
+        info = read_model_info(write_gguf(tmp_path / f"{name}.gguf", {**model_kv(arch="dflash"), **vocab_kv(), **kv},
+                                          tensors))
+        assert (info.draft_kind, info.max_draft) == (kind, longest), name
+    # an architecture llama.cpp does not have is no special draft
+    assert read_model_info(write_gguf(tmp_path / "x.gguf", {**model_kv(arch="dspark"), **vocab_kv()})).draft_kind is None
 
 
 def test_quant_falls_back_to_dominant_tensor_type(tmp_path):

@@ -120,6 +120,13 @@ def test_bad_override_is_a_usage_error(bad):
         parse_override(bad)
 
 
+SPECIAL_ARCH = {"eagle3": "eagle3", "dflash": "dflash", "dspark": "dflash"}  # llama.cpp has no dspark architecture
+SPECIAL_KV = {"eagle3": {}, "dflash": {"dflash.target_layers": (T.ARRAY, [0, 1], T.INT32)},
+              "dspark": {"dflash.target_layers": (T.ARRAY, [0, 1], T.INT32)}}
+SPECIAL_TENSORS = {"eagle3": None, "dflash": None,  # DSpark: the Markov head makes one (speculative.cpp N2378)
+                   "dspark": [("token_embd.weight", (8, 4)), ("markov_w1.weight", (8, 300))]}
+
+
 @pytest.mark.parametrize("kind", ["eagle3", "dflash", "dspark"])
 def test_drafts_llama_cpp_runs_without_the_vocab_checks_get_none(kind, tmp_path):
     """Only draft-simple calls common_speculative_are_compatible: an EAGLE-3/DFlash/DSpark draft with a reduced
@@ -130,11 +137,42 @@ def test_drafts_llama_cpp_runs_without_the_vocab_checks_get_none(kind, tmp_path)
     target = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv(n_tokens=1000)})
     small_vocab = {**vocab_kv(n_tokens=300), BOS: (T.UINT32, 3), ADD_BOS: (T.BOOL, False)}
     plain = write_gguf(tmp_path / "plain.gguf", {**model_kv(), **small_vocab})
-    special = write_gguf(tmp_path / "special.gguf", {**model_kv(arch=kind), **small_vocab})
+    special = write_gguf(tmp_path / "special.gguf", {**model_kv(arch=SPECIAL_ARCH[kind]), **small_vocab,
+                                                     **SPECIAL_KV[kind]}, SPECIAL_TENSORS[kind])
     assert not inspect_pair(target, plain).compatible
     verdict = inspect_pair(target, special)
     assert verdict.compatible and not verdict.blockers
     assert any(f"draft-{kind}" in f.message for f in verdict.findings)
+
+
+@pytest.mark.parametrize("kind", ["dflash", "dspark"])
+def test_a_dflash_draft_that_cannot_read_the_target_is_blocked(kind, tmp_path):
+    """What the pinned llama-server did with generated DFlash drafts (tests/integration/test_model_drafters.py
+    runs the good one): another hidden size, or the target's own layer count as a layer to read, start with
+    speculation on and die on the first request; a layer beyond aborts at start-up; no layers, refused."""
+    from tests.ggufmake import model_kv, vocab_kv, write_gguf
+
+    target = write_gguf(tmp_path / "t.gguf", {**model_kv(n_layers=4), **vocab_kv()})
+
+    def draft(name, layers, n_embd=64):
+        kv = {**model_kv(n_layers=1, n_embd=n_embd, arch="dflash"), **vocab_kv()}
+        if layers is not None:
+            kv["dflash.target_layers"] = (T.ARRAY, list(layers), T.INT32)
+        return write_gguf(tmp_path / f"{name}.gguf", kv, SPECIAL_TENSORS[kind])
+
+    good = inspect_pair(target, draft("good", (1, 2, 3)))
+    assert good.compatible and any(f.check == kind and f.severity == Severity.INFO for f in good.findings)
+    # a head's architecture is its own: no "different model families" warning
+    assert not any(f.check == "architecture" for f in good.findings), good.findings
+    cases = {"hidden": ((1, 2, 3), 32, "hidden size is 32, and the target's is 64", "dies on the first request"),
+             "last": ((1, 2, 4), 64, "target layer 4, and the target's layers are 0-3", "dies on the first request"),
+             "beyond": ((1, 2, 9), 64, "target layer 9", "aborts at start-up"),
+             "none": (None, 64, "names no target layers", "refuses to load it")}
+    for name, (layers, n_embd, what, when) in cases.items():
+        verdict = inspect_pair(target, draft(name, layers, n_embd))
+        assert not verdict.compatible, name
+        (blocker,) = verdict.blockers
+        assert what in blocker.message and when in blocker.message and blocker.llama_reports, blocker.message
 
 
 def test_a_tune_runs_special_drafts_by_their_own_spec_type(tmp_path):
