@@ -57,6 +57,8 @@ class ModelInfo:
     header: GGUFHeader
     n_nextn: int = 0  # NextN (MTP) blocks at the end of the block count ({arch}.nextn_predict_layers)
     max_draft: int | None = None  # the longest draft llama.cpp lets this file make (DFlash/DSpark: its block)
+    takes_p_min: bool = True  # False: llama.cpp refuses --spec-draft-p-min above 0 with it (a DSpark draft
+    # whose dflash.has_confidence_head is false; common/speculative.cpp, the DFlash drafter, N1057-1065)
 
     @property
     def has_chat_template(self) -> bool:
@@ -157,6 +159,8 @@ def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None
         header=header,
         n_nextn=_int(header, arch_key("{arch}.nextn_predict_layers")) or 0,
         max_draft=_block_draft(header, tensors) if arch == DFLASH_ARCH else None,
+        takes_p_min=not (arch == DFLASH_ARCH and any(t.name == "markov_w1.weight" for t in tensors)
+                         and getattr(header.kv.get("dflash.has_confidence_head"), "value", True) is False),
     )
 
 

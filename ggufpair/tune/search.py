@@ -208,6 +208,9 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
             and kv_type_misfit(config_draft, config.draft_cache_type_k, config.draft_cache_type_v, "the draft", fa)) or (
             config.fileless_drafter  # MTP: its draft context holds the target's own heads
             and kv_type_misfit(target, config.draft_cache_type_k, config.draft_cache_type_v, "the MTP context", fa))
+        if config.p_min and config_draft is not None and not config_draft.takes_p_min:
+            misfit = ("llama.cpp refuses a p_min above 0 for this DSpark draft: it has no confidence head "
+                      "(dflash.has_confidence_head false)")
         if misfit:
             result.pruned.append((what, misfit))
             on_event(f"skipped {what}: {misfit}")

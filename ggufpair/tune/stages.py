@@ -91,7 +91,7 @@ def _draft_stage(spec: TuneSpec, base: ServerConfig, lengths: list[int], name: s
         run(cfg, f"{name}confirm n_max {cfg.draft_max}, KV {cfg.cache_type_k}/{cfg.draft_cache_type_k} "
                  f"(predicted {predicted:.1f} tok/s)", True)
         confirmed += 1
-    _p_min_stage(spec, base, name, result, run, on_event, dialect, hopeless)
+    _p_min_stage(spec, base, name, result, run, fits, on_event, dialect, hopeless)
 
 
 def _lead(result: TuneResult, level: int) -> PointResult | None:
@@ -102,7 +102,7 @@ def _lead(result: TuneResult, level: int) -> PointResult | None:
     return max(runs, key=lambda p: p.measurement.tokens_per_second, default=None)
 
 
-def _p_min_stage(spec: TuneSpec, base: ServerConfig, name: str, result: TuneResult, run, on_event,
+def _p_min_stage(spec: TuneSpec, base: ServerConfig, name: str, result: TuneResult, run, fits, on_event,
                  dialect: Dialect | None = None, hopeless: set[tuple[str, str]] = frozenset()) -> None:
     """`--spec-draft-p-min` on the drafter's fastest configuration: a draft token below that probability ends
     the draft (llama.cpp #25908: acceptance collapsed at the default 0 on one pair). Not on a build without
@@ -118,8 +118,10 @@ def _p_min_stage(spec: TuneSpec, base: ServerConfig, name: str, result: TuneResu
     if (best.config.cache_type_k, best.config.draft_cache_type_k) in hopeless:
         return  # its ceiling is below the lead (said in `_draft_stage`)
     for value in spec.p_min:
-        if value and all(p.config != best.config.with_(p_min=value) for p in result.points):
-            run(best.config.with_(p_min=value), f"{name}{best.label} with p_min {value:g}", True)
+        label = f"{name}{best.label} with p_min {value:g}"
+        if value and all(p.config != best.config.with_(p_min=value) for p in result.points) and fits(
+                best.config.with_(p_min=value), label):
+            run(best.config.with_(p_min=value), label, True)
 
 
 def _draft_sampling_stage(spec: TuneSpec, dialect: Dialect, result: TuneResult, run, on_event) -> None:

@@ -154,3 +154,23 @@ def test_an_mtp_context_kv_type_llama_cpp_refuses_for_the_targets_heads_is_never
     assert mtp and {c.draft_cache_type_k for c in mtp} == {"f16"}
     assert any("the MTP context's K head size 16 is not a multiple of 32" in why for _, why in result.pruned), \
         result.pruned
+
+
+def test_a_dspark_draft_without_a_confidence_head_gets_no_p_min_run(engine, tmp_path):
+    """llama.cpp throws "DSpark draft has no confidence head: please set --spec-draft-p-min 0" for a p_min above
+    0 with such a file: that run is pruned with the reason; the one with a head gets its p_min run."""
+    target = write_gguf(tmp_path / "t.gguf", {**model_kv(n_layers=4), **vocab_kv()})
+    head = [("token_embd.weight", (64, 300)), ("markov_w1.weight", (8, 300))]
+    for name, has_head in (("headless", False), ("headed", True)):
+        draft = write_gguf(tmp_path / f"{name}.gguf", {**model_kv(n_layers=1, arch="dflash"), **vocab_kv(),
+                                                        "dflash.target_layers": (T.ARRAY, [1, 2, 3], T.INT32),
+                                                        "dflash.has_confidence_head": (T.BOOL, has_head)}, head)
+        info = read_model_info(draft)
+        assert info.draft_kind == "dspark" and info.takes_p_min is has_head
+        engine.clear()
+        spec = TuneSpec(base=ServerConfig(target=target, draft=draft, ctx=1024), lengths=(2, 4), target_kv=("f16",),
+                        draft_kv=("f16",), prompts=PROMPTS, p_min=(0.0, 0.5))
+        result = tune(None, NEW, spec, read_model_info(target), info, tmp_path)
+        assert {c.spec_type for c in engine if c.draft is not None} == {"draft-dspark"}
+        assert any(c.p_min for c in engine) is has_head, engine
+        assert any("no confidence head" in why for _, why in result.pruned) is not has_head, result.pruned
