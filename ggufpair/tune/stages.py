@@ -249,8 +249,10 @@ def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tk
             keep(measure_at(p, lower[0]))
     for p in (q for q in k.params if q.role == "key" and len(q.values) > 1):
         for value in sorted((v for v in p.values if v < values[p.name]), reverse=True):
-            if not keep(measure_at(p, value)):
-                break  # a shorter key that does not pay: shorter still will not be tried
+            pt = measure_at(p, value)
+            if not keep(pt) and not (drafted(pt) and _within_noise(pt, best)):
+                break  # a shorter key clearly slower: shorter still will not be tried (one within the noise
+                # of the best says nothing of the way, so the next one is)
     length = k.length
     floor = next((values[p.name] for p in k.params if p.role == "min"), 0)
     lengths = [v for v in (length.values if length else ()) if v >= floor]
@@ -278,6 +280,13 @@ def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tk
     if todo:
         n, t = todo[0]
         keep(measure_at(length, n, f"confirm (predicted {t:.1f} tok/s) "))
+
+
+def _within_noise(pt: PointResult, best: PointResult) -> bool:
+    from ggufpair.tune.result import noise
+
+    a, b = pt.measurement.tokens_per_second, best.measurement.tokens_per_second
+    return b > 0 and a >= b * (1 - noise(pt.measurement, best.measurement))
 
 
 def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run, fits, on_event) -> None:

@@ -189,3 +189,32 @@ def test_of_lookup_runs_noise_cannot_tell_apart_the_shorter_drafts_are_recommend
         assert TuneResult(points=points).recommended.config.ngram_values["size_m"] == 8
     clear = TuneResult(points=[base, lookup(16, 80.0), lookup(8, 68.0)])
     assert clear.recommended.config.ngram_values["size_m"] == 16
+
+
+@pytest.mark.parametrize("at_8,tries_4", [(49.5, True), (40.0, False)])
+def test_the_key_search_goes_on_past_a_shorter_key_within_the_noise(monkeypatch, tmp_path, at_8, tries_4):
+    """ngram-simple's key (size_n) is tried down from its default 12. A shorter key clearly slower ends that walk;
+    one within the noise of the best says nothing of the way, so the next shorter one is measured too (here
+    size_n 4 is far the fastest)."""
+    launched: list[ServerConfig] = []
+
+    def run_point(binary, dialect, config, prompts, **kw):
+        launched.append(config)
+        if config.ngram is None:
+            tps, q = 30.0, ()
+        else:
+            tps = {12: 50.0, 8: at_8, 4: 70.0}[config.ngram_values["size_n"]]
+            q = tuple(0.9 * 0.97 ** i for i in range(config.ngram_values["size_m"]))
+        m = Measurement(bool(q), tps, (tps * 0.99, tps * 1.01), 400, 120 if q else 0, 90 if q else 0, 20 if q else 0,
+                        q, predicted_ms=396 / tps * 1000, request_tps=(tps,) * 4)
+        return PointResult(config, m, None, 1.0)
+
+    monkeypatch.setattr(search, "run_point", run_point)
+    t, _ = _models(tmp_path)
+    spec = TuneSpec(base=ServerConfig(target=t.path, ctx=1024), target_kv=("f16",), ngram_kinds=("ngram-simple",))
+    result = tune(Binary(tmp_path / "llama-server", "flag"), NEW, spec, t, None, tmp_path / "logs")
+    keys = [c.ngram_values["size_n"] for c in launched if c.ngram]
+    assert (4 in keys) is tries_4, keys
+    assert keys[:2] == [12, 8] and (keys[2] == 4) is tries_4  # the scout at the defaults, then the keys down
+    assert result.recommended.config.ngram_values["size_n"] == (4 if tries_4 else 12)
+    assert result.launches <= spec.planned_launches(with_draft=False)
