@@ -26,6 +26,24 @@ def state_dir(*parts: str) -> Path:
     return path
 
 
+def run_log_dir(what: str) -> Path:
+    """A new folder under logs/ for one run's llama-server logs (a tune's, a check's), named by the time and
+    `what` (the model's name), so that no later run overwrites the evidence of an earlier one."""
+    import re
+    import time
+
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", what).strip("-")[:60] or "run"
+    base = state_dir("logs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}.{n}")
+
+
 def write_json_atomic(path: Path, data: Any, like: Path | None = None) -> None:
     """Write JSON so that readers see the old file or the new one, never half of one (fsync'd). `like`: a
     file whose owner, group and read/write bits the new one takes (where permitted), so that whoever can use

@@ -331,7 +331,8 @@ def print_tune(console: Console, result, outputs) -> None:
             console.print("  per device: " + "; ".join(
                 f"{dev} {human_bytes(n)}" + (f" (predicted {human_bytes(pred[dev])})" if dev in pred else "")
                 for dev, n in sorted(by_dev.items())))
-    for label, path in (("profile", outputs.profile), ("launch script", outputs.script), ("llama-swap entry", outputs.swap)):
+    for label, path in (("profile", outputs.profile), ("launch script", outputs.script), ("llama-swap entry", outputs.swap),
+                        ("llama-server logs", outputs.data.get("logs"))):
         if path:
             console.print(f"{label}: {path}")
 

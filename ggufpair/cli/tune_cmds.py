@@ -171,7 +171,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ggufpair.engine.dialect import probe_dialect
     from ggufpair.format.model_info import read_model_info
     from ggufpair.locate import discover, resolve
-    from ggufpair.state import state_dir
+    from ggufpair.state import run_log_dir
     from ggufpair.tune.prompts import builtin_prompts, load_prompts
     from ggufpair.tune.run import prepare_pair, save_outputs, suggest_drafts
     from ggufpair.engine.kinds import parse_kinds
@@ -316,7 +316,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.resume:
         say(f"resuming: {len(journal.reusable)} measured point(s) of an interrupted tune still apply"
             + (f"; left out: {'; '.join(journal.stale)}" if journal.stale else ""))
-    result = tune(binary, dialect, spec, target, draft, state_dir("logs"), say, journal=journal)
+    result = tune(binary, dialect, spec, target, draft, run_log_dir(target_path.stem), say, journal=journal)
     if not result.cancelled:
         journal.finished()  # a finished tune leaves nothing to resume
     outputs = save_outputs(result, binary, dialect, describe(devs), args, fix_note)
@@ -501,7 +501,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ggufpair.cli import render
     from ggufpair.engine.binary import find_llama_server
     from ggufpair.engine.dialect import probe_dialect
-    from ggufpair.state import state_dir
+    from ggufpair.state import run_log_dir
     from ggufpair.tune.profile import load_profile
     from ggufpair.tune.prompts import builtin_prompts, saved_prompts
     from ggufpair.engine.measure import RATE_DEFINITION
@@ -524,7 +524,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config.parallel > 1 or not sampling.greedy:  # the conditions it was tuned for
         console.print(f"measuring as tuned: {config.parallel} request(s) at once, {sampling.describe()}", style="dim")
     point = run_point(binary, probe_dialect(binary.path), config, prompts, n_predict=int(saved.get("n_predict", 128)),
-                      repeats=2, log_dir=state_dir("logs"), on_event=lambda m: console.print(f"  {m}", style="dim"),
+                      repeats=2, log_dir=run_log_dir(f"check-{Path(config.target).stem}"),
+                      on_event=lambda m: console.print(f"  {m}", style="dim"),
                       sampling=sampling)
     if not point.ok:
         console.print(f"REGRESSION: the profile no longer runs: {point.error}", style="bold red")

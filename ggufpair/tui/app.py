@@ -348,7 +348,7 @@ class TuneScreen(Screen):
         from ggufpair.engine.devices import describe, devices
         from ggufpair.engine.dialect import probe_dialect
         from ggufpair.engine.kinds import parse_kinds
-        from ggufpair.state import state_dir
+        from ggufpair.state import run_log_dir
         from ggufpair.tune.prompts import builtin_prompts
         from ggufpair.tune.run import save_outputs
         from ggufpair.tune.search import TuneSpec, check_tune_values, context_that_fits, same_file, tune
@@ -402,7 +402,7 @@ class TuneScreen(Screen):
         if journal.reusable:
             self.post(self.app.notify, f"resuming: {len(journal.reusable)} measured point(s) of an interrupted tune "
                                        "of this pair still apply (the baseline is measured again)")
-        result = tune(binary, dialect, spec, s.target.info, draft.info if draft else None, state_dir("logs"),
+        result = tune(binary, dialect, spec, s.target.info, draft.info if draft else None, run_log_dir(s.target.path.stem),
                       on_event=lambda m: self.post(self.show_event, m), on_point=lambda p: self.post(self.add_point, p),
                       cancel=self.cancel_event, journal=journal)
         if not result.cancelled:

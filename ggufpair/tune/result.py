@@ -150,6 +150,7 @@ class TuneResult:
     level: int = 1  # the concurrency the rankings below are for (points at other levels do not compete)
     placements: tuple = ()  # the placements the tune considered (engine.placement), the first the default
     sampling: Sampling = field(default_factory=Sampling)
+    log_dir: Path | None = None  # where each launch's llama-server log is
 
     @property
     def launches(self) -> int:

@@ -432,6 +432,7 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     data: dict[str, Any] = {
         "launches": result.launches, "planned": result.planned, "seconds": round(result.seconds, 1), "fix": fix_note,
         "cancelled": result.cancelled, "draft_model": str(drafted) if drafted else None,
+        "logs": str(result.log_dir) if result.log_dir else None,  # each launch's llama-server log
         "points": [point_dict(p) for p in result.points],
         "pruned": [{"configuration": c, "why": w} for c, w in result.pruned],
         "unmeasured": list(result.unmeasured),

@@ -134,7 +134,7 @@ def tune(binary: Binary, dialect: Dialect, spec: TuneSpec, target: ModelInfo, dr
             hint="fix it first: `ggufpair fix DRAFT --reference TARGET` (in the TUI: o, no copy, or f, patch the "
                  "file, on the verdict screen)")
     start = time.perf_counter()
-    result = TuneResult()
+    result = TuneResult(log_dir=log_dir)
     try:
         _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, cancel, result, journal)
     except Cancelled:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -32,8 +33,11 @@ def test_tune_command(demo_pair_folder, capsys, tmp_path, monkeypatch):
     assert data["measurements"]["fix"].startswith("fixed by override: tokenizer.ggml.add_bos_token=bool:true")
     labels = [q["label"] for q in data["measurements"]["points"]]
     assert len(labels) == 4 and labels[0].startswith("no draft") and labels[-1].startswith("no draft")  # both ends
-    # each end keeps its own log: the evidence of the first baseline is not overwritten by the second
-    logs = {p.name for p in state_dir("logs").rglob("*baseline-f16.log")}
+    # this tune's logs in a folder of its own, named in the profile and the output; each end keeps its own log
+    # (the evidence of the first baseline is not overwritten by the second)
+    folder = Path(data["measurements"]["logs"])
+    assert folder.parent == state_dir("logs") and f"llama-server logs: {folder}" in " ".join(out.split())
+    logs = {p.name for p in folder.glob("*baseline-f16.log")}
     assert logs == {"baseline-f16.log", "again-baseline-f16.log"}, logs
     assert data["measurements"]["recommended"]["measured_memory_bytes"] > 0
     assert profile.with_suffix(".sh").exists() and profile.with_suffix(".llama-swap.yaml").exists()

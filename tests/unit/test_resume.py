@@ -76,3 +76,14 @@ def test_points_of_a_changed_draft_or_build_are_not_reused_and_the_reason_is_sai
     assert not journal.reusable and any("the llama-server build changed" in s for s in journal.stale)
     journal, _ = _run(tmp_path, binary, t, d, ti, di, resume=False)  # a fresh tune forgets them
     assert not journal.path.exists() and not journal.reusable
+
+
+def test_each_run_gets_a_log_folder_of_its_own(tmp_path, monkeypatch):
+    """Two tunes of the same model in the same second: two folders, so the second never overwrites the first's
+    llama-server logs."""
+    from ggufpair.state import run_log_dir, state_dir
+
+    monkeypatch.setenv("GGUFPAIR_HOME", str(tmp_path))
+    a, b = run_log_dir("gemma 3/270m"), run_log_dir("gemma 3/270m")
+    assert a != b and a.parent == b.parent == state_dir("logs") and a.is_dir() and b.is_dir()
+    assert "/" not in a.name.split("-", 2)[-1] and a.name.endswith("gemma-3-270m")
