@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--dir", action="append", default=[], help="another folder to search for models")
     p.add_argument("--profile", metavar="PROFILE", help="open a saved profile's tune result")
+    p.add_argument("--rpc", metavar="HOST:PORT[,...]",
+                   help="rpc-servers whose devices take the target's layers in a tune (as `tune --rpc`)")
     p.set_defaults(func=cmd_tui)
 
     p = sub.add_parser("demo", help="the whole job on a built-in real pair: inspect, fix, a short tune, a profile")
@@ -271,8 +273,13 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from ggufpair.cli.tune_cmds import find_profile
 
     profile = getattr(args, "profile", None)
+    rpc = getattr(args, "rpc", None)
+    if rpc:
+        from ggufpair.engine.rpc import parse_rpc
+
+        parse_rpc(rpc)  # a malformed list is a usage error before the screen opens
     return run_tui(getattr(args, "llama_server", None), getattr(args, "threads", None),
-                   [Path(d) for d in getattr(args, "dir", [])], find_profile(profile) if profile else None)
+                   [Path(d) for d in getattr(args, "dir", [])], find_profile(profile) if profile else None, rpc)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

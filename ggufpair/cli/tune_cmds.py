@@ -176,7 +176,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ggufpair.tune.run import prepare_pair, save_outputs, suggest_drafts
     from ggufpair.engine.kinds import parse_kinds
     from ggufpair.tune.search import TuneSpec, context_that_fits, same_file, tune
-    from ggufpair.tune.setup import check_mtp_asked, mtp_offered, plan_devices
+    from ggufpair.tune.setup import Remote, check_mtp_asked, mtp_offered, plan_devices
     from ggufpair.engine.traffic import Sampling, parse_concurrency
 
     console = _console(args)
@@ -262,26 +262,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
             else:
                 more.append(DraftChoice(info, ovr))
         fix_note = "; ".join(notes)
-    from ggufpair.engine.rpc import check_reachable, parse_rpc, warnings
-
-    rpc = parse_rpc(args.rpc)
-    if rpc:
-        check_reachable(rpc)  # before anything is launched: llama-server aborts on a host it cannot reach
-        for w in warnings(rpc):
-            console.print(f"warning: {w}", style="yellow")
-    rpc_names = tuple(str(h) for h in rpc)
+    remote = Remote.parse(args.rpc)
+    for w in remote.warnings:
+        console.print(f"warning: {w}", style="yellow")
     # GPUs when the build lists any, else host RAM; the remote devices beside them
-    devs = devices(binary.path if args.gpu_layers != "0" or rpc else None, rpc=rpc_names)
+    devs = devices(binary.path if args.gpu_layers != "0" or remote.hosts else None, rpc=remote.hosts)
     chosen = parse_devices(args.devices, devs)
-    plan = plan_devices(devs, args.margin, bool(draft_path) or mtp, chosen, rpc=bool(rpc))
+    plan = plan_devices(devs, args.margin, bool(draft_path) or mtp, chosen, rpc=bool(remote.hosts))
     devs, budget, kind, device_budgets, placed = list(plan.devices), plan.budget, plan.kind, plan.budgets, plan.placements
-    local_gpu = next((d.name for d in devs if not d.name.startswith("RPC") and d.name != "CPU"), None)
     levels = parse_concurrency(args.concurrency)
     base = ServerConfig(target=target_path, draft=draft_path, ctx=args.ctx or 4096, threads=args.threads,
-                        gpu_layers=args.gpu_layers or ("all" if rpc else None),
-                        draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn, overrides=overrides,
-                        rpc=rpc_names, draft_device=(local_gpu or "none") if rpc and draft_path else None,
-                        devices=chosen)
+                        gpu_layers=args.gpu_layers, draft_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
+                        overrides=overrides, devices=chosen)
+    base = base.with_(**{k: v for k, v in remote.place(devs, draft_path is not None).items()
+                         if not (k == "gpu_layers" and args.gpu_layers)})  # an -ngl given is kept
     if placed:
         base = placed[0].apply(base)
         say("placements: " + "; ".join(p.name for p in placed))

@@ -352,7 +352,7 @@ class TuneScreen(Screen):
         from ggufpair.tune.prompts import builtin_prompts
         from ggufpair.tune.run import save_outputs
         from ggufpair.tune.search import TuneSpec, check_tune_values, context_that_fits, same_file, tune
-        from ggufpair.tune.setup import check_mtp_asked, mtp_offered, plan_devices
+        from ggufpair.tune.setup import Remote, check_mtp_asked, mtp_offered, plan_devices
 
         s = self.app.session
         v = self.values
@@ -375,11 +375,17 @@ class TuneScreen(Screen):
         if draft is None and not mtp and not ngram:
             raise UsageError(f"kinds {v['kinds']}: nothing to tune" + ("" if s.draft else " without a draft file"),
                              hint="pick a draft (d), or ask for n-gram lookup (ngram)")
-        # per device where the build lists GPUs: each device's share checked, the placements measured
-        plan = plan_devices(devices(binary.path), margin, draft is not None or mtp)
+        # per device where the build lists GPUs or --rpc adds remote ones: each device's share checked, the
+        # placements measured (over RPC: the target's layers remote, a draft kept local)
+        remote = Remote.parse(self.app.rpc)
+        for w in remote.warnings:
+            self.post(self.app.notify, w, severity="warning")
+        devs = devices(binary.path, rpc=remote.hosts)
+        plan = plan_devices(devs, margin, draft is not None or mtp, rpc=bool(remote.hosts))
         self.plan, self.dialect = plan, dialect
         base = ServerConfig(target=s.target.path, draft=draft.path if draft else None, ctx=int(v["ctx"] or 4096),
-                            overrides=s.overrides if draft else (), threads=self.app.threads)
+                            overrides=s.overrides if draft else (), threads=self.app.threads,
+                            **remote.place(devs, draft is not None))
         if plan.placements:
             base = plan.placements[0].apply(base)
         if not v["ctx"]:
@@ -584,8 +590,9 @@ class GgufpairApp(App):
 
     def __init__(self, llama_server: str | None = None, threads: int | None = None,
                  model_dirs: list[Path] | None = None, cursor_blink: bool = True, profile: Path | None = None,
-                 tune_runner=None) -> None:
+                 tune_runner=None, rpc: str | None = None) -> None:
         super().__init__()
+        self.rpc = rpc  # `--rpc`: rpc-servers whose devices take the target's layers (tune.setup.Remote)
         self.cursor_blink = cursor_blink
         self.profile = profile
         self.tune_runner = tune_runner
@@ -618,6 +625,6 @@ class GgufpairApp(App):
 
 
 def run_tui(llama_server: str | None = None, threads: int | None = None, model_dirs: list[Path] | None = None,
-            profile: Path | None = None) -> int:
-    GgufpairApp(llama_server, threads, model_dirs, profile=profile).run()
+            profile: Path | None = None, rpc: str | None = None) -> int:
+    GgufpairApp(llama_server, threads, model_dirs, profile=profile, rpc=rpc).run()
     return 0

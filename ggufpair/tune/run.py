@@ -448,6 +448,7 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
         data["greedy_identical"] = {"prompts": compared, "identical": same}
     data["category_winners"] = {cat: {"label": p.label, "kind": kind_of(p.config), "speedup": round(x, 3)}
                                 for cat, (p, x) in result.category_winners().items()}
+    loads = result.loads.get(load_key(rec.config))  # per device, where devices were budgeted
     data["recommended"] = {"label": rec.label, "tokens_per_second": rec.measurement.tokens_per_second,
                            "rate": RATE_DEFINITION, "draft": rec.config.has_draft, "kind": kind_of(rec.config),
                            "measured_on": measured_on(rec), "n_predict": args.tokens,
@@ -455,14 +456,14 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                            # the prompts themselves, so that `ggufpair check` re-measures on the same ones
                            "prompts": [{"id": q.id, "category": q.category, "messages": q.payload()}
                                        for q in result.prompts],
-                           "predicted_memory_bytes": est.total if est else None}
+                           # over several devices, what each receives (pipeline buffers included), summed
+                           "predicted_memory_bytes": sum(loads.values()) if loads else est.total if est else None}
     total, by_device = measured_memory(binary, dialect, rec.config) if measure_memory else (None, {})
     data["recommended"]["measured_memory_bytes"] = total
     if len(by_device) > 1 or any(k != "CPU" for k in by_device):  # more than the host: say where it went
         data["recommended"]["measured_by_device"] = by_device
-        predicted = result.loads.get(load_key(rec.config))
-        if predicted:
-            data["recommended"]["predicted_by_device"] = predicted
+        if loads:
+            data["recommended"]["predicted_by_device"] = loads
     config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
     # named after the pair tuned, even when the answer is no draft: tunes of other drafts keep their own profiles
     mtp = any(p.config.fileless_drafter for p in result.points)  # a tune of the target's own MTP layers

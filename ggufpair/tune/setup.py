@@ -33,6 +33,32 @@ def plan_devices(devs: list[Device], margin: float, with_drafter: bool, chosen: 
                       tuple(placements(list(budgets), with_drafter, chosen)) if offload and not rpc else ())
 
 
+@dataclass(frozen=True)
+class Remote:
+    """The rpc-servers a tune spreads the target over (`--rpc`, as llama-server takes it), checked reachable
+    before anything is launched (llama-server aborts on a host it cannot reach)."""
+    hosts: tuple[str, ...] = ()  # host:port, in llama.cpp's order (RPC0, RPC1, ...)
+    warnings: tuple[str, ...] = ()  # RPC is unauthenticated: said for every host that is not loopback
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Remote":
+        from ggufpair.engine.rpc import check_reachable, parse_rpc, warnings
+
+        hosts = parse_rpc(text)
+        if hosts:
+            check_reachable(hosts)
+        return cls(tuple(str(h) for h in hosts), tuple(warnings(hosts)))
+
+    def place(self, devs: list[Device], has_draft: bool) -> dict:
+        """ServerConfig fields for the target's layers on the remote devices (every layer offloaded) and a
+        draft file kept local: on the local GPU where there is one, else off every offload device (`-devd
+        none`: llama.cpp #23242 crashed mixing target and draft on one RPC device). Nothing without hosts."""
+        if not self.hosts:
+            return {}
+        local_gpu = next((d.name for d in devs if not d.name.startswith("RPC") and d.name != "CPU"), None)
+        return {"rpc": self.hosts, "gpu_layers": "all", "draft_device": (local_gpu or "none") if has_draft else None}
+
+
 def check_mtp_asked(target, kinds: tuple[str, ...]) -> None:
     if "mtp" in kinds and target.draft_kind != "mtp":
         raise UsageError(f"--kinds mtp: {target.path.name} has no NextN (MTP) layers (no blk.N.nextn.eh_proj "

@@ -95,3 +95,86 @@ def test_an_unreachable_rpc_host_is_a_clear_error_and_leaves_no_process(gemma_f1
     assert f"cannot reach the rpc-server at 127.0.0.1:{port}" in err and "Traceback" not in err
     after = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server"}
     assert after <= before
+
+
+TINY = ["--kinds", "draft", "--lengths", "2", "--kv", "f16", "--draft-kv", "f16", "--tokens", "16", "--repeats", "1",
+        "--categories", "chat", "--ctx", "1024", "--threads", "2", "--p-min", "0"]
+
+
+def _tiny_pair(folder):
+    from tests.ggufmake import random_model
+
+    return (random_model(folder / "tiny-target.gguf", "llama", n_layers=4),
+            random_model(folder / "tiny-draft.gguf", "llama", n_layers=1, seed=1))  # the same 300-token vocabulary
+
+
+def _profile():
+    import tomllib
+
+    from ggufpair.state import state_dir
+
+    (profile,) = state_dir("profiles").glob("*.toml")
+    return profile, tomllib.loads(profile.read_text())
+
+
+def test_a_tune_over_rpc_keeps_the_draft_local_and_its_profile_says_where_everything_ran(rpc_servers, llama_server,
+                                                                                       tmp_path, capsys):
+    """`tune --rpc` end to end (tiny generated models: seconds): every launch with the target's layers on the two
+    rpc-servers and the draft off them, live; the answer's memory per device against llama.cpp's, their sum the
+    headline figure; the profile and its script carry the hosts and print the rpc-server command for each."""
+    from ggufpair.cli.main import main
+
+    target, draft = _tiny_pair(tmp_path)
+    code = main(["tune", "--target", str(target), "--draft", str(draft), "--rpc", ",".join(rpc_servers), *TINY])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    profile, data = _profile()
+    points = data["measurements"]["points"]
+    drafted = [p for p in points if p.get("draft_max")]
+    assert drafted and all(p["speculative"] and p["draft_tokens"] > 0 for p in drafted), drafted
+    assert data["server"]["rpc"] == list(rpc_servers) and data["server"]["draft_device"] == "none"
+    rec = data["measurements"]["recommended"]
+    assert set(rec["measured_by_device"]) == {"CPU", "RPC0", "RPC1"} == set(rec["predicted_by_device"])
+    assert rec["predicted_memory_bytes"] == sum(rec["predicted_by_device"].values())
+    script = profile.with_suffix(".sh").read_text()
+    assert "--rpc " + ",".join(rpc_servers) in script and script.count("rpc-server") >= len(rpc_servers)
+
+
+def test_the_tui_tunes_over_rpc(rpc_servers, llama_server, models_folder):
+    """`ggufpair tui --rpc`: the same placement through the TUI's tune (the core's tune.setup.Remote), its live
+    memory line per device."""
+    import asyncio
+
+    from ggufpair.tui.app import ConfigScreen, GgufpairApp, ResultScreen, TuneScreen
+    from tests.integration.test_tui import _wait_for
+
+    from tests.ggufmake import random_model
+
+    random_model(models_folder / "tiny-target.gguf", "llama", n_layers=4)
+
+    async def flow():
+        app = GgufpairApp(threads=2, cursor_blink=False, rpc=",".join(rpc_servers))
+        seen: list[str] = []
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("t")  # the only model: the target
+            await pilot.pause()
+            await pilot.press("n")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfigScreen)
+            for key, value in (("kinds", "ngram-simple"), ("kv", "f16"), ("categories", "chat"), ("tokens", "16"),
+                               ("repeats", "1"), ("ctx", "1024")):
+                app.screen.query_one(f"#f_{key}").value = value
+            await pilot.press("ctrl+s")
+
+            def done() -> bool:
+                if isinstance(app.screen, TuneScreen):
+                    seen.append(str(app.screen.query_one("#memory").content))
+                return isinstance(app.screen, ResultScreen)
+
+            await _wait_for(pilot, done, 300)
+            result = app.session.result
+            assert result.points and all(p.config.rpc == rpc_servers and p.config.gpu_layers == "all"
+                                         for p in result.points), result.points
+            assert any("RPC0" in t and "RPC1" in t for t in seen), seen
+            assert app.session.outputs.profile.exists()
+    asyncio.run(flow())
