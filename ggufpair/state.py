@@ -26,22 +26,31 @@ def state_dir(*parts: str) -> Path:
     return path
 
 
+LOG_RUNS_KEPT = 50
+"""Run folders kept under logs/: the oldest beyond these are removed when a new run starts."""
+
+
 def run_log_dir(what: str) -> Path:
-    """A new folder under logs/ for one run's llama-server logs (a tune's, a check's), named by the time and
-    `what` (the model's name), so that no later run overwrites the evidence of an earlier one."""
+    """A folder under logs/ for one run's llama-server logs (a tune's, a check's), named by the time and `what`
+    (the model's name), so that no later run overwrites the evidence of an earlier one. It is made by the
+    first launch that writes into it (a run refused before any launch leaves nothing); the oldest run folders
+    beyond LOG_RUNS_KEPT go."""
     import re
+    import shutil
     import time
 
+    logs = state_dir("logs")
+    runs = sorted((p for p in logs.iterdir() if p.is_dir() and re.match(r"\d{8}-\d{6}-", p.name)),
+                  key=lambda p: p.name)
+    for old in runs[:max(len(runs) - LOG_RUNS_KEPT + 1, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
     stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", what).strip("-")[:60] or "run"
-    base = state_dir("logs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+    base = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
     path, n = base, 1
-    while True:
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            n += 1
-            path = base.with_name(f"{base.name}.{n}")
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}.{n}")
+    return path
 
 
 def write_json_atomic(path: Path, data: Any, like: Path | None = None) -> None:

@@ -112,7 +112,7 @@ def layer_devices(n_layers: int, devices: list[str], splits: list[float], n_gpu_
     for s in splits:
         acc += s
         cum.append(acc / total)
-    n_gpu = n_layers + 1 if n_gpu_layers is None else n_gpu_layers
+    n_gpu = n_layers + 1 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers  # negative: all (:2010)
     start = max(n_layers + 1 - n_gpu, 0)
     act = min(n_gpu, n_layers + 1)
 
@@ -175,7 +175,7 @@ def pipeline_parallel(config, devices: list[str], ngl, n_layers: int) -> bool:
         return False
     if any(flag in ("-sm", "--split-mode") and value != "layer" for flag, value in zip(config.extra, config.extra[1:])):
         return False
-    return ngl in (None, "all", "auto") or int(ngl) > n_layers
+    return ngl in (None, "all", "auto") or int(ngl) < 0 or int(ngl) > n_layers
 
 
 def device_loads(target, draft, config, est: PairMemory, budgets: list[DeviceBudget],

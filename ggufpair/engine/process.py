@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -47,7 +48,11 @@ class ServerProcess:
         self.port = port or free_port(host)
         self.args = [str(self.binary), *map(str, args), "--host", host, "--port", str(self.port)]
         self.owns_log = log_path is None  # a temporary log of its own, removed by `discard_log`
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
         self.ready_timeout = ready_timeout
         self.grace = grace
         self.env = env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,7 @@ def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None
 
     by_name = {t.name: t.n_bytes for t in tensors}
     weight_bytes = sum(t.n_bytes for t in tensors)
+    kind = _draft_kind(header, arch, n_layers, tensors)
     return ModelInfo(
         path=paths[0],
         shards=paths,
@@ -155,12 +157,12 @@ def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None
         context_length=_int(header, arch_key(Keys.LLM.CONTEXT_LENGTH)),
         vocab=read_vocab(header, overrides),
         chat_template_sha256=hashlib.sha256(template.encode()).hexdigest() if isinstance(template, str) else None,
-        draft_kind=_draft_kind(header, arch, n_layers, tensors),
+        draft_kind=kind,
         header=header,
         n_nextn=_int(header, arch_key("{arch}.nextn_predict_layers")) or 0,
-        max_draft=_block_draft(header, tensors) if arch == DFLASH_ARCH else None,
-        takes_p_min=not (arch == DFLASH_ARCH and any(t.name == "markov_w1.weight" for t in tensors)
-                         and getattr(header.kv.get("dflash.has_confidence_head"), "value", True) is False),
+        max_draft=_block_draft(header, kind) if arch == DFLASH_ARCH else None,
+        # llama.cpp reads the key as text: absent, or "true", is a confidence head
+        takes_p_min=not (kind == "dspark" and meta_text(header, "dflash.has_confidence_head") not in (None, "true")),
     )
 
 
@@ -230,12 +232,28 @@ def _draft_kind(header: GGUFHeader, arch: str | None, n_layers: int | None, tens
     return None
 
 
-def _block_draft(header: GGUFHeader, tensors) -> int:
+def _block_draft(header: GGUFHeader, kind: str | None) -> int:
     """A DFlash draft denoises one block of `dflash.block_size` positions (16 when the key is absent), the first
     of which is the last accepted token: llama.cpp clamps --spec-draft-n-max to the block less one, or to the
     whole block for a DSpark draft that samples from its anchor, as it does unless `dflash.sample_from_anchor`
-    says false (common/speculative.cpp, the DFlash drafter: its members N1010, its constructor N1039-1082)."""
-    block = _int(header, "dflash.block_size") or 16
-    anchor = header.kv.get("dflash.sample_from_anchor")
-    dspark = any(t.name == "markov_w1.weight" for t in tensors)
-    return block if dspark and (anchor is None or anchor.value is True) else block - 1
+    reads other than "true" (common/speculative.cpp, the DFlash drafter: its members N1010, its constructor
+    N1039-1082, which reads both keys as text)."""
+    text = meta_text(header, "dflash.block_size")
+    atoi = re.match(r"\s*[+-]?\d+", text or "")  # std::atoi of the text: its leading integer, else 0
+    block = 16 if text is None else int(atoi.group()) if atoi else 0
+    anchor = meta_text(header, "dflash.sample_from_anchor")
+    return block if kind == "dspark" and anchor in (None, "true") else block - 1
+
+
+def meta_text(header: GGUFHeader, key: str) -> str | None:
+    """A scalar key as llama_model_meta_val_str gives it to the code that reads metadata as text (gguf_kv_to_str:
+    a bool as true/false, a number in decimal, a string as it is); None when absent."""
+    entry = header.kv.get(key)
+    if entry is None or entry.type == GGUFValueType.ARRAY:
+        return None
+    v = entry.value
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    return v if isinstance(v, str) else f"{v:f}" if isinstance(v, float) else str(v)  # std::to_string

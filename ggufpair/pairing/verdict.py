@@ -375,6 +375,35 @@ def _id_fixes(key: str, value: int, target: ModelInfo, draft: ModelInfo, overrid
     return tuple(fixes)
 
 
+LAYER_INPUT_ARCHS = frozenset({
+    "bailingmoe3", "deepseek4", "gemma4", "gpt-oss", "hunyuan-dense", "hunyuan_vl", "lfm2", "llama", "llama-embed",
+    "mimo2", "minimax-01", "minimax-m2", "muse-glimmer", "nanbeige", "nemotron_h", "qwen3", "qwen35", "qwen35moe",
+    "qwen3moe", "qwen3next", "qwen4exp"})
+"""Target architectures whose graph hands a head the inputs of its layers (`res->t_layer_inp`, set in those
+src/models/*.cpp of the pinned llama.cpp, 11434; architecture to graph by src/llama-model.cpp's factory). EAGLE-3
+and DFlash heads ask for them (common/speculative.cpp N602, N1117); on any other target llama-server starts and
+then dies on the first request (src/llama-graph.cpp:1413, "layer input tensor is null"). Later builds may add
+architectures, so another one is warned of, not refused."""
+LAST_LAYER_INPUT_ARCHS = frozenset({"deepseek4", "mimo2", "nemotron_h"})
+"""Of those, the ones whose graph also gives the input a layer after the last would have (the final hidden state,
+`t_layer_inp[n_layer]`: deepseek4.cpp:1330, mimo2.cpp:238, nemotron-h.cpp:238)."""
+
+
+def _target_layers(draft: ModelInfo, key: str) -> list | None:
+    """The `*.target_layers` array of a head, as stored (None when absent or not an array)."""
+    layers = draft.header.get(key)
+    return list(layers.items()) if hasattr(layers, "items") else list(layers) if isinstance(layers, (list, tuple)) else None
+
+
+def _layer_input_finding(target: ModelInfo, kind: str, msg: str) -> list[Finding]:
+    if not target.architecture or target.architecture in LAYER_INPUT_ARCHS:
+        return []
+    return [Finding(f"{kind}_target_arch", Severity.WARNING, msg + f"; but the pinned llama.cpp (11434) gives no "
+                    f"layer inputs for a {target.architecture} target: its llama-server starts and dies on the first "
+                    "request (\"layer input tensor is null\"); a later build may support it",
+                    ("general.architecture",), target.architecture, None)]
+
+
 def _special_draft_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
     if draft.draft_kind == "eagle3":
         hidden = draft.header.get("eagle3.target_hidden_size")
@@ -384,20 +413,19 @@ def _special_draft_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding
             return [Finding("eagle3_target", Severity.BLOCKER, msg + f"; but it was trained for a hidden size of "
                             f"{hidden}, and the target's is {target.n_embd}", ("eagle3.target_hidden_size",),
                             target.n_embd, hidden, llama_reports=True)]
-        layers = draft.header.get("eagle3.target_layers")
-        ids = list(layers.items()) if hasattr(layers, "items") else list(layers) if isinstance(layers, (list, tuple)) else None
+        ids = _target_layers(draft, "eagle3.target_layers")
         n_target = (target.n_layers or 0) - target.n_nextn
         if ids is not None and len(ids) != 3:  # src/models/eagle3.cpp refuses the file
             return [Finding("eagle3_layers", Severity.BLOCKER, msg + f"; but it names {len(ids)} target layers "
                             "(eagle3.target_layers), and llama.cpp needs exactly 3", ("eagle3.target_layers",), 3, len(ids),
                             llama_reports=True)]
-        if ids is not None and target.n_layers and max(ids) > n_target:
+        if ids is not None and all(isinstance(i, int) for i in ids) and target.n_layers and max(ids) > n_target:
             # common/speculative.cpp: GGML_ABORT("EAGLE3: target layer id %d exceeds target n_layer %d"): the
             # server dies at start-up, not a quiet fallback
             return [Finding("eagle3_layers", Severity.BLOCKER, msg + f"; but it reads target layer {max(ids)}, and "
                             f"the target has {n_target} (llama-server aborts at start-up)", ("eagle3.target_layers",),
                             n_target, max(ids), llama_reports=True)]
-        return [Finding("eagle3", Severity.INFO, msg)]
+        return [Finding("eagle3", Severity.INFO, msg), *_layer_input_finding(target, "eagle3", msg)]
     if draft.draft_kind in ("dflash", "dspark"):
         return _dflash_findings(target, draft)
     if draft.draft_kind == "mtp":
@@ -409,30 +437,36 @@ def _special_draft_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding
 def _dflash_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
     """A DFlash or DSpark draft reads the inputs of `dflash.target_layers` of the target, each of the target's
     hidden size, through its `fc` layer sized for its own hidden size. What the pinned llama-server does when
-    they do not fit was seen here with generated drafts: a missing key is refused at load (src/models/dflash.cpp);
-    a layer past the target's last aborts at start-up (llama-context.cpp:1242, GGML_ASSERT(lid <= n_layer)); the
-    target's own layer count, or another hidden size, starts with speculation on and dies on the first request
+    they do not fit was seen here with generated drafts: a missing key is refused at load (src/models/dflash.cpp),
+    an empty list aborts (speculative.cpp N1033); a layer past the target's last aborts at start-up
+    (llama-context.cpp:1242, GGML_ASSERT(lid <= n_layer)); the target's own layer count (on a target that gives no
+    input after its last layer) or another hidden size starts with speculation on and dies on the first request
     (llama-graph.cpp:1413 "layer input tensor is null"; common.cpp:2225 "get_sub_batch: failed to add
     embedding")."""
     kind = draft.draft_kind
     msg = (f"the draft is a {kind.upper()} draft: it needs `--spec-type draft-{kind}` (ggufpair passes it), reads "
            "the target's hidden states, and llama.cpp does not run the vocabulary checks for it")
-    layers = draft.header.get("dflash.target_layers")
-    ids = list(layers.items()) if hasattr(layers, "items") else list(layers) if isinstance(layers, (list, tuple)) else None
-    if not ids:
+    key = ("dflash.target_layers",)
+    ids = _target_layers(draft, key[0])
+    if ids is None:
         return [Finding("dflash_layers", Severity.BLOCKER, msg + "; but it names no target layers (dflash.target_layers): "
-                        "llama.cpp refuses to load it", ("dflash.target_layers",), None, None, llama_reports=True)]
+                        "llama.cpp refuses to load it", key, None, None, llama_reports=True)]
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        return [Finding("dflash_layers", Severity.BLOCKER, msg + f"; but its target layers (dflash.target_layers) are "
+                        f"{ids[:8]!r}, not layer numbers: llama-server aborts at start-up", key, None, ids[:8],
+                        llama_reports=True)]
     if target.n_embd and draft.n_embd and draft.n_embd != target.n_embd:
         return [Finding("dflash_target", Severity.BLOCKER, msg + f"; but its hidden size is {draft.n_embd}, and the "
                         f"target's is {target.n_embd}: llama-server starts with speculation on and dies on the first "
                         "request", ("dflash.embedding_length",), target.n_embd, draft.n_embd, llama_reports=True)]
     n_target = (target.n_layers or 0) - target.n_nextn
-    if target.n_layers and max(ids) >= n_target:
+    last = n_target if target.architecture in LAST_LAYER_INPUT_ARCHS else n_target - 1  # the highest it can read
+    if target.n_layers and max(ids) > last:
         when = "aborts at start-up" if max(ids) > n_target else "starts, then dies on the first request"
         return [Finding("dflash_layers", Severity.BLOCKER, msg + f"; but it reads the input of target layer {max(ids)}, "
-                        f"and the target's layers are 0-{n_target - 1} (llama-server {when})", ("dflash.target_layers",),
-                        n_target - 1, max(ids), llama_reports=True)]
-    return [Finding(kind, Severity.INFO, msg)]
+                        f"and the target gives layers 0-{last} (llama-server {when})", key, last, max(ids),
+                        llama_reports=True)]
+    return [Finding(kind, Severity.INFO, msg), *_layer_input_finding(target, kind, msg)]
 
 
 def _family(arch: str | None) -> str:

@@ -324,9 +324,10 @@ class TuneScreen(Screen):
     def on_unmount(self) -> None:
         self.cancel_event.set()  # leaving the app mid-tune stops the server
 
-    def post(self, method, *args) -> None:
-        """Call a method of this screen on the UI thread, from the tune's thread."""
-        self.app.call_from_thread(method, *args)
+    def post(self, method, *args, **kwargs) -> None:
+        """Call a method of this screen (or the app's `notify`, with its keywords) on the UI thread, from the
+        tune's thread."""
+        self.app.call_from_thread(method, *args, **kwargs)
 
     def set_plan(self, planned: int, budget: int) -> None:
         self.budget = budget

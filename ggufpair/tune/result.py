@@ -317,6 +317,12 @@ def noise(*measurements) -> float:
     return max(NOISE_FLOOR, *(m.tps_spread for m in measurements), *(stalled_spread(m) for m in measurements))
 
 
+def within_noise(m, of) -> bool:
+    """Whether measurement `m` is no slower than `of` by more than the two's noise (the form the contenders'
+    band uses: m's rate raised by the noise reaches `of`'s)."""
+    return of.tokens_per_second > 0 and m.tokens_per_second * (1 + noise(m, of)) >= of.tokens_per_second
+
+
 def simplicity(point: PointResult) -> tuple:
     """Among equally fast configurations, prefer no speculation, then an n-gram kind alone (no second model),
     then a draft, then both; then the less quantized KV caches (target first), then the shorter draft, then

@@ -208,7 +208,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
             and kv_type_misfit(config_draft, config.draft_cache_type_k, config.draft_cache_type_v, "the draft", fa)) or (
             config.fileless_drafter  # MTP: its draft context holds the target's own heads
             and kv_type_misfit(target, config.draft_cache_type_k, config.draft_cache_type_v, "the MTP context", fa))
-        if config.p_min and config_draft is not None and not config_draft.takes_p_min:
+        if not misfit and config.p_min and config_draft is not None and not config_draft.takes_p_min:
             misfit = ("llama.cpp refuses a p_min above 0 for this DSpark draft: it has no confidence head "
                       "(dflash.has_confidence_head false)")
         if misfit:
@@ -227,8 +227,9 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
                 result.pruned.append((what, why))
                 on_event(f"skipped {what}: {why}")
                 return False
-        if spec.budget_bytes is not None and est.total > spec.budget_bytes:
-            result.pruned.append((what, f"needs about {est.total / 2**20:.0f} MiB, the budget is "
+        need = sum(loads.values()) if spec.device_budgets else est.total  # what the answer will say it takes
+        if spec.budget_bytes is not None and need > spec.budget_bytes:
+            result.pruned.append((what, f"needs about {need / 2**20:.0f} MiB, the budget is "
                                         f"{spec.budget_bytes / 2**20:.0f} MiB"))
             on_event(f"skipped {what}: does not fit memory")
             return False
@@ -260,8 +261,8 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
         threshold = spec.early_stop * best_tps(config.parallel)
         stop = (lambda tps: tps < threshold) if allow_early_stop and threshold > 0 else None
         tag = draft_tag(config.drafter) if (spec.more_drafts or spec.mtp) and config.has_draft else ""
-        if any(p.config == config for p in result.points):  # the baseline again: its own log, the first one kept
-            tag = "-".join(filter(None, ("again", tag)))
+        if again := sum(p.config == config for p in result.points):  # measured before (the baseline again): a
+            tag = "-".join(filter(None, (f"again{again if again > 1 else ''}", tag)))  # log of its own
         point = run_point(binary, dialect, config, prompts, n_predict=spec.n_predict, repeats=spec.repeats,
                           log_dir=log_dir, on_event=on_event, stop_early=stop, cancel=cancel, sampling=spec.sampling,
                           log_tag=tag)
@@ -289,6 +290,11 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
     choices += [*spec.more_drafts, *([DraftChoice.mtp(target)] if spec.mtp else [])]
     for choice in choices:
         cap = choice.kind.length_cap(target, choice.info)
+        if cap is not None and cap < 1:
+            result.pruned.append((choice.name, f"llama.cpp would let it draft no token ({choice.kind.cap_reason}: "
+                                               f"{cap})"))
+            on_event(f"skipped {choice.name}: llama.cpp would let it draft no token")
+            continue
         mine = [n for n in lengths if cap is None or n <= cap] or [cap]  # empty only under a cap
         if mine != lengths:
             on_event(f"{choice.name}: llama.cpp caps its drafts at {cap} token(s) ({choice.kind.cap_reason}): "

@@ -9,7 +9,7 @@ from ggufpair.engine.dialect import Dialect
 from ggufpair.engine.traffic import level_config
 from ggufpair.tune.predict import Predictor, step_sample, steps_of
 from ggufpair.tune.predict import ceiling as predicted_ceiling
-from ggufpair.tune.result import DraftChoice, TuneResult, TuneSpec, ngram_search_size
+from ggufpair.tune.result import DraftChoice, TuneResult, TuneSpec, ngram_search_size, within_noise
 from ggufpair.tune.sweep import PointResult, draft_tag
 
 
@@ -250,7 +250,7 @@ def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tk
     for p in (q for q in k.params if q.role == "key" and len(q.values) > 1):
         for value in sorted((v for v in p.values if v < values[p.name]), reverse=True):
             pt = measure_at(p, value)
-            if not keep(pt) and not (drafted(pt) and _within_noise(pt, best)):
+            if not keep(pt) and not (drafted(pt) and within_noise(pt.measurement, best.measurement)):
                 break  # a shorter key clearly slower: shorter still will not be tried (one within the noise
                 # of the best says nothing of the way, so the next one is)
     length = k.length
@@ -280,13 +280,6 @@ def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tk
     if todo:
         n, t = todo[0]
         keep(measure_at(length, n, f"confirm (predicted {t:.1f} tok/s) "))
-
-
-def _within_noise(pt: PointResult, best: PointResult) -> bool:
-    from ggufpair.tune.result import noise
-
-    a, b = pt.measurement.tokens_per_second, best.measurement.tokens_per_second
-    return b > 0 and a >= b * (1 - noise(pt.measurement, best.measurement))
 
 
 def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run, fits, on_event) -> None:

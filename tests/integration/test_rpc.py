@@ -135,15 +135,25 @@ def test_a_tune_over_rpc_keeps_the_draft_local_and_its_profile_says_where_everyt
     assert data["server"]["rpc"] == list(rpc_servers) and data["server"]["draft_device"] == "none"
     rec = data["measurements"]["recommended"]
     assert set(rec["measured_by_device"]) == {"CPU", "RPC0", "RPC1"} == set(rec["predicted_by_device"])
-    assert rec["predicted_memory_bytes"] == sum(rec["predicted_by_device"].values())
+    # the headline prediction is each device's share summed (pipeline buffers on both remotes included), and
+    # holds against what llama.cpp allocated, in all and on each device (tiny models: MiB, loose bounds)
+    measured = rec["measured_by_device"]
+    assert abs(rec["predicted_memory_bytes"] - sum(measured.values())) <= 0.15 * sum(measured.values()), rec
+    for dev, n in measured.items():
+        assert abs(rec["predicted_by_device"][dev] - n) <= 0.25 * n, (dev, rec)
     script = profile.with_suffix(".sh").read_text()
     assert "--rpc " + ",".join(rpc_servers) in script and script.count("rpc-server") >= len(rpc_servers)
 
 
-def test_the_tui_tunes_over_rpc(rpc_servers, llama_server, models_folder):
+def test_the_tui_tunes_over_rpc(rpc_servers, llama_server, models_folder, monkeypatch):
     """`ggufpair tui --rpc`: the same placement through the TUI's tune (the core's tune.setup.Remote), its live
-    memory line per device."""
+    memory line per device, and the warning a host off this machine gets (RPC is unauthenticated) shown from the
+    tune's thread (here for loopback hosts, as if they were remote)."""
     import asyncio
+
+    import ggufpair.engine.rpc as rpc
+
+    monkeypatch.setattr(rpc, "warnings", lambda hosts: [f"{h} is not loopback: RPC is unauthenticated" for h in hosts])
 
     from ggufpair.tui.app import ConfigScreen, GgufpairApp, ResultScreen, TuneScreen
     from tests.integration.test_tui import _wait_for

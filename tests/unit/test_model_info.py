@@ -42,6 +42,9 @@ def test_special_drafts_are_recognised(tmp_path):
     # block for a DSpark draft sampling from its anchor (the default), as llama.cpp clamps --spec-draft-n-max.
     head = [("token_embd.weight", (8, 4)), ("markov_w1.weight", (8, 300))]
     cases = [("dflash", {}, None, "dflash", 15), ("dflash-4", {"dflash.block_size": (T.UINT32, 4)}, None, "dflash", 3),
+             ("dflash-anchor", {"dflash.block_size": (T.UINT32, 4), "dflash.sample_from_anchor": (T.BOOL, True)}, None,
+              "dflash", 3),  # only DSpark drafts a whole block from its anchor
+             ("dflash-as-text", {"dflash.block_size": (T.STRING, "6")}, None, "dflash", 5),  # read as text by llama.cpp
              ("dspark", {}, head, "dspark", 16),
              ("dspark-4-no-anchor", {"dflash.block_size": (T.UINT32, 4), "dflash.sample_from_anchor": (T.BOOL, False)},
               head, "dspark", 3)]
@@ -49,6 +52,12 @@ def test_special_drafts_are_recognised(tmp_path):
         info = read_model_info(write_gguf(tmp_path / f"{name}.gguf", {**model_kv(arch="dflash"), **vocab_kv(), **kv},
                                           tensors))
         assert (info.draft_kind, info.max_draft) == (kind, longest), name
+    # whether llama.cpp takes a p_min above 0 from a DSpark draft: its confidence head, read as text ("true")
+    for value, takes in (((T.BOOL, True), True), ((T.BOOL, False), False), ((T.UINT8, 1), False),
+                         ((T.STRING, "false"), False), ((T.STRING, "true"), True), (None, True)):
+        kv = {} if value is None else {"dflash.has_confidence_head": value}
+        info = read_model_info(write_gguf(tmp_path / "conf.gguf", {**model_kv(arch="dflash"), **vocab_kv(), **kv}, head))
+        assert info.takes_p_min is takes, value
     # an architecture llama.cpp does not have is no special draft
     assert read_model_info(write_gguf(tmp_path / "x.gguf", {**model_kv(arch="dspark"), **vocab_kv()})).draft_kind is None
 

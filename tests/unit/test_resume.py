@@ -80,10 +80,21 @@ def test_points_of_a_changed_draft_or_build_are_not_reused_and_the_reason_is_sai
 
 def test_each_run_gets_a_log_folder_of_its_own(tmp_path, monkeypatch):
     """Two tunes of the same model in the same second: two folders, so the second never overwrites the first's
-    llama-server logs."""
-    from ggufpair.state import run_log_dir, state_dir
+    llama-server logs; a folder appears with its first log; the oldest runs beyond the kept number go."""
+    import time
+
+    import ggufpair.state as state
 
     monkeypatch.setenv("GGUFPAIR_HOME", str(tmp_path))
-    a, b = run_log_dir("gemma 3/270m"), run_log_dir("gemma 3/270m")
-    assert a != b and a.parent == b.parent == state_dir("logs") and a.is_dir() and b.is_dir()
-    assert "/" not in a.name.split("-", 2)[-1] and a.name.endswith("gemma-3-270m")
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261202-150000")
+    a = state.run_log_dir("gemma 3/270m")
+    assert a.name == "20261202-150000-gemma-3-270m" and not a.exists()  # made by the first launch, not before
+    a.mkdir()
+    b = state.run_log_dir("gemma 3/270m")
+    assert b.name == "20261202-150000-gemma-3-270m.2" and b.parent == a.parent == state.state_dir("logs")
+    monkeypatch.setattr(state, "LOG_RUNS_KEPT", 3)
+    for i in range(1, 5):
+        (a.parent / f"2026120{i}-000000-old").mkdir()
+    state.run_log_dir("next")
+    # five run folders, three kept with the new one: the three oldest by their time go
+    assert sorted(p.name for p in a.parent.iterdir()) == ["20261203-000000-old", "20261204-000000-old"]

@@ -165,14 +165,25 @@ def test_a_dflash_draft_that_cannot_read_the_target_is_blocked(kind, tmp_path):
     # a head's architecture is its own: no "different model families" warning
     assert not any(f.check == "architecture" for f in good.findings), good.findings
     cases = {"hidden": ((1, 2, 3), 32, "hidden size is 32, and the target's is 64", "dies on the first request"),
-             "last": ((1, 2, 4), 64, "target layer 4, and the target's layers are 0-3", "dies on the first request"),
+             "last": ((1, 2, 4), 64, "target layer 4, and the target gives layers 0-3", "dies on the first request"),
              "beyond": ((1, 2, 9), 64, "target layer 9", "aborts at start-up"),
-             "none": (None, 64, "names no target layers", "refuses to load it")}
+             "none": (None, 64, "names no target layers", "refuses to load it"),
+             "empty": ((), 64, "are [], not layer numbers", "aborts at start-up")}
     for name, (layers, n_embd, what, when) in cases.items():
         verdict = inspect_pair(target, draft(name, layers, n_embd))
         assert not verdict.compatible, name
         (blocker,) = verdict.blockers
         assert what in blocker.message and when in blocker.message and blocker.llama_reports, blocker.message
+    # the final hidden state (layer 4 of 4) is given by the few graphs that build it (a DeepSeek-V4 target)
+    ds4 = write_gguf(tmp_path / "ds4.gguf", {**model_kv(n_layers=4, arch="deepseek4"), **vocab_kv()})
+    assert not inspect_pair(ds4, draft("last-on-ds4", (1, 2, 4))).blockers
+    # a target whose graph gives no layer inputs at all (Gemma 3, in the pinned build): warned, not refused,
+    # since a later build may give them
+    gemma3 = write_gguf(tmp_path / "g3.gguf", {**model_kv(n_layers=4, arch="gemma3"), **vocab_kv()})
+    verdict = inspect_pair(gemma3, draft("on-gemma3", (1, 2, 3)))
+    assert verdict.compatible and any(f.check == f"{kind}_target_arch" and f.severity == Severity.WARNING
+                                      and "layer input tensor is null" in f.message for f in verdict.findings)
+    assert not any(f.check.endswith("_target_arch") for f in good.findings)  # a llama target gives them
 
 
 def test_a_tune_runs_special_drafts_by_their_own_spec_type(tmp_path):
