@@ -517,10 +517,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     sampling = Sampling.from_dict(data.get("traffic", {}).get("sampling"))
     if config.parallel > 1 or not sampling.greedy:  # the conditions it was tuned for
         console.print(f"measuring as tuned: {config.parallel} request(s) at once, {sampling.describe()}", style="dim")
+    if config.rpc:  # an rpc-server that is not there makes llama-server abort: no "regression" for a host down
+        from ggufpair.tune.setup import Remote
+
+        Remote.parse(",".join(config.rpc))
+    logs = run_log_dir(f"check-{Path(args.profile).stem}")
     point = run_point(binary, probe_dialect(binary.path), config, prompts, n_predict=int(saved.get("n_predict", 128)),
-                      repeats=2, log_dir=run_log_dir(f"check-{Path(config.target).stem}"),
-                      on_event=lambda m: console.print(f"  {m}", style="dim"),
+                      repeats=2, log_dir=logs, on_event=lambda m: console.print(f"  {m}", style="dim"),
                       sampling=sampling)
+    console.print(f"llama-server logs: {logs}", style="dim")
     if not point.ok:
         console.print(f"REGRESSION: the profile no longer runs: {point.error}", style="bold red")
         return 1

@@ -57,7 +57,7 @@ def parse_rpc(text: str | None) -> tuple[RpcHost, ...]:
         if not sep:
             host, port = part, str(DEFAULT_PORT)
         host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or any(c.isspace() for c in host) or not port.isdigit() or not 0 < int(port) < 65536:
             raise UsageError(f"--rpc {text}: {part!r} is not host:port", hint="e.g. --rpc 192.168.1.20:50052,192.168.1.21:50052")
         entry = RpcHost(host, int(port))
         if entry not in out:
@@ -83,7 +83,11 @@ def check_reachable(hosts: tuple[RpcHost, ...], timeout: float = 3.0) -> None:
 
 def warnings(hosts: tuple[RpcHost, ...]) -> list[str]:
     remote = [str(h) for h in hosts if not h.loopback]
-    return [INSECURE.format(where=", ".join(remote))] if remote else []
+    local = [str(h) for h in hosts if h.loopback]
+    return ([INSECURE.format(where=", ".join(remote))] if remote else []) + (
+        [f"the rpc-server(s) at {', '.join(local)} run on this machine: the memory each reports is this machine's "
+         "own too, so the budget counts it more than once (loopback rpc-servers are for trying RPC out)"]
+        if local else [])
 
 
 def rpc_tool(llama_server: Path) -> Path | None:

@@ -85,7 +85,23 @@ def classify_start_failure(log: str) -> tuple[str, list[str]]:
         lines = matching_lines(log, patterns)
         if lines:
             return kind, lines
-    return "unknown", log.splitlines()[-15:]
+    return "unknown", crash_reason(log) or log.splitlines()[-15:]
+
+
+_DEBUGGER_NOISE = re.compile(r"^(#\d+\s|0x[0-9a-f]+ in |\[Inferior |\[New LWP|\[Thread debugging|Using host libthread|"
+                             r"\d+\s+in \S|\d+\s+\S+: No such file or directory|\(No debugging symbols)")
+"""What ggml's crash handler adds after an abort (it attaches gdb for a backtrace): frames, and source files gdb
+could not find. Not the reason."""
+CRASH_PATTERNS = (r"GGML_ASSERT", r"GGML_ABORT", r"\.(?:cpp|c|cu|h):\d+: ", r"terminate called", r"what\(\):",
+                  r"\berror\b", r"\bfailed\b")
+
+
+def crash_reason(log: str, keep: int = 3) -> list[str]:
+    """The last lines of a crashed llama-server's log that say why (an assertion, a source line's message, an
+    error), the debugger's backtrace left out."""
+    lines = [line.strip() for line in log.splitlines() if line.strip() and not _DEBUGGER_NOISE.match(line.strip())]
+    found = [line for line in lines if any(re.search(p, line, re.IGNORECASE) for p in CRASH_PATTERNS)][-keep:]
+    return [re.sub(r"\S*/(llama\.cpp/)", r"\1", line) for line in found]  # the build folder's path left out
 
 
 @dataclass(frozen=True)
@@ -214,9 +230,9 @@ class LlamaServer:
             status, data = self.process.request("POST", path, body, timeout=self.request_timeout)
         except (urllib.error.URLError, ConnectionError, OSError) as e:
             if self._exited_within(2.0):
-                lines = self.process.log_tail(25).splitlines()
+                lines = crash_reason(self.process.log_text()) or self.process.log_tail(25).splitlines()
                 raise ServerCrashError(f"llama-server crashed during a request (exit code "
-                                       f"{self.process.proc.returncode}): {lines[-1] if lines else ''}", lines) from None
+                                       f"{self.process.proc.returncode}): {'; '.join(lines[-2:])}", lines) from None
             if isinstance(getattr(e, "reason", e), TimeoutError) or isinstance(e, TimeoutError):
                 self.stop()
                 raise ServerHangError(f"llama-server did not answer {path} within {self.request_timeout:.0f} s; stopped it") from None

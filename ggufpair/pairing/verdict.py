@@ -404,6 +404,19 @@ def _layer_input_finding(target: ModelInfo, kind: str, msg: str) -> list[Finding
                     ("general.architecture",), target.architecture, None)]
 
 
+def _head_vocab_finding(target: ModelInfo, draft: ModelInfo, msg: str) -> list[Finding]:
+    """A head is fed the target's token ids: with fewer tokens in its own vocabulary (a reduced-vocabulary head
+    keeps the full tokenizer and maps its outputs with d2t) the pinned llama-server starts with speculation on,
+    then dies on the first request holding a token past the head's (seen here for EAGLE-3 and DFlash heads of 200
+    tokens on a 300-token target: common.cpp:2216 "get_sub_batch: failed to add token 273")."""
+    n_t, n_d = target.vocab.n_tokens, draft.vocab.n_tokens
+    if not n_t or not n_d or n_d >= n_t:
+        return []
+    return [Finding("head_vocab", Severity.BLOCKER, msg + f"; but its vocabulary has {n_d:,} tokens, the target's "
+                    f"{n_t:,}: llama-server starts with speculation on and dies on the first request holding a "
+                    f"token id of {n_d:,} or more", ("tokenizer.ggml.tokens",), n_t, n_d, llama_reports=True)]
+
+
 def _special_draft_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
     if draft.draft_kind == "eagle3":
         hidden = draft.header.get("eagle3.target_hidden_size")
@@ -419,6 +432,8 @@ def _special_draft_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding
             return [Finding("eagle3_layers", Severity.BLOCKER, msg + f"; but it names {len(ids)} target layers "
                             "(eagle3.target_layers), and llama.cpp needs exactly 3", ("eagle3.target_layers",), 3, len(ids),
                             llama_reports=True)]
+        if vocab := _head_vocab_finding(target, draft, msg):
+            return vocab
         if ids is not None and all(isinstance(i, int) for i in ids) and target.n_layers and max(ids) > n_target:
             # common/speculative.cpp: GGML_ABORT("EAGLE3: target layer id %d exceeds target n_layer %d"): the
             # server dies at start-up, not a quiet fallback
@@ -455,6 +470,8 @@ def _dflash_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
         return [Finding("dflash_layers", Severity.BLOCKER, msg + f"; but its target layers (dflash.target_layers) are "
                         f"{ids[:8]!r}, not layer numbers: llama-server aborts at start-up", key, None, ids[:8],
                         llama_reports=True)]
+    if vocab := _head_vocab_finding(target, draft, msg):
+        return vocab
     if target.n_embd and draft.n_embd and draft.n_embd != target.n_embd:
         return [Finding("dflash_target", Severity.BLOCKER, msg + f"; but its hidden size is {draft.n_embd}, and the "
                         f"target's is {target.n_embd}: llama-server starts with speculation on and dies on the first "

@@ -143,6 +143,12 @@ def test_a_tune_over_rpc_keeps_the_draft_local_and_its_profile_says_where_everyt
         assert abs(rec["predicted_by_device"][dev] - n) <= 0.25 * n, (dev, rec)
     script = profile.with_suffix(".sh").read_text()
     assert "--rpc " + ",".join(rpc_servers) in script and script.count("rpc-server") >= len(rpc_servers)
+    # `check` of the profile once a host is gone: said as such (exit 5) before a launch, not called a regression
+    gone = profile.with_name("gone.toml")
+    gone.write_text(profile.read_text().replace(rpc_servers[1], f"127.0.0.1:{free_port()}"))
+    assert main(["check", str(gone)]) == 5
+    captured = capsys.readouterr()
+    assert "cannot reach the rpc-server" in captured.err and "REGRESSION" not in captured.out
 
 
 def test_the_tui_tunes_over_rpc(rpc_servers, llama_server, models_folder, monkeypatch):

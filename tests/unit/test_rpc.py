@@ -41,12 +41,16 @@ def test_listings_of_every_shape_are_parsed():
 def test_rpc_hosts_are_parsed_and_checked():
     assert parse_rpc("10.0.0.2:50052,10.0.0.3") == (RpcHost("10.0.0.2", 50052), RpcHost("10.0.0.3", 50052))
     assert parse_rpc("[::1]:6000")[0].loopback and parse_rpc("localhost:1")[0].loopback
-    for bad in ("host:", "host:x", "host:70000", ":5"):
+    for bad in ("host:", "host:x", "host:70000", ":5", "127.0.0.1:50161 127.0.0.1:50162"):  # a space is no list
         with pytest.raises(UsageError, match="--rpc"):
             parse_rpc(bad)
-    assert warnings(parse_rpc("127.0.0.1:5000")) == []
-    (w,) = warnings(parse_rpc("127.0.0.1:5000,192.168.1.20:50052"))
-    assert "192.168.1.20:50052" in w and "unauthenticated" in w and "127.0.0.1" not in w
+    (only,) = warnings(parse_rpc("192.168.1.20:50052"))
+    assert only.startswith("RPC is unauthenticated")
+    insecure, local = warnings(parse_rpc("127.0.0.1:5000,192.168.1.20:50052"))
+    assert "192.168.1.20:50052" in insecure and "unauthenticated" in insecure and "127.0.0.1" not in insecure
+    # loopback rpc-servers share this machine's memory: the budget would count it again, and says so
+    assert "127.0.0.1:5000" in local and "more than once" in local and "192.168" not in local
+    assert warnings(parse_rpc("127.0.0.1:5000")) == [local]
     assert RpcHost("192.168.1.20", 50052).server_command() == "ggml-rpc-server -H 0.0.0.0 -p 50052"
 
 

@@ -658,3 +658,21 @@ def test_tune_refuses_a_pair_llama_cpp_would_not_speculate_with_before_any_launc
     fixed = TuneSpec(base=spec.base.with_(overrides=("tokenizer.ggml.add_bos_token=bool:true",)), lengths=(2, 4),
                      budget_bytes=1000)
     assert tune(missing, parse_help(HELP.read_text()), fixed, t, d, tmp_path / "logs").launches == 0  # all pruned
+
+
+def test_a_crash_is_reported_by_its_reason_not_by_the_debuggers_backtrace():
+    """ggml's abort handler attaches gdb: a crashed llama-server's log ends in frames and "No such file" lines.
+    The reason quoted is the assertion (a real log: a DFlash draft reading a layer its target lacks), its
+    build folder left out; an rpc-server that went away is named by llama.cpp's own line."""
+    from ggufpair.engine.runner import classify_start_failure, crash_reason
+
+    log = (Path(__file__).resolve().parent.parent / "fixtures" / "logs" / "dflash-layer-beyond-abort.log").read_text()
+    assert "Inferior 1" in log.splitlines()[-1]  # the raw tail is the debugger's
+    assert crash_reason(log) == ["llama.cpp/src/llama-context.cpp:1242: GGML_ASSERT(lid <= model.hparams.n_layer()) "
+                                 "failed"]
+    kind, lines = classify_start_failure(log)
+    assert kind == "unknown" and lines == crash_reason(log)
+    rpc = ("/tmp/pip-wheel-x/llama.cpp/ggml/src/ggml-rpc/ggml-rpc.cpp:547: Failed to connect to 127.0.0.1:50161\n"
+           "[New LWP 5219]\n#12 0x0000562e595be1b1 in _start ()\n360\t../csu/libc-start.c: No such file or directory.\n"
+           "[Inferior 1 (process 5218) detached]\n")
+    assert crash_reason(rpc) == ["llama.cpp/ggml/src/ggml-rpc/ggml-rpc.cpp:547: Failed to connect to 127.0.0.1:50161"]

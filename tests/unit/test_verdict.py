@@ -129,20 +129,25 @@ SPECIAL_TENSORS = {"eagle3": None, "dflash": None,  # DSpark: the Markov head ma
 
 @pytest.mark.parametrize("kind", ["eagle3", "dflash", "dspark"])
 def test_drafts_llama_cpp_runs_without_the_vocab_checks_get_none(kind, tmp_path):
-    """Only draft-simple calls common_speculative_are_compatible: an EAGLE-3/DFlash/DSpark draft with a reduced
-    vocabulary and other special ids is not blocked (a plain draft with the same vocabulary is), and the
-    verdict says which --spec-type it needs."""
+    """Only draft-simple calls common_speculative_are_compatible: an EAGLE-3/DFlash/DSpark draft with other
+    special ids and flags is not blocked (a plain draft with the same vocabulary is), and the verdict says which
+    --spec-type it needs. A head with fewer tokens than the target is blocked: it is fed the target's ids, and
+    the pinned llama-server dies on the first one past its vocabulary (seen with generated heads)."""
     from tests.ggufmake import model_kv, vocab_kv, write_gguf
 
-    target = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv(n_tokens=1000)})
-    small_vocab = {**vocab_kv(n_tokens=300), BOS: (T.UINT32, 3), ADD_BOS: (T.BOOL, False)}
-    plain = write_gguf(tmp_path / "plain.gguf", {**model_kv(), **small_vocab})
-    special = write_gguf(tmp_path / "special.gguf", {**model_kv(arch=SPECIAL_ARCH[kind]), **small_vocab,
+    target = write_gguf(tmp_path / "t.gguf", {**model_kv(), **vocab_kv(n_tokens=300)})
+    other_ids = {**vocab_kv(n_tokens=300), BOS: (T.UINT32, 3), ADD_BOS: (T.BOOL, False)}
+    plain = write_gguf(tmp_path / "plain.gguf", {**model_kv(), **other_ids})
+    special = write_gguf(tmp_path / "special.gguf", {**model_kv(arch=SPECIAL_ARCH[kind]), **other_ids,
                                                      **SPECIAL_KV[kind]}, SPECIAL_TENSORS[kind])
     assert not inspect_pair(target, plain).compatible
     verdict = inspect_pair(target, special)
     assert verdict.compatible and not verdict.blockers
     assert any(f"draft-{kind}" in f.message for f in verdict.findings)
+    smaller = write_gguf(tmp_path / "smaller.gguf", {**model_kv(arch=SPECIAL_ARCH[kind]), **vocab_kv(n_tokens=200),
+                                                     **SPECIAL_KV[kind]}, SPECIAL_TENSORS[kind])
+    (blocker,) = inspect_pair(target, smaller).blockers
+    assert blocker.check == "head_vocab" and "200 tokens, the target's 300" in blocker.message
 
 
 @pytest.mark.parametrize("kind", ["dflash", "dspark"])
