@@ -267,6 +267,10 @@ class TuneResult:
         stays: no length compares a kind that keeps a table with one that keeps none.)"""
         contenders = self.contenders
         best = min(contenders, key=simplicity, default=None)
+        if best is not None and not best.config.speculates:  # a baseline measured at both ends: the faster end,
+            # the one every comparison uses (`best_baseline`), so no table shows it at two rates
+            return max((p for p in self.measured(False) if p.config == best.config),
+                       key=lambda p: p.measurement.tokens_per_second)
         if best is None or best.config.ngram is None:
             return best
         same = [p for p in contenders if p.config.ngram == best.config.ngram and p.config.draft == best.config.draft

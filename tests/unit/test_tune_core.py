@@ -114,6 +114,15 @@ def test_no_draft_is_recommended_when_no_draft_beats_the_baseline():
     assert recommendation_text(result).startswith("no draft: the fastest draft configuration (n_max 4")
 
 
+def test_no_speculation_recommended_is_the_faster_end_of_the_paired_baseline():
+    """The baseline ran at both ends of the tune; when it is the answer, it is the run every comparison uses (the
+    faster), so the answer's rate and the baseline column never show the same configuration at two rates."""
+    first, again = _point(0, [40.0, 41.0], draft=False), _point(0, [42.0, 42.5], draft=False)
+    for points in ([first, _point(4, [30.0, 31.0]), again], [again, _point(4, [30.0, 31.0]), first]):
+        result = TuneResult(points=points)
+        assert result.recommended is again is result.best_baseline
+
+
 def test_a_draft_that_beats_every_baseline_run_is_recommended():
     result = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), _point(4, [50.0, 52.0])])
     assert result.draft_pays_off and result.recommended.config.draft_max == 4
