@@ -124,12 +124,13 @@ def stability_note(result: TuneResult) -> str:
             notes.append(f" The no-draft baseline (KV {kv}) moved from {rates[0]:.1f} to {rates[-1]:.1f} tok/s "
                          "between the start and the end of the tune: the machine was busier at one end. The "
                          "faster is compared with; measure again on a quiet machine to be sure.")
-    if len(contenders) > 1:
-        others = ", ".join(f"{p.label} {tps(p):.1f}" for p in contenders if p is not rec)
+    distinct = list({p.config: p for p in contenders if p.config != rec.config}.values())  # not a run's own repeat
+    if distinct:
+        others = ", ".join(f"{p.label} {tps(p):.1f}" for p in distinct)
         simplest = ("no speculation, then n-gram lookup alone, then a draft; unquantized KV first, then the "
                     "shorter draft" if any(p.config.ngram for p in contenders) else
                     "unquantized KV first, then the shorter draft")
-        notes.append(f" {len(contenders)} configurations are within run-to-run noise of each other ({others} tok/s): "
+        notes.append(f" {len(distinct) + 1} configurations are within run-to-run noise of each other ({others} tok/s): "
                      f"ggufpair takes the simplest ({simplest}), so their order does not decide.")
     outside = sorted((p for p in result.live(False) + result.live(True) if p not in contenders), key=lambda p: -tps(p))
     if rec.config.speculates:
@@ -171,7 +172,7 @@ def stability_note(result: TuneResult) -> str:
             nxt = outside[0]
             gap = tps(fastest) / tps(nxt) - 1
             band = noise(fastest.measurement, nxt.measurement)
-            notes.append(f" Stable: the next best ({nxt.label}) is {gap:.0%} slower, "
+            notes.append(f" Stable: the next best ({nxt.label}) is {1 - tps(nxt) / tps(fastest):.0%} slower, "
                          + (f"beyond twice the {band:.0%} noise." if gap >= 2 * band else
                             f"and even if noise closed the gap, the simpler {rec.label} would still be taken."))
     return "".join(notes)
@@ -381,11 +382,16 @@ def _answer(result: TuneResult) -> str:
         if best is None:
             if not any(p.config.speculates for p in result.points):
                 return f"no {what} was measured; nothing to recommend over {answer}"
-            return f"no {what} ran with speculation live; recommending {answer}"
+            failed = [p for p in result.points if p.config.speculates and not p.ok]
+            why = (f" ({len(failed)} failed: {failed[0].error})" if failed else "")
+            return f"no {what} ran with speculation live{why}; recommending {answer}"
         paired = result.baseline_for(best.config) or rec
+        slower = best.measurement.tokens_per_second * (1 + noise(best.measurement, rec.measurement)) < \
+            rec.measurement.tokens_per_second  # slower beyond the noise, not only not faster
         return (f"{answer}: the fastest {what} ({label(best, result.points)}) reached "
                 f"{best.measurement.tokens_per_second:.1f} tok/s against {rec.measurement.tokens_per_second:.1f} "
-                f"{without}, not faster beyond the run-to-run spread"
+                f"{without}, " + (f"{best.measurement.tokens_per_second / rec.measurement.tokens_per_second:.2f}x: slower"
+                                  if slower else "not faster beyond the run-to-run spread")
                 + _agreement_text(paired.measurement, best.measurement).replace("; greedy answers", "; its greedy answers"))
     paired = result.baseline_for(rec.config) or base
     if not paired.measurement.tokens_per_second:

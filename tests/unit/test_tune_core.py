@@ -685,3 +685,17 @@ def test_a_crash_is_reported_by_its_reason_not_by_the_debuggers_backtrace():
            "[New LWP 5219]\n#12 0x0000562e595be1b1 in _start ()\n360\t../csu/libc-start.c: No such file or directory.\n"
            "[Inferior 1 (process 5218) detached]\n")
     assert crash_reason(rpc) == ["llama.cpp/ggml/src/ggml-rpc/ggml-rpc.cpp:547: Failed to connect to 127.0.0.1:50161"]
+
+
+def test_the_answer_words_a_slower_draft_and_a_repeated_baseline_truly():
+    """A draft at half the baseline's rate is said to be slower (not merely "not faster beyond the spread"); the
+    baseline and its own repeat at the other end are one configuration, not two within the noise; the next best's
+    gap is how much slower it is (49%, not the fastest's 98% lead)."""
+    result = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), _point(4, [20.0, 21.0]),
+                                _point(0, [40.0, 40.5], draft=False)])
+    text = recommendation_text(result)
+    assert "against 40.5 without a draft, 0.51x: slower" in text
+    assert "configurations are within run-to-run noise" not in text
+    assert "is 49% slower" in text
+    close = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), _point(4, [39.0, 40.0])])
+    assert "not faster beyond the run-to-run spread" in recommendation_text(close)  # within the noise: not "slower"
