@@ -39,6 +39,8 @@ def test_tune_command(demo_pair_folder, capsys, tmp_path, monkeypatch):
     assert folder.parent == state_dir("logs") and f"llama-server logs: {folder}" in " ".join(out.split())
     logs = {p.name for p in folder.glob("*baseline-f16.log")}
     assert logs == {"baseline-f16.log", "again-baseline-f16.log"}, logs
+    first = (folder / "baseline-f16.log").read_text().splitlines()[0]  # the command, to reproduce the run by hand
+    assert first.startswith("# ggufpair ran: ") and " -m " in first and "--port" in first, first
     assert data["measurements"]["recommended"]["measured_memory_bytes"] > 0
     assert profile.with_suffix(".sh").exists() and profile.with_suffix(".llama-swap.yaml").exists()
     assert "${PORT}" in profile.with_suffix(".llama-swap.yaml").read_text()
