@@ -408,10 +408,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         _check_pair_still_speculates(config, args.force)
     binary = find_llama_server(args.llama_server)
     host, port = listen_address(data, args.host, args.port)
-    if config.rpc:  # an rpc-server that is not there makes llama-server abort: said before exec
-        from ggufpair.engine.rpc import check_reachable, parse_rpc
-
-        check_reachable(parse_rpc(",".join(config.rpc)))
+    _check_rpc_hosts(config)  # said before exec
     argv = [str(binary.path), *config.with_(host=host, port=port).argv(probe_dialect(binary.path))]
     print(shlex.join(argv), file=sys.stderr, flush=True)
     # llama-server takes this process's place: signals (Ctrl-C, a service manager's SIGTERM) reach it directly.
@@ -491,6 +488,15 @@ def check_status(before: float, now: float, runs, stalls: int, tolerance: float)
     return "REGRESSION"
 
 
+def _check_rpc_hosts(config) -> None:
+    """A profile's rpc-servers all answer, or an EngineError (exit 5) naming those that do not: llama-server
+    aborts on one it cannot reach."""
+    if config.rpc:
+        from ggufpair.engine.rpc import check_reachable, parse_rpc
+
+        check_reachable(parse_rpc(",".join(config.rpc)))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from ggufpair.cli import render
     from ggufpair.engine.binary import find_llama_server
@@ -517,10 +523,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     sampling = Sampling.from_dict(data.get("traffic", {}).get("sampling"))
     if config.parallel > 1 or not sampling.greedy:  # the conditions it was tuned for
         console.print(f"measuring as tuned: {config.parallel} request(s) at once, {sampling.describe()}", style="dim")
-    if config.rpc:  # an rpc-server that is not there makes llama-server abort: no "regression" for a host down
-        from ggufpair.tune.setup import Remote
-
-        Remote.parse(",".join(config.rpc))
+    _check_rpc_hosts(config)  # no "regression" for a host that is down
     logs = run_log_dir(f"check-{Path(args.profile).stem}")
     point = run_point(binary, probe_dialect(binary.path), config, prompts, n_predict=int(saved.get("n_predict", 128)),
                       repeats=2, log_dir=logs, on_event=lambda m: console.print(f"  {m}", style="dim"),

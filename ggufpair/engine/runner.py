@@ -100,7 +100,7 @@ def crash_reason(log: str, keep: int = 3) -> list[str]:
     """The last lines of a crashed llama-server's log that say why (an assertion, a source line's message, an
     error), the debugger's backtrace left out."""
     lines = [line.strip() for line in log.splitlines() if line.strip() and not _DEBUGGER_NOISE.match(line.strip())]
-    found = [line for line in lines if any(re.search(p, line, re.IGNORECASE) for p in CRASH_PATTERNS)][-keep:]
+    found = matching_lines("\n".join(lines), CRASH_PATTERNS)[-keep:]
     return [re.sub(r"\S*/(llama\.cpp/)", r"\1", line) for line in found]  # the build folder's path left out
 
 
