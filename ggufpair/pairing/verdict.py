@@ -522,7 +522,8 @@ def _advisory_findings(target: ModelInfo, draft: ModelInfo) -> list[Finding]:
             target_value=target.chat_template_sha256, draft_value=draft.chat_template_sha256,
             message="chat templates differ: harmless for drafting, since the draft is fed the target's tokens and "
                     "never applies its own template"))
-    if draft.vocab.n_tokens < target.vocab.n_tokens and draft.vocab.vocab_type == target.vocab.vocab_type:
+    if draft.vocab.n_tokens < target.vocab.n_tokens and draft.vocab.vocab_type == target.vocab.vocab_type \
+            and draft.draft_kind not in VOCAB_UNCHECKED_KINDS:  # a head with fewer tokens: `_head_vocab_finding`
         out.append(Finding(
             "vocab_tail", Severity.INFO, keys=(TOKENS_KEY,), target_value=target.vocab.n_tokens,
             draft_value=draft.vocab.n_tokens,

@@ -146,8 +146,10 @@ def test_drafts_llama_cpp_runs_without_the_vocab_checks_get_none(kind, tmp_path)
     assert any(f"draft-{kind}" in f.message for f in verdict.findings)
     smaller = write_gguf(tmp_path / "smaller.gguf", {**model_kv(arch=SPECIAL_ARCH[kind]), **vocab_kv(n_tokens=200),
                                                      **SPECIAL_KV[kind]}, SPECIAL_TENSORS[kind])
-    (blocker,) = inspect_pair(target, smaller).blockers
+    verdict = inspect_pair(target, smaller)
+    (blocker,) = verdict.blockers
     assert blocker.check == "head_vocab" and "200 tokens, the target's 300" in blocker.message
+    assert not any(f.check == "vocab_tail" for f in verdict.findings)  # no "it merely never proposes them" beside it
 
 
 @pytest.mark.parametrize("kind", ["dflash", "dspark"])
