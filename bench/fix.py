@@ -8,7 +8,9 @@
 4. `--filesystems xfs,btrfs,ext4` (root, mkfs.xfs / mkfs.btrfs): on a fresh loop filesystem of each kind, the
    rewrite of the file (`--output`: the data keeps its offset) against the reference there: on XFS and btrfs
    `cp --reflink=always`, which clones (target >= 0.8 of its speed); on ext4 `cp` followed by `sync`, the
-   honest durable copy (target >= 0.8). The space each took from the filesystem is printed beside.
+   honest durable copy (target >= 0.8). The space each took from the filesystem is printed beside. On XFS and
+   btrfs `cp --reflink=always` + `sync` (durable, as ggufpair's rewrite is) is shown too, and so is an
+   interpreter that does nothing: the floor any Python tool's ratio is bounded by.
 
 Every command runs as a fresh process, so interpreter start-up is included on both sides. `cp` finishes when
 the copy is in the page cache; Linux lets it leave up to `vm.dirty_ratio` of memory dirty, so for a file
@@ -42,6 +44,8 @@ from ggufpair.format.writer import encode_header, encode_kv, encode_tensor_info 
 from tests.ggufmake import model_kv, vocab_kv, write_gguf  # noqa: E402
 
 PY = sys.executable
+# The timed commands run as an installed tool does: with bytecode caches (pip compiles them at install).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def big_gguf(path: Path, size: int, kv: dict) -> Path:
@@ -220,14 +224,21 @@ def fs_bench(work: Path, kind: str, size: int, base: dict, t_false: Path, repeat
         jobs["ours_tiny"] = [fix_cmd(tiny, "--reference", t_false, "--route", "patch", "--output", tiny_out)]
         jobs["ref_tiny"] = ([["cp", "--reflink=always", str(tiny), str(tiny_out)]] if cow else
                             [["cp", "--reflink=never", str(tiny), str(tiny_out)], ["sync", str(tiny_out)]])
+        jobs["python"] = [[PY, "-c", "pass"]]  # the floor of any Python tool: an interpreter that does nothing
+        big_jobs = ["ours", "ref"]
+        if cow:  # ggufpair fsyncs what it wrote; the durable form of the clone does too
+            jobs["ref_sync"] = [["cp", "--reflink=always", str(big), str(out)], ["sync", str(out)]]
+            big_jobs.append("ref_sync")
         times: dict[str, list[float]] = {name: [] for name in jobs}
         took: dict[str, list[int]] = {name: [] for name in jobs}
+        tiny_out.unlink(missing_ok=True)
+        timed(jobs["ours_tiny"][0])  # untimed: Python's bytecode caches written, as an installed ggufpair has them
         for i in range(repeat):
-            for name in ("ours_tiny", "ref_tiny"):
+            for name in ("ours_tiny", "ref_tiny", "python"):
                 tiny_out.unlink(missing_ok=True)
                 times[name].append(sum(timed(cmd) for cmd in jobs[name]))
             tiny_out.unlink(missing_ok=True)
-            for name in (("ours", "ref") if i % 2 == 0 else ("ref", "ours")):
+            for name in big_jobs[i % len(big_jobs):] + big_jobs[:i % len(big_jobs)]:
                 out.unlink(missing_ok=True)
                 subprocess.run(["sync", "-f", str(mnt)], check=True)
                 before = used_bytes(mnt)
@@ -245,7 +256,14 @@ def fs_bench(work: Path, kind: str, size: int, base: dict, t_false: Path, repeat
         print(f"{kind}: the same jobs on a {tiny.stat().st_size} B file: ggufpair {med(times['ours_tiny'])}, "
               f"{ref_name} {med(times['ref_tiny'])}; what the 4 GiB added: ggufpair {o - ot:+.3f} s, "
               f"{ref_name} {r - rt:+.3f} s")
-        print("  per round: " + ", ".join(f"{b / a:.2f}" for a, b in zip(times["ours"], times["ref"])) + "\n")
+        print("  per round: " + ", ".join(f"{b / a:.2f}" for a, b in zip(times["ours"], times["ref"])))
+        if cow:
+            rs = statistics.median(times["ref_sync"])
+            print(f"{kind}, {ref_name} + sync (durable, as ggufpair's rewrite is): {med(times['ref_sync'])}; "
+                  f"ratio ggufpair / that: {rs / o:.2f}")
+        floor = statistics.median(times["python"])
+        print(f"{kind}: a Python interpreter that does nothing: {med(times['python'])}; the best ratio any Python "
+              f"tool could reach against {ref_name}: {r / floor:.2f}\n")
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
         image.unlink(missing_ok=True)

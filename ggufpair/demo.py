@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from gguf import GGUFValueType
-
 from ggufpair.engine.binary import Binary, find_llama_server
 from ggufpair.engine.config import ServerConfig
 from ggufpair.engine.devices import describe, devices
@@ -23,6 +21,7 @@ from ggufpair.engine.runner import LlamaServer, SpeculationOffError
 from ggufpair.errors import ModelFileError
 from ggufpair.fix.apply import FixResult, apply_plan
 from ggufpair.fix.plan import Action, FixPlan, KeyChange, RouteChoice, plan_pair_fix
+from ggufpair.format.gguf_constants import GGUFValueType
 from ggufpair.format.model_info import read_model_info
 from ggufpair.format.vocab import ADD_BOS_KEY
 from ggufpair.pairing.verdict import Route, Verdict, inspect_pair, parse_override

@@ -26,6 +26,12 @@ def spec_type_for(draft_kind: str | None) -> str:
     return drafter_for_file(draft_kind).spec_type
 
 
+# The fields only a model drafter uses (_draft_args, its --spec-type): inert in a configuration without one, so
+# a profile's [server] table leaves them out there (from_dict gives back their defaults).
+DRAFT_ONLY = ("draft_max", "draft_min", "p_min", "draft_cache_type_k", "draft_cache_type_v", "draft_gpu_layers",
+              "spec_type", "draft_sampling", "draft_device")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     target: Path

@@ -17,9 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gguf import GGMLQuantizationType, Keys
-
 from ggufpair.engine.config import QUANTIZED_KV, ServerConfig
+from ggufpair.format.gguf_constants import GGMLQuantizationType, Keys
 from ggufpair.format.model_info import ModelInfo
 
 MIB = 1 << 20

@@ -166,17 +166,27 @@ def _slack_patch(header: GGUFHeader, head: bytes) -> list[tuple[int, bytes, byte
     """One patch from the first changed header byte to the tensor data, when the new header `head` still ends
     within the padding GGUF puts before the data (up to `alignment` bytes): a few bytes more or less of token
     text then move no tensor data at all."""
-    import numpy as np
-
     if not header.tensors or len(head) != header.data_offset:
         return None
     with _open_map(header.path) as buf:
         old = bytes(buf[:header.data_offset])
-    differ = np.flatnonzero(np.frombuffer(old, np.uint8) != np.frombuffer(head, np.uint8))
-    if not len(differ):
-        return []
-    first = int(differ[0])
-    return [(first, old[first:], head[first:])]
+    first = _first_difference(old, head)
+    return [] if first is None else [(first, old[first:], head[first:])]
+
+
+def _first_difference(a: bytes, b: bytes) -> int | None:
+    """Where two byte strings of one length first differ (None: nowhere), by halving: each step compares
+    whole slices (memcmp), so a header of megabytes takes about 2 copies of itself, not a Python loop per byte."""
+    if a == b:
+        return None
+    lo, hi = 0, len(a)  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def new_header_bytes(header: GGUFHeader, changes) -> bytes:

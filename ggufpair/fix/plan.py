@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType
-
 from ggufpair.errors import UsageError
+from ggufpair.format.gguf_constants import GGUFValueType
 from ggufpair.format.model_info import ModelInfo, read_model_info
 from ggufpair.format.reader import ArrayValue
 from ggufpair.format.vocab import ADD_BOS_KEY, BOS_KEY, EOS_KEY, NEEDS_BOS, duplicate_problem, load_problem

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from gguf import GGUFValueType, Keys, LlamaFileType
-
+from ggufpair.format.gguf_constants import GGUFValueType, Keys, LlamaFileType
 from ggufpair.format.reader import GGUFHeader, read_header
 from ggufpair.format.shards import shard_paths
 from ggufpair.format.vocab import VocabInfo, read_vocab

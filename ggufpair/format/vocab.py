@@ -14,8 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from gguf import GGUFValueType, Keys
-
+from ggufpair.format.gguf_constants import GGUFValueType, Keys
 from ggufpair.format.reader import ArrayValue, GGUFHeader
 
 TOKEN_NULL = -1

@@ -8,8 +8,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterable, Sequence
 
-from gguf import GGMLQuantizationType, GGUFValueType
-
+from ggufpair.format.gguf_constants import GGMLQuantizationType, GGUFValueType
 from ggufpair.format.reader import _SCALAR_FORMATS, ArrayValue, GGUF_MAGIC
 
 _U32 = struct.Struct("<I")

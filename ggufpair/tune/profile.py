@@ -15,7 +15,7 @@ import tomli_w
 
 from ggufpair import __version__
 from ggufpair.engine.binary import Binary
-from ggufpair.engine.config import ServerConfig
+from ggufpair.engine.config import DRAFT_ONLY, ServerConfig
 from ggufpair.engine.dialect import Dialect
 from ggufpair.errors import UsageError
 from ggufpair.format.reader import read_header
@@ -44,7 +44,8 @@ def build_info(binary: Binary) -> str:
 def profile_data(name: str, config: ServerConfig, binary: Binary, device: str, measurements: dict[str, Any],
                  host: str = "127.0.0.1", port: int = 8080) -> dict:
     """`host`/`port`: where the launch script (and `ggufpair launch`, unless told otherwise) serves."""
-    server = {k: v for k, v in config.to_dict().items() if v is not None and v != () and k not in ("host", "port")}
+    skip = {"host", "port"} | (set() if config.has_draft else set(DRAFT_ONLY))  # no draft: no draft length
+    server = {k: v for k, v in config.to_dict().items() if v is not None and v != () and k not in skip}
     server = {k: list(v) if isinstance(v, tuple) else v for k, v in server.items()}
     if config.ngram_params:
         server["ngram_params"] = dict(config.ngram_params)  # a table: {n_match = 24, n_max = 64, ...}

@@ -1053,3 +1053,29 @@ def test_asking_for_a_backup_takes_the_patch_route_or_is_refused(tmp_path, capsy
     assert inspect_pair(t, d).compatible  # the file itself was fixed...
     (bak,) = [p for p in tmp_path.iterdir() if p.name.startswith("d.gguf") and p.name.endswith(".bak")] or [None]
     assert bak is not None and bak.read_bytes() == before  # ...and its original kept
+
+
+def test_first_difference_finds_the_first_changed_byte():
+    from ggufpair.fix.apply import _first_difference
+
+    a = bytes(range(256)) * 4096
+    assert _first_difference(a, a) is None
+    for i in (0, 1, 4095, 4096, len(a) - 1):
+        b = bytearray(a)
+        b[i] ^= 0xFF
+        if i + 7 < len(a):
+            b[i + 7] ^= 0x01  # a later difference does not hide the first
+        assert _first_difference(a, bytes(b)) == i
+
+
+def test_same_data_small_and_large_ranges_decide(tmp_path):
+    from ggufpair.fix.verify import SMALL_COMPARE, same_data
+
+    for length in (0, 100, SMALL_COMPARE, SMALL_COMPARE + 4099):
+        a = os.urandom(length + 10)
+        b = bytearray(b"xyz" + a)
+        assert same_data(a, 5, bytes(b), 8, length)
+        if length:
+            b[8 + length - 1] ^= 1  # the last byte of the range
+            assert not same_data(a, 5, bytes(b), 8, length)
+            assert same_data(a, 5, bytes(b), 8, length - 1)

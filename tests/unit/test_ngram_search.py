@@ -165,6 +165,12 @@ def test_a_saved_n_gram_profile_reads_back_with_its_baselines_as_baselines(tmp_p
                            host="127.0.0.1", port=8080)
     out = save_outputs(result, binary, probe_dialect(binary.path), "CPU", args, "no draft model", measure_memory=False)
     assert out.profile is not None and "--spec-type ngram-simple" in out.script.read_text()
+    import tomllib
+
+    from ggufpair.engine.config import DRAFT_ONLY
+
+    server = tomllib.loads(out.profile.read_text())["server"]
+    assert server["ngram"] == "ngram-simple" and not set(DRAFT_ONLY) & set(server), server  # no draft length
     back, _ = result_from_profile(out.profile)
     assert [kind_of(p.config) for p in back.points] == ["none", "ngram-simple", "none"]
     assert back.recommended.config == lookup_cfg.with_(threads=back.recommended.config.threads)
