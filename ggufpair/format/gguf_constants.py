@@ -24,8 +24,6 @@ _NAME = "ggufpair.format._gguf_constants_file"
 def _load() -> ModuleType:
     if "gguf.constants" in sys.modules:
         return sys.modules["gguf.constants"]
-    if _NAME in sys.modules:
-        return sys.modules[_NAME]
     spec = importlib.util.find_spec("gguf")  # finds the package without running its __init__
     if spec is None or spec.origin is None:
         raise ImportError("ggufpair needs the gguf package (pip install gguf)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,7 +40,7 @@ def test_a_fix_starts_without_the_gguf_package_or_numpy(tmp_path):
             f"rc = main(['fix', {str(model)!r}, '--reference', {str(ref)!r}, '--output', {str(tmp_path / 'out.gguf')!r}])\n"
             "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('gguf', 'numpy', 'yaml')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "GGUFPAIR_HOME": str(tmp_path / "home")})
+                         env={**os.environ, "GGUFPAIR_HOME": str(tmp_path / "home")})
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
     assert (tmp_path / "out.gguf").exists()
 
