@@ -7,6 +7,9 @@ This build's rpc-server has no option to cap the memory it offers (tools/rpc/rpc
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import psutil
 import pytest
 
@@ -132,7 +135,16 @@ def test_a_tune_over_rpc_keeps_the_draft_local_and_its_profile_says_where_everyt
     points = data["measurements"]["points"]
     drafted = [p for p in points if p.get("draft_max")]
     assert drafted and all(p["speculative"] and p["draft_tokens"] > 0 for p in drafted), drafted
-    assert data["server"]["rpc"] == list(rpc_servers) and data["server"]["draft_device"] == "none"
+    assert data["server"]["rpc"] == list(rpc_servers)
+    # the answer keeps the draft off the rpc-servers when it has one; a no-draft answer has no draft to place
+    assert data["server"].get("draft_device") == ("none" if "draft" in data["models"] else None), data["server"]
+    # every launch (each log's first line is the command ggufpair ran) put the target on both hosts, and each
+    # one with the draft kept it off them (-devd none: on this host's CPU)
+    commands = [log.read_text().splitlines()[0] for log in Path(data["measurements"]["logs"]).glob("*.log")]
+    with_draft = [c for c in commands if str(draft) in c]
+    assert commands and all("--rpc " + ",".join(rpc_servers) in c for c in commands), commands
+    assert with_draft and all(re.search(r"(--spec-draft-device|-devd|--device-draft) none( |$)", c)
+                              for c in with_draft), with_draft
     rec = data["measurements"]["recommended"]
     assert set(rec["measured_by_device"]) == {"CPU", "RPC0", "RPC1"} == set(rec["predicted_by_device"])
     # the headline prediction is each device's share summed (pipeline buffers on both remotes included), and
