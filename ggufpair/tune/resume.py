@@ -109,7 +109,8 @@ class TuneJournal:
             if why:
                 reasons[why] = reasons.get(why, 0) + 1
                 continue
-            self.reusable[config_key(config)] = PointResult(config, measured, None, 0.0, reused=True)
+            self.reusable[config_key(config)] = PointResult(config, measured, None, 0.0, reused=True,
+                                                            logs=rec.get("logs"))
         self.stale = [f"{n} point(s): {why}" for why, n in reasons.items()]
 
     def _why_stale(self, rec: dict[str, Any], config: ServerConfig) -> str | None:
@@ -125,8 +126,9 @@ class TuneJournal:
                 return f"the {role} file {Path(path).name} changed since"
         return None
 
-    def save(self, point) -> None:
-        """Append a measured point (failed ones are not kept: they are tried again)."""
+    def save(self, point, log_dir: Path | None = None) -> None:
+        """Append a measured point (failed ones are not kept: they are tried again); `log_dir`: where its
+        launch's logs are, for a tune that reuses it to name."""
         if not point.ok:
             return
         from ggufpair.tune.run import point_dict
@@ -134,6 +136,7 @@ class TuneJournal:
         rec = {"config": json.loads(config_key(point.config)), "measurement": point.measurement.to_dict(),
                "outputs": [list(o) for o in point.measurement.outputs],  # the greedy answers, for agreement
                "conditions": self.conditions, "label": point_dict(point)["label"],
+               "logs": str(log_dir) if log_dir is not None else None,
                "models": {"target": _identity(point.config.target),
                           "draft": _identity(point.config.draft) if point.config.draft is not None else None}}
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -519,6 +519,8 @@ def point_dict(p) -> dict[str, Any]:
     d["concurrency"] = c.parallel  # also in the measurement; said here for a point that failed
     if p.reused:
         d["reused"] = True  # measured by an interrupted tune of the same pair, under the same conditions
+        if p.logs:
+            d["logs"] = p.logs  # its log is in that tune's folder, not in this one's (measurements.logs)
     return {**d, **(p.measurement.to_dict() if p.measurement else {})}
 
 

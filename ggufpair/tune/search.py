@@ -270,7 +270,7 @@ def _search(binary, dialect, spec, target, draft, log_dir, on_event, on_point, c
             raise Cancelled()
         result.points.append(point)
         if journal is not None:
-            journal.save(point)
+            journal.save(point, log_dir)
         launch_times.append(point.seconds)
         on_point(point)
         return point

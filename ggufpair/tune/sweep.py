@@ -24,6 +24,7 @@ class PointResult:
     error: str | None
     seconds: float
     reused: bool = False  # taken from an interrupted tune's journal, not launched in this session
+    logs: str | None = None  # a reused point: the folder that holds its launch's logs (the interrupted tune's)
 
     @property
     def ok(self) -> bool:

@@ -173,4 +173,9 @@ def test_an_interrupted_tune_resumes_without_launching_its_points_again(gemma_f1
     (profile,) = state_dir("profiles").glob("*.toml")
     points = tomllib.loads(profile.read_text())["measurements"]["points"]
     assert [p.get("reused", False) for p in points if p.get("draft_max") == 4] == [True]
+    # the reused point names the interrupted tune's log folder, where its launch's log is (this tune's has none)
+    (reused,) = [p for p in points if p.get("reused")]
+    logs = tomllib.loads(profile.read_text())["measurements"]["logs"]
+    assert reused["logs"] != logs and any(Path(reused["logs"]).glob("draft4-*.log")), reused
+    assert not any(Path(logs).glob("draft4-*.log"))
     assert sum(p["kind"] == "none" for p in points) >= 1 and not any(p.get("reused") for p in points if p["kind"] == "none")
