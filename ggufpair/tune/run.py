@@ -471,9 +471,7 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
         if loads:
             data["recommended"]["predicted_by_device"] = loads
     config = rec.config if rec.config.has_draft else rec.config.with_(overrides=())
-    # named after the pair tuned, even when the answer is no draft: tunes of other drafts keep their own profiles
-    mtp = any(p.config.fileless_drafter for p in result.points)  # a tune of the target's own MTP layers
-    name = f"{config.target.stem}" + (f"+{drafted.stem}" if drafted else "+mtp" if mtp else "")
+    name = profile_name(result, config.target)
     listen = {"host": args.host, "port": args.port}
     pdata = profile_data(name, config, binary, device, {**data, "recommendation": text}, **listen)
     pdata["traffic"] = {"concurrency": rec.config.parallel, "levels": result.levels,
@@ -490,6 +488,23 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
         swap = profile.with_suffix(".llama-swap.yaml")
         swap.write_text(llama_swap_entry(name, config, binary, dialect))
     return TuneOutputs(profile, script, swap, text, data)
+
+
+def profile_name(result: TuneResult, target: Path) -> str:
+    """Named after what was tuned, even when the answer is no draft, so that tunes of other drafts keep their
+    own profiles: the answer's draft; with no draft in the answer, every draft file tuned (the first one and a
+    count when their names grow long); a tune of the target's own MTP layers, `+mtp`."""
+    rec = result.recommended
+    if rec is not None and rec.config.has_draft:
+        drafts = [rec.config.draft] if rec.config.draft is not None else []
+    else:
+        drafts = list(dict.fromkeys(p.config.draft for p in result.points
+                                    if p.config.has_draft and p.config.draft is not None))
+    mtp = any(p.config.fileless_drafter for p in result.points)
+    name = target.stem + "".join(f"+{Path(d).stem}" for d in drafts)
+    if len(drafts) > 1 and len(name) > 120:
+        name = f"{target.stem}+{Path(drafts[0]).stem}+{len(drafts) - 1}-more"
+    return name if drafts or not mtp else f"{target.stem}+mtp"
 
 
 def measured_on(point) -> str:

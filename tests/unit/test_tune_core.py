@@ -699,3 +699,25 @@ def test_the_answer_words_a_slower_draft_and_a_repeated_baseline_truly():
     assert "is 49% slower" in text
     close = TuneResult(points=[_point(0, [40.0, 41.0], draft=False), _point(4, [39.0, 40.0])])
     assert "not faster beyond the run-to-run spread" in recommendation_text(close)  # within the noise: not "slower"
+
+
+def test_a_profile_is_named_after_the_answers_draft_else_after_every_draft_tuned():
+    """A tune of one draft is named after that pair whatever its answer; a tune of two whose answer is no draft
+    names both (not the first alone, which a tune of that draft alone would be named); a long list is cut."""
+    from ggufpair.tune.run import profile_name
+
+    def drafted(draft, runs):
+        p = _point(4, runs)
+        return PointResult(p.config.with_(draft=Path(draft)), p.measurement, None, 1.0)
+
+    base = _point(0, [40.0, 41.0], draft=False)
+    t = Path("/m/target.gguf")
+    assert profile_name(TuneResult(points=[base, drafted("/m/a.gguf", [50.0, 51.0])]), t) == "target+a"
+    assert profile_name(TuneResult(points=[base, drafted("/m/a.gguf", [30.0, 31.0])]), t) == "target+a"
+    two = [base, drafted("/m/a.gguf", [30.0, 31.0]), drafted("/m/b.gguf", [31.0, 30.0])]
+    assert profile_name(TuneResult(points=two), t) == "target+a+b"
+    two[2] = drafted("/m/b.gguf", [60.0, 61.0])  # b is the answer
+    assert profile_name(TuneResult(points=two), t) == "target+b"
+    many = [base] + [drafted(f"/m/{'x' * 40}{i}.gguf", [30.0, 31.0]) for i in range(4)]
+    assert profile_name(TuneResult(points=many), t) == f"target+{'x' * 40}0+3-more"
+    assert profile_name(TuneResult(points=[base]), t) == "target"
