@@ -69,6 +69,8 @@ class FixPlan:
     reference: Path | None = None
     unfixable: tuple[str, ...] = ()  # problems metadata cannot fix, explained
     array_edits: dict[str, dict[int, Any]] = field(default_factory=dict, compare=False)
+    # the reference as the plan read it: the check of the written file judges the pair against it
+    reference_info: ModelInfo | None = field(default=None, compare=False, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -131,7 +133,7 @@ def plan_pair_fix(draft: str | Path, reference: str | Path, route: RouteChoice =
     return FixPlan(
         path=draft_info.path, route=chosen, changes=tuple(changes),
         override_args=tuple(overrides) if chosen == Route.OVERRIDE_KV else (), why=why, size=size, mtime_ns=mtime,
-        reference=target_info.path, unfixable=tuple(unfixable), array_edits=array_edits,
+        reference=target_info.path, unfixable=tuple(unfixable), array_edits=array_edits, reference_info=target_info,
     )
 
 

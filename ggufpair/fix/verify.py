@@ -61,7 +61,8 @@ def verify_written(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixP
         from ggufpair.format.model_info import read_model_info
         from ggufpair.pairing.verdict import check_pair
 
-        verdict = check_pair(read_model_info(plan.reference), read_model_info(new.path, whole_model=False))
+        reference = plan.reference_info or read_model_info(plan.reference)
+        verdict = check_pair(reference, read_model_info(new.path, whole_model=False, header=new))
         if not verdict.compatible:
             raise FixError(f"{plan.path}: after the fix the pair is still incompatible ({verdict.summary}); "
                            "the original is left as it was")

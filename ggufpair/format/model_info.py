@@ -78,15 +78,16 @@ class ModelInfo:
 
 
 def read_model_info(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
-                    whole_model: bool = True) -> ModelInfo:
+                    whole_model: bool = True, header: GGUFHeader | None = None) -> ModelInfo:
     """Read a model's header (the first shard of a split model) into a `ModelInfo`.
 
     `overrides` are `--override-kv` values (key -> bool/int/float/str) applied as llama.cpp would.
     `whole_model=False` reads one file as it is, without requiring its split siblings (a fix's temporary
-    copy of a first shard).
+    copy of a first shard). `header`: the first file's header, already read (a file is not parsed twice).
     """
     paths = shard_paths(path)
-    header = read_header(paths[0])
+    if header is None or Path(header.path) != Path(paths[0]):
+        header = read_header(paths[0])
     count = header.get("split.count")
     if whole_model and isinstance(count, int) and count > 1 and len(paths) != count:
         from ggufpair.errors import MissingShardError

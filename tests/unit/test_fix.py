@@ -112,6 +112,24 @@ def test_rewrite_for_token_texts_keeps_tensors_and_other_keys(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if ".ggufpair-" in p.name] == []
 
 
+def test_a_rewrite_parses_each_header_once_per_read_it_needs(tmp_path, monkeypatch):
+    """A real Gemma header takes ~45 ms to parse (262k tokens): the rewrite's check judges the pair against the
+    reference as the plan read it, and reads the written copy once; the source is read again under its lock."""
+    from ggufpair.format import reader
+
+    tokens = spm_tokens(300)
+    tokens[100] = "<much-longer-name>"
+    t, d = _pair(tmp_path, tokens=tokens, tensors=BIG_TENSORS)
+    plan = plan_pair_fix(d, t)
+    seen: list[str] = []
+    parse = reader.parse_header
+    monkeypatch.setattr(reader, "parse_header", lambda buf, path: seen.append(Path(path).name) or parse(buf, path))
+    result = apply_plan(plan)
+    assert result.mode == "rewrite" and result.data_verified
+    assert t.name not in seen and seen.count(d.name) == 1 and len(seen) == 2, seen  # the source, then the copy
+    assert inspect_pair(t, d).compatible
+
+
 @pytest.mark.parametrize("mode", ["in-place", "rewrite"])
 def test_a_fix_through_a_link_fixes_the_file_it_names_and_keeps_the_link(tmp_path, mode, capsys):
     """A Hugging Face cache snapshot links to its blobs: the blob is fixed, the link stays a link (a rename
