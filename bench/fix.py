@@ -9,8 +9,9 @@
    rewrite of the file (`--output`: the data keeps its offset) against the reference there: on XFS and btrfs
    `cp --reflink=always`, which clones (target >= 0.8 of its speed); on ext4 `cp` followed by `sync`, the
    honest durable copy (target >= 0.8). The space each took from the filesystem is printed beside. On XFS and
-   btrfs `cp --reflink=always` + `sync` (durable, as ggufpair's rewrite is) is shown too, and so is an
-   interpreter that does nothing: the floor any Python tool's ratio is bounded by.
+   btrfs `cp --reflink=always` + `sync` (durable, as ggufpair's rewrite is) is shown too, and so are an
+   interpreter that does nothing (the floor any Python tool's ratio is bounded by) and ggufpair's rewrite
+   called in-process, its own work without an interpreter's start.
 
 Every command runs as a fresh process, so interpreter start-up is included on both sides. `cp` finishes when
 the copy is in the page cache; Linux lets it leave up to `vm.dirty_ratio` of memory dirty, so for a file
@@ -40,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from gguf import GGMLQuantizationType, GGUFValueType as T  # noqa: E402
 
+from ggufpair.fix.apply import apply_plan  # noqa: E402
+from ggufpair.fix.plan import RouteChoice, plan_pair_fix  # noqa: E402
 from ggufpair.format.writer import encode_header, encode_kv, encode_tensor_info  # noqa: E402
 from tests.ggufmake import model_kv, vocab_kv, write_gguf  # noqa: E402
 
@@ -250,6 +253,15 @@ def fs_bench(work: Path, kind: str, size: int, base: dict, t_false: Path, repeat
                 times[name].append(sum(timed(cmd) for cmd in jobs[name]))
                 took[name].append(used_bytes(mnt) - before)
             out.unlink(missing_ok=True)
+        if cow:  # ggufpair's own work without an interpreter's start: the plan, the clone, its checks, fsyncs
+            times["in_process"] = []
+            for _ in range(repeat):
+                out.unlink(missing_ok=True)
+                subprocess.run(["sync", "-f", str(mnt)], check=True)
+                t = time.perf_counter()
+                apply_plan(plan_pair_fix(big, t_false, RouteChoice("patch")), output=out)
+                times["in_process"].append(time.perf_counter() - t)
+            out.unlink(missing_ok=True)
         gib = big.stat().st_size / 2**30
         o, r = statistics.median(times["ours"]), statistics.median(times["ref"])
         print(f"{kind}, rewrite (new BOS id, --output) of {gib:.2f} GiB: ggufpair {med(times['ours'])}, "
@@ -266,6 +278,9 @@ def fs_bench(work: Path, kind: str, size: int, base: dict, t_false: Path, repeat
             rs = statistics.median(times["ref_sync"])
             print(f"{kind}, {ref_name} + sync (durable, as ggufpair's rewrite is): {med(times['ref_sync'])}; "
                   f"ratio ggufpair / that: {rs / o:.2f}")
+            ip = statistics.median(times["in_process"])
+            print(f"{kind}, ggufpair's rewrite called in-process (plan, clone, checks, fsyncs; no interpreter start): "
+                  f"{med(times['in_process'])}; ratio to {ref_name}: {r / ip:.2f}, to it + sync: {rs / ip:.2f}")
         floor = statistics.median(times["python"])
         print(f"{kind}: a Python interpreter that does nothing: {med(times['python'])}; the best ratio any Python "
               f"tool could reach against {ref_name}: {r / floor:.2f}\n")
