@@ -236,8 +236,9 @@ def fs_bench(work: Path, kind: str, size: int, base: dict, t_false: Path, repeat
         took: dict[str, list[int]] = {name: [] for name in jobs}
         tiny_out.unlink(missing_ok=True)
         timed(jobs["ours_tiny"][0])  # untimed: Python's bytecode caches written, as an installed ggufpair has them
-        # Untimed too: one full copy, so the loop file's own blocks exist on the disk under it before any timed
-        # run (the first write of a sparse image's blocks took 2-3x as long here, on whichever side ran first).
+        # Untimed too: one full rewrite, so that the sparse image's blocks it wrote (the timed runs' usually reuse
+        # some of them) exist on the disk under it: the first such write took 2-3x as long here, on whichever
+        # side ran first. On XFS and btrfs the rewrite clones, so this touches almost nothing there.
         for cmd in jobs["ours"]:
             timed(cmd)
         out.unlink(missing_ok=True)

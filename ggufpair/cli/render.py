@@ -79,9 +79,9 @@ def model_rows(info: ModelInfo) -> list[tuple[str, str]]:
     ]
     if info.shared_kv_layers:
         rows.insert(9, ("shared-KV layers", str(info.shared_kv_layers)))
-    if info.draft_kind == "mtp":  # a model that drafts for itself, not a draft for another
+    if info.draft_kind == "mtp":  # drafts for itself as a target; as another's draft it runs as a plain draft
         layers = f"{info.n_nextn} NextN layer{'s' * (info.n_nextn != 1)}" if info.n_nextn else "NextN layers"
-        rows.append(("drafts itself", f"MTP ({layers}): tune --kinds mtp"))
+        rows.append(("MTP layers", f"{layers}: drafts for itself as the target (tune --kinds mtp)"))
     elif info.draft_kind:
         rows.append(("special draft", info.draft_kind))
     if v.overridden:

@@ -69,8 +69,10 @@ class FixPlan:
     reference: Path | None = None
     unfixable: tuple[str, ...] = ()  # problems metadata cannot fix, explained
     array_edits: dict[str, dict[int, Any]] = field(default_factory=dict, compare=False)
-    # the reference as the plan read it: the check of the written file judges the pair against it
+    # the reference as the plan read it, and its (size, mtime): the check of the written file judges the pair
+    # against it while the file is unchanged, else reads it again
     reference_info: ModelInfo | None = field(default=None, compare=False, repr=False)
+    reference_stat: tuple[int, int] | None = None
 
     @property
     def empty(self) -> bool:
@@ -99,6 +101,7 @@ def _stat(path: Path) -> tuple[int, int]:
 def plan_pair_fix(draft: str | Path, reference: str | Path, route: RouteChoice = RouteChoice.AUTO) -> FixPlan:
     """The changes that make `draft` pass llama.cpp's checks against the target `reference`."""
     target_info, draft_info = read_model_info(reference), read_model_info(draft)
+    ref_stat = _stat(target_info.path)  # (taken after the read: a change meanwhile only costs a second read)
     verdict = check_pair(target_info, draft_info)
     changes: list[KeyChange] = []
     overrides: list[str] = []
@@ -134,6 +137,7 @@ def plan_pair_fix(draft: str | Path, reference: str | Path, route: RouteChoice =
         path=draft_info.path, route=chosen, changes=tuple(changes),
         override_args=tuple(overrides) if chosen == Route.OVERRIDE_KV else (), why=why, size=size, mtime_ns=mtime,
         reference=target_info.path, unfixable=tuple(unfixable), array_edits=array_edits, reference_info=target_info,
+        reference_stat=ref_stat,
     )
 
 

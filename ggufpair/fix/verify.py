@@ -61,11 +61,23 @@ def verify_written(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixP
         from ggufpair.format.model_info import read_model_info
         from ggufpair.pairing.verdict import check_pair
 
-        reference = plan.reference_info or read_model_info(plan.reference)
+        reference = plan.reference_info
+        if reference is None or plan.reference_stat is None or _stat(plan.reference) != plan.reference_stat:
+            reference = read_model_info(plan.reference)  # changed since the plan: judged as it is now
         verdict = check_pair(reference, read_model_info(new.path, whole_model=False, header=new))
         if not verdict.compatible:
             raise FixError(f"{plan.path}: after the fix the pair is still incompatible ({verdict.summary}); "
                            "the original is left as it was")
+
+
+def _stat(path) -> tuple[int, int] | None:
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def same_data(a, a_off: int, b, b_off: int, length: int) -> bool:

@@ -109,8 +109,9 @@ class TuneJournal:
             if why:
                 reasons[why] = reasons.get(why, 0) + 1
                 continue
+            logs = rec.get("logs")  # named only while it is there (a log folder of long ago is pruned)
             self.reusable[config_key(config)] = PointResult(config, measured, None, 0.0, reused=True,
-                                                            logs=rec.get("logs"))
+                                                            logs=logs if logs and os.path.isdir(logs) else None)
         self.stale = [f"{n} point(s): {why}" for why, n in reasons.items()]
 
     def _why_stale(self, rec: dict[str, Any], config: ServerConfig) -> str | None:

@@ -492,19 +492,19 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
 
 def profile_name(result: TuneResult, target: Path) -> str:
     """Named after what was tuned, even when the answer is no draft, so that tunes of other drafts keep their
-    own profiles: the answer's draft; with no draft in the answer, every draft file tuned (the first one and a
-    count when their names grow long); a tune of the target's own MTP layers, `+mtp`."""
+    own profiles: the answer's drafter (a file, or `mtp`: the target's own MTP layers); with no drafter in the
+    answer, every one tuned, files by name (the first one and a count when the name grows long)."""
     rec = result.recommended
     if rec is not None and rec.config.has_draft:
-        drafts = [rec.config.draft] if rec.config.draft is not None else []
+        names = [Path(rec.config.draft).stem if rec.config.draft is not None else "mtp"]
     else:
-        drafts = list(dict.fromkeys(p.config.draft for p in result.points
-                                    if p.config.has_draft and p.config.draft is not None))
-    mtp = any(p.config.fileless_drafter for p in result.points)
-    name = target.stem + "".join(f"+{Path(d).stem}" for d in drafts)
-    if len(drafts) > 1 and len(name) > 120:
-        name = f"{target.stem}+{Path(drafts[0]).stem}+{len(drafts) - 1}-more"
-    return name if drafts or not mtp else f"{target.stem}+mtp"
+        drafts = sorted({p.config.draft for p in result.points if p.config.has_draft and p.config.draft is not None},
+                        key=lambda d: (Path(d).stem, str(d)))  # in any order given, one name
+        names = [Path(d).stem for d in drafts] + ["mtp"] * any(p.config.fileless_drafter for p in result.points)
+    name = target.stem + "".join(f"+{n}" for n in names)
+    if len(names) > 1 and len(name.encode()) > 120:
+        name = f"{target.stem}+{names[0]}+{len(names) - 1}-more"
+    return name
 
 
 def measured_on(point) -> str:

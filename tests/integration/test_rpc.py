@@ -137,13 +137,15 @@ def test_a_tune_over_rpc_keeps_the_draft_local_and_its_profile_says_where_everyt
     assert drafted and all(p["speculative"] and p["draft_tokens"] > 0 for p in drafted), drafted
     assert data["server"]["rpc"] == list(rpc_servers)
     # the answer keeps the draft off the rpc-servers when it has one; a no-draft answer has no draft to place
-    assert data["server"].get("draft_device") == ("none" if "draft" in data["models"] else None), data["server"]
+    placed = data["server"].get("draft_device")  # "none" (this host's CPU), or a local GPU where there is one
+    assert (placed is not None and not placed.startswith("RPC")) if "draft" in data["models"] else placed is None, \
+        data["server"]
     # every launch (each log's first line is the command ggufpair ran) put the target on both hosts, and each
-    # one with the draft kept it off them (-devd none: on this host's CPU)
+    # one with the draft kept it off them (-devd none: this host's CPU; a local GPU where there is one)
     commands = [log.read_text().splitlines()[0] for log in Path(data["measurements"]["logs"]).glob("*.log")]
     with_draft = [c for c in commands if str(draft) in c]
     assert commands and all("--rpc " + ",".join(rpc_servers) in c for c in commands), commands
-    assert with_draft and all(re.search(r"(--spec-draft-device|-devd|--device-draft) none( |$)", c)
+    assert with_draft and all(re.search(r"(--spec-draft-device|-devd|--device-draft) (?!RPC)\S+( |$)", c)
                               for c in with_draft), with_draft
     rec = data["measurements"]["recommended"]
     assert set(rec["measured_by_device"]) == {"CPU", "RPC0", "RPC1"} == set(rec["predicted_by_device"])

@@ -130,6 +130,23 @@ def test_a_rewrite_parses_each_header_once_per_read_it_needs(tmp_path, monkeypat
     assert inspect_pair(t, d).compatible
 
 
+def test_a_reference_changed_after_the_plan_is_judged_as_it_is_now(tmp_path):
+    """The written copy's check reuses the reference the plan read only while that file is unchanged: a target
+    replaced meanwhile (another token at id 200) is read again, and the fix is refused as still incompatible,
+    the draft left as it was."""
+    tokens = spm_tokens(300)
+    tokens[100] = "<much-longer-name>"
+    t, d = _pair(tmp_path, tokens=tokens, tensors=BIG_TENSORS)
+    plan = plan_pair_fix(d, t)
+    before = d.read_bytes()
+    other = spm_tokens(300)
+    other[200] = "<another-token>"
+    write_gguf(tmp_path / "target.gguf", {**model_kv(), **vocab_kv(tokens=other)}, BIG_TENSORS)
+    with pytest.raises(FixError, match="after the fix the pair is still incompatible"):
+        apply_plan(plan)
+    assert d.read_bytes() == before and [p.name for p in tmp_path.iterdir() if ".ggufpair-" in p.name] == []
+
+
 @pytest.mark.parametrize("mode", ["in-place", "rewrite"])
 def test_a_fix_through_a_link_fixes_the_file_it_names_and_keeps_the_link(tmp_path, mode, capsys):
     """A Hugging Face cache snapshot links to its blobs: the blob is fixed, the link stays a link (a rename

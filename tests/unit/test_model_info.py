@@ -96,13 +96,14 @@ def test_step_and_output_bytes_follow_tied_and_untied_output_layers(tmp_path):
     assert "is 95% of the draft's reads and 82% of the target's" in note
 
 
-def test_inspect_calls_a_target_with_mtp_layers_a_model_that_drafts_itself_and_a_head_a_special_draft(tmp_path):
+def test_inspect_shows_a_models_mtp_layers_as_drafting_for_itself_and_a_head_as_a_special_draft(tmp_path):
     from ggufpair.cli.render import model_rows
     from tests.ggufmake import random_model
 
     mtp = dict(model_rows(read_model_info(random_model(tmp_path / "mtp.gguf", "mtp", n_layers=2))))
-    assert mtp["drafts itself"] == "MTP (1 NextN layer): tune --kinds mtp" and "special draft" not in mtp
+    assert mtp["MTP layers"] == "1 NextN layer: drafts for itself as the target (tune --kinds mtp)"
+    assert "special draft" not in mtp
     eagle = dict(model_rows(read_model_info(random_model(tmp_path / "eagle.gguf", "eagle3", target_hidden=64))))
-    assert eagle["special draft"] == "eagle3" and "drafts itself" not in eagle
-    assert not {"special draft", "drafts itself"} & set(dict(model_rows(read_model_info(
+    assert eagle["special draft"] == "eagle3" and "MTP layers" not in eagle
+    assert not {"special draft", "MTP layers"} & set(dict(model_rows(read_model_info(
         random_model(tmp_path / "plain.gguf")))))

@@ -721,3 +721,17 @@ def test_a_profile_is_named_after_the_answers_draft_else_after_every_draft_tuned
     many = [base] + [drafted(f"/m/{'x' * 40}{i}.gguf", [30.0, 31.0]) for i in range(4)]
     assert profile_name(TuneResult(points=many), t) == f"target+{'x' * 40}0+3-more"
     assert profile_name(TuneResult(points=[base]), t) == "target"
+    # in whatever order the drafts were given, one name
+    assert profile_name(TuneResult(points=[base, two[2], two[1]]), t) == "target+b"
+    assert profile_name(TuneResult(points=[base, drafted("/m/b.gguf", [30.0, 31.0]), two[1]]), t) == "target+a+b"
+    # the target's own MTP layers: `mtp` when they are the answer, or beside the files when nothing drafts
+    def mtp(runs):
+        p = _point(3, runs)
+        return PointResult(p.config.with_(draft=None, spec_type="draft-mtp"), p.measurement, None, 1.0)
+
+    assert profile_name(TuneResult(points=[base, mtp([60.0, 61.0])]), t) == "target+mtp"
+    assert profile_name(TuneResult(points=[base, mtp([30.0, 31.0])]), t) == "target+mtp"
+    assert profile_name(TuneResult(points=[base, drafted("/m/a.gguf", [30.0, 31.0]), mtp([30.0, 31.0])]), t) == \
+        "target+a+mtp"
+    assert profile_name(TuneResult(points=[base, drafted("/m/a.gguf", [30.0, 31.0]), mtp([60.0, 61.0])]), t) == \
+        "target+mtp"
