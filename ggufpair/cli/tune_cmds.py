@@ -476,16 +476,37 @@ def _check_models(config, identities: dict | None = None) -> None:
                   "its measurements are of the old file", file=sys.stderr)
 
 
-def check_status(before: float, now: float, runs, stalls: int, tolerance: float) -> str:
+def check_status(before: float, now: float, runs, stalls: int, tolerance: float,
+                 base_before: float | None = None, base_now: float | None = None) -> str:
     """ok when the re-measured rate is within `tolerance` of the profile's; INCONCLUSIVE when only its median
-    is below (a repetition is not) or requests stalled: the machine's noise, not the build; else REGRESSION."""
+    is below (a repetition is not), requests stalled, or the paired baseline measured now (`base_now`, against
+    `base_before` when profiled) fell as much while the speedup over it held: the machine, not the build;
+    else REGRESSION."""
     if not before:
         return "REGRESSION"
     if now / before >= 1 - tolerance:
         return "ok"
     if max(runs, default=now) / before >= 1 - tolerance or stalls:
         return "INCONCLUSIVE"
+    if machine_slower(before, now, tolerance, base_before, base_now):
+        return "INCONCLUSIVE"
     return "REGRESSION"
+
+
+def machine_slower(before: float, now: float, tolerance: float, base_before: float | None,
+                   base_now: float | None) -> bool:
+    """The paired baseline fell beyond `tolerance` since the profile, and the speedup over it held within it."""
+    return bool(before and base_before and base_now and base_now / base_before < 1 - tolerance
+                and now / base_now >= (before / base_before) * (1 - tolerance))
+
+
+def profiled_baseline(data: dict, config) -> float | None:
+    """The paired baseline's rate when the profile was tuned: the faster of its runs (as the tune compared
+    through it) at the answer's target KV type and concurrency; None when the profile holds none."""
+    rates = [float(p["tokens_per_second"]) for p in data.get("measurements", {}).get("points", [])
+             if p.get("kind") == "none" and p.get("tokens_per_second") and p.get("target_kv") == config.cache_type_k
+             and int(p.get("concurrency", 1)) == config.parallel]
+    return max(rates, default=None)
 
 
 def _check_rpc_hosts(config) -> None:
@@ -528,27 +549,44 @@ def cmd_check(args: argparse.Namespace) -> int:
     point = run_point(binary, probe_dialect(binary.path), config, prompts, n_predict=int(saved.get("n_predict", 128)),
                       repeats=2, log_dir=logs, on_event=lambda m: console.print(f"  {m}", style="dim"),
                       sampling=sampling)
-    console.print(f"llama-server logs: {logs}", style="dim")
     if not point.ok:
+        console.print(f"llama-server logs: {logs}", style="dim")
         console.print(f"REGRESSION: the profile no longer runs: {point.error}", style="bold red")
         return 1
     before, now = float(saved.get("tokens_per_second", 0)), point.measurement.tokens_per_second
+    base_before = profiled_baseline(data, config) if config.speculates else None
+    base = None
+    if base_before:  # the paired baseline again, in this session: a slower machine slows it as much
+        base = run_point(binary, probe_dialect(binary.path), config.without_speculation(), prompts,
+                         n_predict=int(saved.get("n_predict", 128)), repeats=2, log_dir=logs,
+                         on_event=lambda m: console.print(f"  {m}", style="dim"), sampling=sampling)
+    console.print(f"llama-server logs: {logs}", style="dim")
     if saved.get("rate") != RATE_DEFINITION:
         # An older profile counted each answer's first token, which comes from the prompt: for answers of
         # n_predict tokens its rate was n/(n-1) of today's definition. Compared on today's terms.
         n = int(saved.get("n_predict", 128))
         before *= (n - 1) / n if n > 1 else 1.0
+        base_before = base_before * (n - 1) / n if base_before and n > 1 else base_before
         console.print(f"note: this profile's rate counted each answer's first token; compared as {before:.1f} "
                       f"tok/s on today's terms (assuming full {n}-token answers)", style="yellow")
     if config.speculates and not point.measurement.speculative:
         console.print("REGRESSION: speculation is off on this build", style="bold red")
         return 1
     m = point.measurement
+    base_now = base.measurement.tokens_per_second if base is not None and base.ok else None
     ratio = now / before if before else 0
-    status = check_status(before, now, m.tps_runs, m.stalls, args.tolerance)
+    status = check_status(before, now, m.tps_runs, m.stalls, args.tolerance, base_before, base_now)
+    if base_now and base_before:
+        console.print(f"paired baseline (no speculation): {base_now:.1f} tok/s now, {base_before:.1f} when profiled "
+                      f"({base_now / base_before:.2f}x); speedup over it {now / base_now:.2f}x now, "
+                      f"{before / base_before:.2f}x when profiled")
+    slower_machine = status == "INCONCLUSIVE" and machine_slower(before, now, args.tolerance, base_before, base_now)
     style, code = {"ok": ("bold green", 0), "INCONCLUSIVE": ("bold yellow", 1), "REGRESSION": ("bold red", 1)}[status]
     console.print(f"{status}: {now:.1f} tok/s now (runs {', '.join(f'{r:.1f}' for r in m.tps_runs)}"
                   f"{f', {m.stalls} stalled request(s)' if m.stalls else ''}), {before:.1f} when profiled "
-                  f"({ratio:.2f}x)" + (": measure again on a quiet machine" if status == "INCONCLUSIVE" else ""),
+                  f"({ratio:.2f}x)" + (": the baseline is as much slower and the speedup holds: this machine is "
+                                       "slower now (load, clocks), not the build; measure again on a quiet machine"
+                                       if slower_machine else ": measure again on a quiet machine"
+                                       if status == "INCONCLUSIVE" else ""),
                   style=style)
     return code

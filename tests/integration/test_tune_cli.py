@@ -114,6 +114,10 @@ def test_tune_without_a_draft_tunes_n_gram_lookup_and_its_profile_launches_and_c
     assert main(["check", str(profile), "--tolerance", "0.9"]) in (0, 1)
     checked = capsys.readouterr().out
     assert "when profiled" in checked and "speculation is off" not in checked
+    # a speculating answer is checked against its paired baseline measured again, as the tune measured it
+    assert ("paired baseline (no speculation): " in checked) == (rec["kind"] != "none"), checked
+    check_logs = sorted(state_dir("logs").glob("*check-*"))[-1]
+    assert (rec["kind"] == "none") or any(check_logs.glob("baseline-f16*.log")), list(check_logs.iterdir())
 
 
 def test_two_drafts_are_ranked_in_one_tune(gemma_f16, gemma_q4, llama_server, capsys):

@@ -533,6 +533,21 @@ def test_check_tells_a_regression_from_noise(now, runs, stalls, status):
     assert check_status(100.0, now, runs, stalls, tolerance=0.1) == status
 
 
+@pytest.mark.parametrize("now,base_before,base_now,status", [
+    (70.0, 50.0, 35.0, "INCONCLUSIVE"),  # the baseline fell as much (0.70x): the speedup held at 2.0x
+    (70.0, 50.0, 50.0, "REGRESSION"),  # the baseline held: the speculation itself is slower (2.0x -> 1.4x)
+    (40.0, 50.0, 35.0, "REGRESSION"),  # the baseline fell, and the speedup with it (2.0x -> 1.14x)
+    (70.0, 50.0, None, "REGRESSION"),  # no baseline measured now: the profile's figure alone
+    (70.0, None, 35.0, "REGRESSION"),  # the profile holds no baseline to compare with
+])
+def test_check_tells_a_slower_machine_from_a_regression_by_the_paired_baseline(now, base_before, base_now, status):
+    """`check` measures the paired baseline again: a machine slower now (load, clocks) slows it as much, and
+    the speedup over it holds; a build whose speculation got slower shows in the speedup. Profiled: 100 tok/s."""
+    from ggufpair.cli.tune_cmds import check_status
+
+    assert check_status(100.0, now, (now, now), 0, 0.1, base_before, base_now) == status
+
+
 def test_suggested_drafts_are_small_and_of_the_targets_vocabulary(tmp_path):
     from ggufpair.locate import Candidate
     from ggufpair.tune.run import suggest_drafts
