@@ -129,9 +129,11 @@ def cmd_list(args: argparse.Namespace) -> int:
                           "skipped": [{"path": str(p), "why": w} for p, w in skipped]}, indent=2))
         return 0
     console = _console(args)
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("model", "size", "quant", "file", "vocab", "context", "path", "", box=None, header_style="bold")
+    # a path is folded onto more lines, never cut short: it is there to be copied
+    table = Table("model", "size", "quant", "file", "vocab", "context", Column("path", overflow="fold"), "", box=None,
+                  header_style="bold")
     for c in found:
         i = c.info
         table.add_row(i.display_name, i.size_label or "", i.quant, f"{i.file_size / 2**30:.2f} GiB",

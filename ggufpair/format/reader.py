@@ -422,7 +422,7 @@ def read_header(path: str | os.PathLike, *, check_data: bool = True) -> GGUFHead
         header = parse_header(buf, path)
     if check_data and header.data_offset + _last_tensor_end(header) > header.file_size:
         need = header.data_offset + _last_tensor_end(header)
-        raise GGUFFormatError(path, header.file_size, f"truncated: the tensor data needs {need} bytes but the file has {header.file_size} (an interrupted download or copy?)")
+        raise GGUFFormatError(path, header.file_size, f"truncated: its header and tensor data need a file of {need} bytes but it has {header.file_size} (an interrupted download or copy?)")
     return header
 
 

@@ -310,7 +310,7 @@ def test_tensor_data_truncated(tmp_path):
     need = header.data_offset + header.tensors[-1].offset + header.tensors[-1].n_bytes
     assert need == len(full)  # the last tensor has no padding after it here
     path.write_bytes(full[:-16])
-    err = expect_error(path, len(full) - 16, f"truncated: the tensor data needs {need} bytes but the file has {len(full) - 16}")
+    err = expect_error(path, len(full) - 16, f"truncated: its header and tensor data need a file of {need} bytes but it has {len(full) - 16}")
     assert "truncated" in str(err)
     # The header itself is intact: without the data check it reads.
     assert read_header(path, check_data=False).tensors == header.tensors
@@ -320,7 +320,7 @@ def test_tensor_data_missing_entirely(tmp_path):
     path = write_gguf(tmp_path / "cut.gguf", model_kv())
     header = read_header(path)
     path.write_bytes(path.read_bytes()[:header.header_end])
-    expect_error(path, header.header_end, "truncated: the tensor data needs")
+    expect_error(path, header.header_end, "truncated: its header and tensor data need a file of")
 
 
 # --- files that are not there -----------------------------------------------------------------------

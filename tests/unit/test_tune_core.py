@@ -467,6 +467,13 @@ def test_list_says_what_it_skipped_and_refuses_a_missing_folder(tmp_path, monkey
     assert marked["good.gguf"] is None and marked["nobos.gguf"]
     assert main(["list", "--dir", str(folder)]) == 0
     assert "`ggufpair fix MODEL` repairs it" in capsys.readouterr().out
+    # a path too long for its column is folded onto more lines, never cut short: it is there to be copied
+    deep = folder / ("a-long-folder-name-" * 6) / ("b-long-folder-name-" * 6)
+    deep.mkdir(parents=True)
+    far = write_gguf(deep / "far.gguf", {**model_kv(), **vocab_kv()})
+    assert main(["list", "--dir", str(deep)]) == 0
+    out = capsys.readouterr().out
+    assert str(far) in "".join(out.split()) and "…" not in out, out
 
 
 @pytest.mark.parametrize("launch", ['launch = "x"', '[launch]\nport = "abc"', '[launch]\nhost = 5', '[launch]\nport = 99999'])
