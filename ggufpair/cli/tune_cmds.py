@@ -19,6 +19,10 @@ MIB = 1 << 20
 NGRAM_KIND_NAMES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")  # engine.kinds
 
 
+# The defaults of the flags that shape a model drafter's runs: a value given without one to run is said to change nothing.
+DRAFTER_DEFAULTS = {"lengths": "1-16", "draft_kv": "f16,q8_0,q4_0", "p_min": "0,0.5"}
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("tune", help="find the fastest speculation (a draft, n-gram lookup, both) that fits, "
                                     "against a paired baseline")
@@ -27,16 +31,16 @@ def add_parsers(sub) -> None:
                    help="the draft (same forms); give it more than once to rank several drafts in one tune (each "
                         "measured alone: llama.cpp has one draft context), or `auto` for the compatible local ones; "
                         "without it, n-gram lookup (no draft file) is tuned and compatible drafts are suggested")
-    p.add_argument("--p-min", default="0,0.5", metavar="P[,P...]",
+    p.add_argument("--p-min", default=DRAFTER_DEFAULTS["p_min"], metavar="P[,P...]",
                    help="--spec-draft-p-min values tried on each draft's best length (default 0,0.5; 0 alone: not swept)")
     p.add_argument("--kinds", default="draft,ngram",
                    help="kinds of speculation to try: draft (the model drafters: the --draft files, and MTP where the "
                         "target has NextN layers), mtp (those layers alone), ngram (every n-gram kind the build "
                         f"offers) or some of {', '.join(NGRAM_KIND_NAMES)} (default draft,ngram; no speculation is "
                         "always measured as the baseline)")
-    p.add_argument("--lengths", default="1-16", help="draft lengths, e.g. 1-16 or 2,4,8 (default 1-16)")
+    p.add_argument("--lengths", default=DRAFTER_DEFAULTS["lengths"], help="draft lengths, e.g. 1-16 or 2,4,8 (default 1-16)")
     p.add_argument("--kv", default="f16,q8_0,q4_0", help="target KV types to try (default f16,q8_0,q4_0)")
-    p.add_argument("--draft-kv", default="f16,q8_0,q4_0", help="draft KV types to try (default f16,q8_0,q4_0)")
+    p.add_argument("--draft-kv", default=DRAFTER_DEFAULTS["draft_kv"], help="draft KV types to try (default f16,q8_0,q4_0)")
     p.add_argument("--ctx", type=int, help="context size (default: the largest that fits, up to the target's training context)")
     p.add_argument("--categories", default="chat,code,edit,math,summarization,korean,chinese",
                    help="built-in prompt categories, two prompts each: chat, code, edit (answers that repeat the "
@@ -229,6 +233,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.draft and not use_draft:
         console.print(f"note: --kinds {args.kinds} leaves out the draft model; {', '.join(args.draft)} not measured",
                       style="yellow")
+    unused = [f"--{k.replace('_', '-')}" for k, v in DRAFTER_DEFAULTS.items() if getattr(args, k) != v]
+    if unused and not (use_draft or mtp):  # a flag that changes nothing is said, not silently taken
+        console.print(f"note: {', '.join(unused)} shape{'s' * (len(unused) == 1)} a model drafter's runs, and none is "
+                      "measured (no --draft, no MTP layers): ignored", style="yellow")
+    if args.temperature == 0 and (args.top_p is not None or args.top_k is not None):
+        given = ", ".join(f for f, v in (("--top-p", args.top_p), ("--top-k", args.top_k)) if v is not None)
+        console.print(f"note: {given} changes nothing at temperature 0 (greedy: the most likely token is always "
+                      "taken); give --temperature to sample", style="yellow")
     if not target.has_chat_template:
         console.print(f"note: {target_path.name} has no chat template: llama-server formats the chat prompts with "
                       "its default one (ChatML), which this model may not have been trained on; the speeds are "

@@ -183,3 +183,28 @@ def test_an_interrupted_tune_resumes_without_launching_its_points_again(gemma_f1
     assert reused["logs"] != logs and any(Path(reused["logs"]).glob("draft4-*.log")), reused
     assert not any(Path(logs).glob("draft4-*.log"))
     assert sum(p["kind"] == "none" for p in points) >= 1 and not any(p.get("reused") for p in points if p["kind"] == "none")
+
+
+def test_flags_that_change_nothing_are_said_before_the_tune_runs(gemma_f16, llama_server, monkeypatch, capsys):
+    """No model drafter to run (no --draft, no MTP layers): --draft-kv, --lengths and --p-min are said to be
+    ignored; --top-p and --top-k at temperature 0 (greedy) too. The search itself is stopped before a launch."""
+    import ggufpair.tune.search as search
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(search, "tune", stop)
+    with pytest.raises(Stop):
+        main(["tune", "--target", str(gemma_f16), "--kinds", "ngram", "--draft-kv", "q8_0", "--lengths", "2,4",
+              "--top-k", "5", "--tokens", "16", "--ctx", "1024", "--threads", "2"])
+    out = capsys.readouterr().out
+    assert "note: --lengths, --draft-kv shape a model drafter's runs, and none is measured" in out, out
+    assert "note: --top-k changes nothing at temperature 0" in out, out
+    with pytest.raises(Stop):  # given the defaults, or at a temperature: nothing said
+        main(["tune", "--target", str(gemma_f16), "--kinds", "ngram", "--temperature", "0.7", "--top-k", "5",
+              "--tokens", "16", "--ctx", "1024", "--threads", "2"])
+    out = capsys.readouterr().out
+    assert "shape a model drafter" not in out and "changes nothing" not in out, out
