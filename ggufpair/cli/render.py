@@ -338,6 +338,9 @@ def print_tune(console: Console, result, outputs) -> None:
                         ("llama-server logs", outputs.data.get("logs"))):
         if path:
             console.print(f"{label}: {path}")
+        if label == "profile" and path and outputs.replaced:
+            console.print(f"  (it replaces the profile of that name {outputs.replaced}; save one elsewhere too with "
+                          "--profile PATH)", style="yellow")
 
 
 def category_table(result) -> Table:

@@ -99,6 +99,7 @@ class TuneOutputs:
     swap: Path | None
     recommendation: str
     data: dict[str, Any]
+    replaced: str | None = None  # the saved profile of that name this one replaced: when tuned, and its answer
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": str(self.profile) if self.profile else None, "script": str(self.script) if self.script else None,
@@ -477,6 +478,9 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     pdata["traffic"] = {"concurrency": rec.config.parallel, "levels": result.levels,
                         "context_per_request": rec.config.ctx // max(rec.config.parallel, 1),
                         "sampling": result.sampling.to_dict()}
+    from ggufpair.state import state_dir
+
+    replaced = previous_profile(state_dir("profiles") / f"{name}.toml")
     profile = save_profile(pdata)
     if getattr(args, "profile", None):
         save_profile(pdata, Path(args.profile))
@@ -487,7 +491,22 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     if getattr(args, "format", "bash") == "llama-swap":
         swap = profile.with_suffix(".llama-swap.yaml")
         swap.write_text(llama_swap_entry(name, config, binary, dialect))
-    return TuneOutputs(profile, script, swap, text, data)
+    return TuneOutputs(profile, script, swap, text, data, replaced)
+
+
+def previous_profile(path: Path) -> str | None:
+    """What a saved profile about to be replaced held, to say so: when it was tuned and its answer."""
+    if not path.exists():
+        return None
+    import tomllib
+
+    try:
+        old = tomllib.loads(path.read_text())
+        rec = old["measurements"]["recommended"]
+        return f"tuned {str(old['profile']['created'])[:16].replace('T', ' ')}: {rec['label']}, " \
+               f"{float(rec['tokens_per_second']):.1f} tok/s"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unreadable one"
 
 
 def profile_name(result: TuneResult, target: Path) -> str:

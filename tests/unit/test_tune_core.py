@@ -757,3 +757,15 @@ def test_a_profile_is_named_after_the_answers_draft_else_after_every_draft_tuned
         "target+a+mtp"
     assert profile_name(TuneResult(points=[base, drafted("/m/a.gguf", [30.0, 31.0]), mtp([60.0, 61.0])]), t) == \
         "target+mtp"
+
+
+def test_a_profile_about_to_be_replaced_is_described(tmp_path):
+    from ggufpair.tune.run import previous_profile
+
+    path = tmp_path / "p.toml"
+    assert previous_profile(path) is None
+    path.write_text('[profile]\ncreated = "2026-12-03T07:10:42+00:00"\n[measurements.recommended]\n'
+                    'label = "ngram-simple size_n 4"\ntokens_per_second = 73.51\n')
+    assert previous_profile(path) == "tuned 2026-12-03 07:10: ngram-simple size_n 4, 73.5 tok/s"
+    path.write_text("not toml [")
+    assert previous_profile(path) == "an unreadable one"
