@@ -186,7 +186,7 @@ def test_an_interrupted_tune_resumes_without_launching_its_points_again(gemma_f1
     held = tomllib.loads(profile.read_text())["measurements"]["recommended"]
     assert main(args) == 0
     again = capsys.readouterr().out
-    assert f"(it replaces the profile of that name tuned " in again and f": {held['label']}, " in again, again
+    assert "(it replaces the profile of that name tuned " in again and f": {held['label']}, " in again, again
     assert sum(p["kind"] == "none" for p in points) >= 1 and not any(p.get("reused") for p in points if p["kind"] == "none")
 
 
