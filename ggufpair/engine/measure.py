@@ -24,7 +24,7 @@ class Prompt:
         return self.messages if isinstance(self.messages, str) else [dict(m) for m in self.messages]
 
 
-STALL_FACTOR = 3.0
+STALL_FACTOR = 2.0  # a request at under half its peers' rate: the machine, not the configuration
 RATE_DEFINITION = "after-first-token"
 """What a saved tokens_per_second counts: the tokens after each answer's first (profiles without this marker,
 from before 2026-11-25, counted that first token too)."""
@@ -44,7 +44,7 @@ class Measurement:
     predicted_ms: float = 0.0  # generation time summed over every measured request
     stopped_early: bool = False
     request_tps: tuple[float, ...] = ()  # each request's own rate, in the order they ran
-    stalls: int = 0  # requests at under a third of their peers' rate (count_stalls)
+    stalls: int = 0  # requests at under half their peers' rate (count_stalls)
     # each prompt's greedy answer in the first repetition (prompt id, text): the same prompts' answers with
     # and without a draft are compared (`greedy_agreement`); not saved in profiles
     outputs: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -143,7 +143,7 @@ def greedy_agreement(baseline: Measurement, drafted: Measurement) -> tuple[int, 
 
 
 def count_stalls(rates_by_prompt: dict[str, list[float]], drafted: bool) -> int:
-    """Requests that ran at under a third of their peers' rate: the machine, not the configuration. A
+    """Requests that ran at under half their peers' rate: the machine, not the configuration. A
     request's peers are the same prompt's other runs; with one run each, the other prompts' runs, but only
     without a draft (a draft's rate moves with each prompt's acceptance, so prompts are no peers there)."""
     stalls = 0

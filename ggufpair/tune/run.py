@@ -145,8 +145,8 @@ def stability_note(result: TuneResult) -> str:
     involved = [*contenders, *([result.best_baseline] if result.best_baseline else []), *outside[:1]]
     stalled = sum(1 for p in involved if p.measurement.stalls)
     if stalled:
-        notes.append(f" Unreliable: {stalled} of the measurements that decide this had requests running at under a "
-                     "third of the others' rate (something else used the machine); run the tune again when it is quiet.")
+        notes.append(f" Unreliable: {stalled} of the measurements that decide this had requests running at under "
+                     "half the others' rate (something else used the machine); run the tune again when it is quiet.")
         unstable = True
     if all(len(p.measurement.tps_runs) < 2 for p in involved):
         notes.append(" One repetition each: the run-to-run noise was not measured (5% assumed), so this ranking is "

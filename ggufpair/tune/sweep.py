@@ -137,7 +137,7 @@ def run_point(binary: Binary, dialect: Dialect, config: ServerConfig, prompts: l
             # A request far slower than the others: something else had the machine. Measure once more (on the
             # same server, or on fresh ones for a kind with a table) and keep the run without stalls; a second
             # stalled run is kept and flagged.
-            on_event(f"  {m.stalls} request(s) ran at under a third of the median rate: measuring again")
+            on_event(f"  {m.stalls} request(s) ran at under half the median rate: measuring again")
             again = measure(fresh() if restart else servers[-1], prompts, n_predict=n_predict, repeats=repeats,
                             stop_early=stop_early, cancel=cancel, warmup=restart is not None, restart=restart,
                             concurrency=config.parallel, sampling=sampling)

@@ -368,7 +368,7 @@ def test_llama_swap_refuses_paths_it_would_rewrite(name, tmp_path):
 
 
 def test_stalled_requests_and_single_repetitions_are_never_called_stable():
-    """A request at under a third of the others' rate is a stall (the machine, not the configuration); a
+    """A request at under half the others' rate is a stall (the machine, not the configuration); a
     tune that measured one with stalls, or measured each configuration once, does not claim a stable ranking."""
     from dataclasses import replace
 
@@ -376,6 +376,10 @@ def test_stalled_requests_and_single_repetitions_are_never_called_stable():
 
     # without a draft, one run per prompt: the prompts are each other's peers
     assert count_stalls({"a": [22.1], "b": [21.5], "c": [2.2], "d": [22.0]}, drafted=False) == 1
+    # one slow request dragged a baseline from 40 to 31.5 tok/s and made a quantized KV type look faster (a new
+    # user's first tune here): under half the median is a stall; a spread that large is not the configuration
+    assert count_stalls({"a": [39.9], "b": [18.8], "c": [41.7], "d": [40.6]}, drafted=False) == 1
+    assert count_stalls({"a": [39.9], "b": [28.0], "c": [41.7], "d": [40.6]}, drafted=False) == 0
     # a draft's rate follows each prompt's acceptance: prompts are no peers, only a prompt's own runs are
     assert count_stalls({"code": [40.0], "chat": [12.0]}, drafted=True) == 0
     assert count_stalls({"code": [40.0, 41.0, 9.0], "chat": [12.0, 12.5, 11.0]}, drafted=True) == 1
