@@ -220,20 +220,54 @@ def self_repetition(text: str, n: int = 4) -> float:
     return again / len(grams)
 
 
+def prompt_copy(text: str, prompt: str, n: int = 4) -> float:
+    """The share of an answer's word n-grams seen before it, in its prompt or earlier in the answer, as n-gram
+    lookup sees them (an answer that echoes its question). Words are runs of letters and digits: chat-template
+    markers glued to a word (`sea.<|im_end|>`) do not hide it."""
+    import re
+
+    words, source = re.findall(r"\w+", text.lower()), re.findall(r"\w+", prompt.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    known = {tuple(source[i:i + n]) for i in range(len(source) - n + 1)}
+    again = 0
+    for g in grams:
+        again += g in known
+        known.add(g)
+    return again / len(grams)
+
+
+COPYING_IS_THE_TASK = ("edit",)  # categories whose answers are meant to repeat their prompt
+
+
+def _prompt_text(prompt) -> str:
+    return prompt.messages if isinstance(prompt.messages, str) else " ".join(m.get("content", "") for m in prompt.messages)
+
+
 def repetition_note(result: TuneResult) -> str:
     """When n-gram lookup is recommended and the baseline's own greedy answers repeat themselves (a base model
-    looping, say): lookup drafts such answers from themselves, so the speedup is real here but larger than on
-    answers that do not loop."""
+    looping, say) or, outside the categories meant to, copy their prompt (a base model echoing the chat
+    turns): lookup drafts such answers from themselves or the prompt, so the speedup is real here but larger
+    than on answers that do neither."""
     rec, base = result.recommended, result.best_baseline
     if rec is None or rec.config.ngram is None or base is None or not base.measurement.outputs:
         return ""
-    shares = [self_repetition(text) for _, text in base.measurement.outputs]
-    looping = [s for s in shares if s >= REPEATING]
-    if len(looping) * 2 < len(shares):
+    prompts = {q.id: q for q in result.prompts}
+    loops, copies = [], []
+    for pid, text in base.measurement.outputs:
+        q = prompts.get(pid)
+        loop = self_repetition(text)
+        copy = prompt_copy(text, _prompt_text(q)) if q is not None and q.category not in COPYING_IS_THE_TASK else 0.0
+        (loops if loop >= REPEATING else copies if copy >= REPEATING else []).append(max(loop, copy))
+    n = len(base.measurement.outputs)
+    if (len(loops) + len(copies)) * 2 < n:
         return ""
-    return (f" Note: {len(looping)} of {len(shares)} greedy answers repeat themselves ({max(looping):.0%} of one's "
-            "word 4-grams recur within it); n-gram lookup drafts such answers from themselves, so expect less on "
-            "answers that do not loop (a chat model's, or your own prompts: --prompts).")
+    what = " or ".join(w for w, k in ((f"{len(loops)} repeat themselves", loops),
+                                      (f"{len(copies)} copy their prompt", copies)) if k)
+    return (f" Note: of {n} greedy answers, {what} (up to {max(loops + copies):.0%} of one's word 4-grams seen "
+            "before); n-gram lookup drafts such answers from what came before, so expect less on answers that do "
+            "neither (a chat model's, or your own prompts: --prompts).")
 
 
 def recommendation_text(result: TuneResult) -> str:

@@ -201,7 +201,27 @@ def test_lookup_over_answers_that_repeat_themselves_is_said():
                                 point(cfg.with_ngram("ngram-simple"), 90.0)])
     assert result.recommended.config.ngram == "ngram-simple"
     note = repetition_note(result)
-    assert "2 of 3 greedy answers repeat themselves" in note and "expect less" in note
+    assert "of 3 greedy answers, 2 repeat themselves" in note and "expect less" in note
     plain = TuneResult(points=[point(cfg, 30.0, (("a", "a plain answer without any loops at all"),)),
                                point(cfg.with_ngram("ngram-simple"), 90.0)])
     assert repetition_note(plain) == ""
+    # a base model echoing the chat turns copies its prompt: said too, except where copying is the task (edit)
+    from ggufpair.engine.measure import Prompt
+
+    ask = "Write a short poem about the sea, the wind over the waves and the gulls above them."
+    echo = f"{ask}<|im_end|>\n<|im_start|>assistant\nThe sea"  # as a new user saw it, once: no loop
+    assert self_repetition(echo) < 0.5
+    prompts = [Prompt("chat-0", "chat", ({"role": "user", "content": ask},)),
+               Prompt("chat-1", "chat", ({"role": "user", "content": "Name three colours."},)),
+               Prompt("edit-0", "edit", ({"role": "user", "content": ask},))]
+    from ggufpair.tune.run import prompt_copy
+
+    assert prompt_copy(echo, ask) >= 0.5 > prompt_copy("Red, green and blue are three colours.", "Name three colours.")
+
+    def echoing(outputs):
+        r = TuneResult(points=[point(cfg, 30.0, outputs), point(cfg.with_ngram("ngram-simple"), 90.0)])
+        r.prompts = prompts
+        return repetition_note(r)
+
+    assert "of 2 greedy answers, 1 copy their prompt" in echoing((("chat-0", echo), ("chat-1", "Red, green, blue.")))
+    assert echoing((("edit-0", echo), ("chat-1", "Red, green, blue."))) == ""  # an edit answer is meant to copy
