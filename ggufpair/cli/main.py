@@ -352,6 +352,7 @@ class _ClosedPipeSafe:
 def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(sys.stdout, _ClosedPipeSafe) and sys.stdout is sys.__stdout__ and sys.stdout is not None:
         sys.stdout = _ClosedPipeSafe(sys.stdout)
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -363,6 +364,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except GgufpairError as err:
         report_error(err)
+        if getattr(args, "json", False):  # a script asked for JSON: it gets the error as JSON too
+            import json
+
+            path = getattr(err, "path", None)
+            print(json.dumps({"error": {"kind": type(err).__name__, "message": err.message, "hint": err.hint,
+                                        "path": str(path) if path is not None else None,
+                                        "exit_code": err.exit_code}}, indent=2))
         return err.exit_code
     except KeyboardInterrupt:
         print("ggufpair: interrupted", file=sys.stderr)

@@ -62,6 +62,13 @@ def test_bad_file_is_a_clear_error_with_its_exit_code(tmp_path):
     assert out.returncode == EXIT_CODES["GGUF format"]
     assert str(bad) in out.stderr and "unsupported GGUF version 7" in out.stderr
     assert "Traceback" not in out.stderr
+    assert out.stdout == ""  # people get the error on stderr alone
+    # a script that asked for JSON gets the error as JSON on stdout, beside the same exit code
+    out = _run("inspect", "--json", str(bad))
+    error = json.loads(out.stdout)["error"]
+    assert out.returncode == EXIT_CODES["GGUF format"] == error["exit_code"]
+    assert error["path"] == str(bad) and "unsupported GGUF version 7" in error["message"]
+    assert error["kind"] == "GGUFFormatError" and "unsupported GGUF version 7" in out.stderr
 
 
 def test_missing_file_and_bad_override(tmp_path, capsys):
