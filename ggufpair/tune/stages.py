@@ -74,7 +74,8 @@ def _draft_stage(spec: TuneSpec, base: ServerConfig, lengths: list[int], name: s
             on_event(f"  the step costs of n_max {short_n} and {long_n} ({s1.step_ms:.0f} and {s2.step_ms:.0f} ms) "
                      "fit no straight line with a positive fixed cost (a disturbed run?): other lengths are "
                      "interpolated through the measured steps and the baseline's")
-        on_event(f"  predicted best for KV {tkv}/{dkv}: " + ", ".join(f"n_max {n}: {t:.1f}" for n, t in ranked[:3]))
+        seen = {short_n: short_pt.measurement.tokens_per_second, long_n: long_pt.measurement.tokens_per_second}
+        on_event(f"  predicted best for KV {tkv}/{dkv}: " + predictions_text(ranked[:3], seen, "n_max "))
         # the best predicted lengths not measured yet (the long and short runs need no confirmation)
         unmeasured = [(n, t) for n, t in ranked if n not in (short_n, long_n)]
         candidates += [(t, cfg.with_(draft_max=n)) for n, t in unmeasured[:spec.confirm]]
@@ -275,11 +276,19 @@ def _search_kind(k, scout: PointResult, cfg0: ServerConfig, base_step: float, tk
                               drafted=drafted_fraction(long_pt.measurement))
     ranked = predictor.best(lengths)
     result.predictions[(k.name, length.name)] = ranked
-    on_event(f"  predicted for {k.name} by {length.name}: " + ", ".join(f"{n}: {t:.1f}" for n, t in ranked[:3]))
+    seen = {n: pt.measurement.tokens_per_second for n in lengths if (pt := measured(at({length.name: n}))) and pt.ok}
+    on_event(f"  predicted for {k.name} by {length.name}: " + predictions_text(ranked[:3], seen))
     todo = [(n, t) for n, t in ranked if measured(at({length.name: n})) is None]
     if todo:
         n, t = todo[0]
         keep(measure_at(length, n, f"confirm (predicted {t:.1f} tok/s) "))
+
+
+def predictions_text(ranked, measured: dict[int, float], prefix: str = "") -> str:
+    """The predictor's best values, each one measured already shown with what it measured: a prediction is
+    not to be read as a measurement, nor to hide one."""
+    return ", ".join(f"{prefix}{n}: {t:.1f}" + (f" (measured {measured[n]:.1f})" if n in measured else "")
+                     for n, t in ranked)
 
 
 def _mix_stage(spec: TuneSpec, dialect: Dialect, draft, result: TuneResult, run, fits, on_event) -> None:

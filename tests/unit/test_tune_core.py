@@ -773,3 +773,10 @@ def test_a_profile_about_to_be_replaced_is_described(tmp_path):
     assert previous_profile(path) == "tuned 2026-12-03 07:10: ngram-simple size_n 4, 73.5 tok/s"
     path.write_text("not toml [")
     assert previous_profile(path) == "an unreadable one"
+
+
+def test_a_prediction_for_a_value_already_measured_shows_the_measurement_beside_it():
+    from ggufpair.tune.stages import predictions_text
+
+    assert predictions_text([(8, 62.9), (16, 62.6)], {8: 87.0}) == "8: 62.9 (measured 87.0), 16: 62.6"
+    assert predictions_text([(4, 50.0)], {}, "n_max ") == "n_max 4: 50.0"
