@@ -107,6 +107,21 @@ class TuneOutputs:
                 **self.data}
 
 
+def observed_noise(result: TuneResult) -> tuple[float, str] | None:
+    """The largest relative difference from its paired baseline of a speculating configuration that drafted
+    nothing (so ran as the baseline does): noise seen, not assumed; with its label. None when there is none."""
+    worst = None
+    for p in result.live(True):
+        base = result.baseline_for(p.config)
+        if p.measurement.drafts or base is None or not base.measurement.tokens_per_second \
+                or base.config.parallel != p.config.parallel:
+            continue
+        off = abs(p.measurement.tokens_per_second / base.measurement.tokens_per_second - 1)
+        if worst is None or off > worst[0]:
+            worst = (off, p.label)
+    return worst
+
+
 def stability_note(result: TuneResult) -> str:
     """Whether another tune would likely recommend the same configuration, and if not, why."""
     rec = result.recommended
@@ -152,6 +167,10 @@ def stability_note(result: TuneResult) -> str:
         notes.append(" One repetition each: the run-to-run noise was not measured (5% assumed), so this ranking is "
                      "not proven stable; use --repeats 2 or more.")
         unstable = True
+    seen = observed_noise(result)
+    if seen is not None and seen[0] > NOISE_FLOOR:
+        notes.append(f" What noise is here: {seen[1]} drafted nothing, so ran as the baseline does, and measured "
+                     f"{seen[0]:.0%} off it; differences smaller than that say nothing.")
     simpler = lambda p: simplicity(p) < simplicity(rec)  # noqa: E731
     for p in outside:  # the first configuration that noise could make the pick
         band = noise(fastest.measurement)

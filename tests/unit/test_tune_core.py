@@ -780,3 +780,21 @@ def test_a_prediction_for_a_value_already_measured_shows_the_measurement_beside_
 
     assert predictions_text([(8, 62.9), (16, 62.6)], {8: 87.0}) == "8: 62.9 (measured 87.0), 16: 62.6"
     assert predictions_text([(4, 50.0)], {}, "n_max ") == "n_max 4: 50.0"
+
+
+def test_the_noise_a_kind_that_drafted_nothing_shows_is_said():
+    """A speculating configuration that drafted nothing ran as the baseline does: how far it measured from the
+    baseline is noise seen on this machine, said beside the assumed 5% (a new user saw 1.07x from one)."""
+    from dataclasses import replace
+
+    from ggufpair.tune.run import observed_noise
+
+    base = _point(0, [40.0, 40.5], draft=False)
+    idle = _point(0, [43.0, 43.4], draft=False)
+    idle = PointResult(idle.config.with_ngram("ngram-mod"), replace(idle.measurement, speculative=True), None, 1.0)
+    fast = _point(4, [60.0, 61.0])
+    result = TuneResult(points=[base, idle, fast])
+    off, label = observed_noise(result)
+    assert round(off, 3) == round(43.2 / 40.25 - 1, 3) and label.startswith("ngram-mod")
+    assert "What noise is here: ngram-mod" in recommendation_text(result) and "7% off it" in recommendation_text(result)
+    assert observed_noise(TuneResult(points=[base, fast])) is None  # every speculating run drafted
