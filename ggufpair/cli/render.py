@@ -339,8 +339,8 @@ def print_tune(console: Console, result, outputs) -> None:
         if path:
             console.print(f"{label}: {path}")
         if label == "profile" and path and outputs.replaced:
-            console.print(f"  (it replaces the profile of that name {outputs.replaced}; save one elsewhere too with "
-                          "--profile PATH)", style="yellow")
+            console.print(f"  (it replaces {outputs.replaced}; save one elsewhere too with --profile PATH)",
+                          style="yellow")
 
 
 def category_table(result) -> Table:

@@ -235,12 +235,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
                       style="yellow")
     unused = [f"--{k.replace('_', '-')}" for k, v in DRAFTER_DEFAULTS.items() if getattr(args, k) != v]
     if unused and not (use_draft or mtp):  # a flag that changes nothing is said, not silently taken
-        console.print(f"note: {', '.join(unused)} shape{'s' * (len(unused) == 1)} a model drafter's runs, and none is "
-                      "measured (no --draft, no MTP layers): ignored", style="yellow")
+        console.print(f"note: {', '.join(unused)} shape{'s' * (len(unused) == 1)} a model drafter's runs, and this "
+                      "tune measures none: ignored", style="yellow")
     if args.temperature == 0 and (args.top_p is not None or args.top_k is not None):
-        given = ", ".join(f for f, v in (("--top-p", args.top_p), ("--top-k", args.top_k)) if v is not None)
-        console.print(f"note: {given} changes nothing at temperature 0 (greedy: the most likely token is always "
-                      "taken); give --temperature to sample", style="yellow")
+        given = [f for f, v in (("--top-p", args.top_p), ("--top-k", args.top_k)) if v is not None]
+        console.print(f"note: {', '.join(given)} change{'s' * (len(given) == 1)} nothing at temperature 0 (greedy: "
+                      "the most likely token is always taken); give --temperature to sample", style="yellow")
     if not target.has_chat_template:
         console.print(f"note: {target_path.name} has no chat template: llama-server formats the chat prompts with "
                       "its default one (ChatML), which this model may not have been trained on; the speeds are "
@@ -515,10 +515,15 @@ def machine_slower(before: float, now: float, tolerance: float, base_before: flo
 
 
 def profiled_baseline(data: dict, config) -> float | None:
-    """The paired baseline's rate when the profile was tuned: the faster of its runs (as the tune compared
-    through it) at the answer's target KV type and concurrency; None when the profile holds none."""
-    rates = [float(p["tokens_per_second"]) for p in data.get("measurements", {}).get("points", [])
-             if p.get("kind") == "none" and p.get("tokens_per_second") and p.get("target_kv") == config.cache_type_k
+    """The paired baseline's rate when the profile was tuned, as the tune recorded it; for a profile from before
+    that, the faster of the no-speculation runs at the answer's target KV type and concurrency (a tune over
+    several placements may hold another placement's). None when the profile holds none."""
+    m = data.get("measurements", {})
+    if m.get("recommended", {}).get("paired_baseline_tps"):
+        return float(m["recommended"]["paired_baseline_tps"])
+    rates = [float(p["tokens_per_second"]) for p in m.get("points", [])
+             if (p.get("kind", "none" if not p.get("draft_max") and not p.get("ngram") else None) == "none")
+             and p.get("tokens_per_second") and p.get("target_kv", config.cache_type_k) == config.cache_type_k
              and int(p.get("concurrency", 1)) == config.parallel]
     return max(rates, default=None)
 
@@ -568,12 +573,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(f"REGRESSION: the profile no longer runs: {point.error}", style="bold red")
         return 1
     before, now = float(saved.get("tokens_per_second", 0)), point.measurement.tokens_per_second
+    if config.speculates and not point.measurement.speculative:
+        console.print(f"llama-server logs: {logs}", style="dim")
+        console.print("REGRESSION: speculation is off on this build", style="bold red")
+        return 1
     base_before = profiled_baseline(data, config) if config.speculates else None
     base = None
     if base_before:  # the paired baseline again, in this session: a slower machine slows it as much
         base = run_point(binary, probe_dialect(binary.path), config.without_speculation(), prompts,
                          n_predict=int(saved.get("n_predict", 128)), repeats=2, log_dir=logs,
                          on_event=lambda m: console.print(f"  {m}", style="dim"), sampling=sampling)
+        if not base.ok:
+            console.print(f"  the paired baseline did not run ({base.error}): compared with the profile's figure "
+                          "alone", style="yellow")
     console.print(f"llama-server logs: {logs}", style="dim")
     if saved.get("rate") != RATE_DEFINITION:
         # An older profile counted each answer's first token, which comes from the prompt: for answers of
@@ -583,9 +595,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         base_before = base_before * (n - 1) / n if base_before and n > 1 else base_before
         console.print(f"note: this profile's rate counted each answer's first token; compared as {before:.1f} "
                       f"tok/s on today's terms (assuming full {n}-token answers)", style="yellow")
-    if config.speculates and not point.measurement.speculative:
-        console.print("REGRESSION: speculation is off on this build", style="bold red")
-        return 1
     m = point.measurement
     base_now = base.measurement.tokens_per_second if base is not None and base.ok else None
     ratio = now / before if before else 0
@@ -595,11 +604,20 @@ def cmd_check(args: argparse.Namespace) -> int:
                       f"({base_now / base_before:.2f}x); speedup over it {now / base_now:.2f}x now, "
                       f"{before / base_before:.2f}x when profiled")
     slower_machine = status == "INCONCLUSIVE" and machine_slower(before, now, args.tolerance, base_before, base_now)
+    if slower_machine:  # the same build on the same machine, or either may be what decodes slower now
+        import platform
+
+        from ggufpair.tune.profile import build_info
+
+        prov = data.get("provenance", {})
+        same = prov.get("build") == build_info(binary) and prov.get("machine") == platform.node()
+        why = ("this machine is slower now (load, clocks): the build and the machine are the ones profiled" if same
+               else "plain decoding is slower now, by this build or this machine (not the ones profiled), and "
+                    "the speculation still pays as it did")
     style, code = {"ok": ("bold green", 0), "INCONCLUSIVE": ("bold yellow", 1), "REGRESSION": ("bold red", 1)}[status]
     console.print(f"{status}: {now:.1f} tok/s now (runs {', '.join(f'{r:.1f}' for r in m.tps_runs)}"
                   f"{f', {m.stalls} stalled request(s)' if m.stalls else ''}), {before:.1f} when profiled "
-                  f"({ratio:.2f}x)" + (": the baseline is as much slower and the speedup holds: this machine is "
-                                       "slower now (load, clocks), not the build; measure again on a quiet machine"
+                  f"({ratio:.2f}x)" + (f": the baseline is as much slower and the speedup holds: {why}"
                                        if slower_machine else ": measure again on a quiet machine"
                                        if status == "INCONCLUSIVE" else ""),
                   style=style)

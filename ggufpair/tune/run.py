@@ -99,23 +99,24 @@ class TuneOutputs:
     swap: Path | None
     recommendation: str
     data: dict[str, Any]
-    replaced: str | None = None  # the saved profile of that name this one replaced: when tuned, and its answer
+    replaced: str | None = None  # the saved profile of that name this one replaced, described (previous_profile)
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": str(self.profile) if self.profile else None, "script": str(self.script) if self.script else None,
                 "llama_swap": str(self.swap) if self.swap else None, "recommendation": self.recommendation,
-                **self.data}
+                "replaced": self.replaced, **self.data}
 
 
 def observed_noise(result: TuneResult) -> tuple[float, str] | None:
     """The largest relative difference from its paired baseline of a speculating configuration that drafted
-    nothing (so ran as the baseline does): noise seen, not assumed; with its label. None when there is none."""
+    nothing (so ran as the baseline does; such a run is not live): noise seen, not assumed; with its label.
+    None when there is none."""
     worst = None
-    for p in result.live(True):
-        base = result.baseline_for(p.config)
-        if p.measurement.drafts or base is None or not base.measurement.tokens_per_second \
-                or base.config.parallel != p.config.parallel:
-            continue
+    for p in result.measured(True):
+        m, base = p.measurement, result.baseline_for(p.config)
+        if m.speculative or m.draft_tokens or m.drafts or base is None or not base.measurement.tokens_per_second \
+                or base.config.parallel != p.config.parallel or p.config.has_draft:
+            continue  # (a draft model's steps cost its own decode even when nothing is accepted)
         off = abs(p.measurement.tokens_per_second / base.measurement.tokens_per_second - 1)
         if worst is None or off > worst[0]:
             worst = (off, p.label)
@@ -171,6 +172,7 @@ def stability_note(result: TuneResult) -> str:
     if seen is not None and seen[0] > NOISE_FLOOR:
         notes.append(f" What noise is here: {seen[1]} drafted nothing, so ran as the baseline does, and measured "
                      f"{seen[0]:.0%} off it; differences smaller than that say nothing.")
+        unstable = True  # the ranking's band (5% at the least) is narrower than the noise seen
     simpler = lambda p: simplicity(p) < simplicity(rec)  # noqa: E731
     for p in outside:  # the first configuration that noise could make the pick
         band = noise(fastest.measurement)
@@ -240,9 +242,9 @@ def self_repetition(text: str, n: int = 4) -> float:
 
 
 def prompt_copy(text: str, prompt: str, n: int = 4) -> float:
-    """The share of an answer's word n-grams seen before it, in its prompt or earlier in the answer, as n-gram
-    lookup sees them (an answer that echoes its question). Words are runs of letters and digits: chat-template
-    markers glued to a word (`sea.<|im_end|>`) do not hide it."""
+    """The share of an answer's word n-grams that are in its prompt (an answer that echoes its question; its
+    own repeats are `self_repetition`'s). Words are runs of letters and digits: chat-template markers glued
+    to a word (`sea.<|im_end|>`) do not hide it."""
     import re
 
     words, source = re.findall(r"\w+", text.lower()), re.findall(r"\w+", prompt.lower())
@@ -250,14 +252,12 @@ def prompt_copy(text: str, prompt: str, n: int = 4) -> float:
     if not grams:
         return 0.0
     known = {tuple(source[i:i + n]) for i in range(len(source) - n + 1)}
-    again = 0
-    for g in grams:
-        again += g in known
-        known.add(g)
-    return again / len(grams)
+    return sum(g in known for g in grams) / len(grams)
 
 
-COPYING_IS_THE_TASK = ("edit",)  # categories whose answers are meant to repeat their prompt
+# built-in categories whose answers are meant to repeat or quote their prompt (an edit, a summary, an answer
+# about a long document): copying there is the task
+COPYING_IS_THE_TASK = ("edit", "summarization", "long")
 
 
 def _prompt_text(prompt) -> str:
@@ -272,18 +272,25 @@ def repetition_note(result: TuneResult) -> str:
     rec, base = result.recommended, result.best_baseline
     if rec is None or rec.config.ngram is None or base is None or not base.measurement.outputs:
         return ""
+    from ggufpair.tune.prompts import CATEGORIES, builtin_prompts
+
     prompts = {q.id: q for q in result.prompts}
+    cats = sorted({q.category for q in result.prompts} & set(CATEGORIES))
+    builtin = {(q.id, str(q.payload())) for q in builtin_prompts(cats)} if cats else set()
     loops, copies = [], []
     for pid, text in base.measurement.outputs:
         q = prompts.get(pid)
         loop = self_repetition(text)
-        copy = prompt_copy(text, _prompt_text(q)) if q is not None and q.category not in COPYING_IS_THE_TASK else 0.0
+        judged = q is not None and (q.id, str(q.payload())) in builtin and q.category not in COPYING_IS_THE_TASK
+        copy = prompt_copy(text, _prompt_text(q)) if judged else 0.0
         (loops if loop >= REPEATING else copies if copy >= REPEATING else []).append(max(loop, copy))
     n = len(base.measurement.outputs)
     if (len(loops) + len(copies)) * 2 < n:
         return ""
-    what = " or ".join(w for w, k in ((f"{len(loops)} repeat themselves", loops),
-                                      (f"{len(copies)} copy their prompt", copies)) if k)
+    what = " and ".join(w for w, k in ((f"{len(loops)} repeat{'s' * (len(loops) == 1)} "
+                                        f"{'itself' if len(loops) == 1 else 'themselves'}", loops),
+                                       (f"{len(copies)} cop{'ies its' if len(copies) == 1 else 'y their'} prompt",
+                                        copies)) if k)
     return (f" Note: of {n} greedy answers, {what} (up to {max(loops + copies):.0%} of one's word 4-grams seen "
             "before); n-gram lookup drafts such answers from what came before, so expect less on answers that do "
             "neither (a chat model's, or your own prompts: --prompts).")
@@ -518,6 +525,8 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
                                        for q in result.prompts],
                            # over several devices, what each receives (pipeline buffers included), summed
                            "predicted_memory_bytes": sum(loads.values()) if loads else est.total if est else None}
+    if paired is not None:  # what `check` compares its own re-measure of the baseline with
+        data["recommended"]["paired_baseline_tps"] = paired.measurement.tokens_per_second
     total, by_device = measured_memory(binary, dialect, rec.config) if measure_memory else (None, {})
     data["recommended"]["measured_memory_bytes"] = total
     if len(by_device) > 1 or any(k != "CPU" for k in by_device):  # more than the host: say where it went
@@ -548,7 +557,7 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
 
 
 def previous_profile(path: Path) -> str | None:
-    """What a saved profile about to be replaced held, to say so: when it was tuned and its answer."""
+    """What a saved profile about to be replaced held, to say so: when it was tuned (UTC) and its answer."""
     if not path.exists():
         return None
     import tomllib
@@ -556,10 +565,10 @@ def previous_profile(path: Path) -> str | None:
     try:
         old = tomllib.loads(path.read_text())
         rec = old["measurements"]["recommended"]
-        return f"tuned {str(old['profile']['created'])[:16].replace('T', ' ')}: {rec['label']}, " \
-               f"{float(rec['tokens_per_second']):.1f} tok/s"
+        return f"the profile of that name tuned {str(old['profile']['created'])[:16].replace('T', ' ')} UTC: " \
+               f"{rec['label']}, {float(rec['tokens_per_second']):.1f} tok/s"
     except (OSError, ValueError, KeyError, TypeError):
-        return "an unreadable one"
+        return "an unreadable profile of that name"
 
 
 def profile_name(result: TuneResult, target: Path) -> str:

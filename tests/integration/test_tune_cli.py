@@ -175,8 +175,8 @@ def test_an_interrupted_tune_resumes_without_launching_its_points_again(gemma_f1
                        'label = "n_max 8, KV f16/f16 + draft f16/f16"\ntokens_per_second = 51.0\n')
     assert main([*args, "--resume"]) == 0
     resumed = capsys.readouterr().out
-    assert ("(it replaces the profile of that name tuned 2026-11-30 09:15: n_max 8, KV f16/f16 + draft f16/f16, "
-            "51.0 tok/s") in " ".join(resumed.split()), resumed
+    assert ("(it replaces the profile of that name tuned 2026-11-30 09:15 UTC: n_max 8, KV f16/f16 + draft "
+            "f16/f16, 51.0 tok/s") in " ".join(resumed.split()), resumed
     assert "resuming: 1 measured point(s) of an interrupted tune still apply" in resumed
     assert "reused from the interrupted tune: target KV f16, draft KV f16, n_max 4" in resumed
     assert "measuring n_max 4" not in resumed  # not launched again
@@ -207,7 +207,7 @@ def test_flags_that_change_nothing_are_said_before_the_tune_runs(gemma_f16, llam
         main(["tune", "--target", str(gemma_f16), "--kinds", "ngram", "--draft-kv", "q8_0", "--lengths", "2,4",
               "--top-k", "5", "--tokens", "16", "--ctx", "1024", "--threads", "2"])
     out = capsys.readouterr().out
-    assert "note: --lengths, --draft-kv shape a model drafter's runs, and none is measured" in out, out
+    assert "note: --lengths, --draft-kv shape a model drafter's runs, and this tune measures none" in out, out
     assert "note: --top-k changes nothing at temperature 0" in out, out
     with pytest.raises(Stop):  # given the defaults, or at a temperature: nothing said
         main(["tune", "--target", str(gemma_f16), "--kinds", "ngram", "--temperature", "0.7", "--top-k", "5",

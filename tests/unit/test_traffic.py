@@ -205,23 +205,28 @@ def test_lookup_over_answers_that_repeat_themselves_is_said():
     plain = TuneResult(points=[point(cfg, 30.0, (("a", "a plain answer without any loops at all"),)),
                                point(cfg.with_ngram("ngram-simple"), 90.0)])
     assert repetition_note(plain) == ""
-    # a base model echoing the chat turns copies its prompt: said too, except where copying is the task (edit)
-    from ggufpair.engine.measure import Prompt
+    # a base model echoing the chat turns copies its prompt: said too, for the built-in prompts whose task is
+    # not to copy (an edit or a summary is; a user's own prompts are theirs to judge)
+    from dataclasses import replace as changed
 
-    ask = "Write a short poem about the sea, the wind over the waves and the gulls above them."
-    echo = f"{ask}<|im_end|>\n<|im_start|>assistant\nThe sea"  # as a new user saw it, once: no loop
-    assert self_repetition(echo) < 0.5
-    prompts = [Prompt("chat-0", "chat", ({"role": "user", "content": ask},)),
-               Prompt("chat-1", "chat", ({"role": "user", "content": "Name three colours."},)),
-               Prompt("edit-0", "edit", ({"role": "user", "content": ask},))]
+    from ggufpair.tune.prompts import builtin_prompts
     from ggufpair.tune.run import prompt_copy
 
-    assert prompt_copy(echo, ask) >= 0.5 > prompt_copy("Red, green and blue are three colours.", "Name three colours.")
+    chat, _, edit = builtin_prompts(["chat", "edit"], per_category=2)[:3]
+    ask = chat.messages[0]["content"]
+    echo = f"{ask}<|im_end|>\n<|im_start|>assistant\nThe"  # as a new user saw it, once: no loop
+    assert self_repetition(echo) < 0.5 and prompt_copy(echo, ask) >= 0.5
+    assert prompt_copy("Red, green and blue are three colours.", "Name three colours.") < 0.5
 
-    def echoing(outputs):
+    def echoing(outputs, prompts):
         r = TuneResult(points=[point(cfg, 30.0, outputs), point(cfg.with_ngram("ngram-simple"), 90.0)])
         r.prompts = prompts
         return repetition_note(r)
 
-    assert "of 2 greedy answers, 1 copy their prompt" in echoing((("chat-0", echo), ("chat-1", "Red, green, blue.")))
-    assert echoing((("edit-0", echo), ("chat-1", "Red, green, blue."))) == ""  # an edit answer is meant to copy
+    other = builtin_prompts(["chat"], per_category=2)[1]
+    note = echoing(((chat.id, echo), (other.id, "A plain answer of its own words.")), [chat, other])
+    assert "of 2 greedy answers, 1 copies its prompt" in note, note
+    edit_echo = f"{edit.messages[0]['content']}<|im_end|>"
+    assert echoing(((edit.id, edit_echo), (other.id, "A plain answer.")), [edit, other]) == ""  # meant to copy
+    mine = changed(chat, id="support-0", category="support")  # a user's own prompt: not judged
+    assert echoing(((mine.id, echo), (other.id, "A plain answer.")), [mine, other]) == ""

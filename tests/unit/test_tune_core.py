@@ -380,6 +380,12 @@ def test_stalled_requests_and_single_repetitions_are_never_called_stable():
     # user's first tune here): under half the median is a stall; a spread that large is not the configuration
     assert count_stalls({"a": [39.9], "b": [18.8], "c": [41.7], "d": [40.6]}, drafted=False) == 1
     assert count_stalls({"a": [39.9], "b": [28.0], "c": [41.7], "d": [40.6]}, drafted=False) == 0
+    # at the default two runs a prompt: a run against the prompt's other run
+    assert count_stalls({"a": [39.9, 40.2], "b": [40.1, 18.8], "c": [41.7, 41.0]}, drafted=False) == 1
+    # one run each: a prompt's peers are its category's other prompts (a long document decodes slower)
+    rates = {"chat-0": [40.0], "chat-1": [41.0], "long-0": [18.0], "long-1": [19.0]}
+    assert count_stalls(rates, drafted=False) == 2
+    assert count_stalls(rates, drafted=False, category_of={k: k.split("-")[0] for k in rates}) == 0
     # a draft's rate follows each prompt's acceptance: prompts are no peers, only a prompt's own runs are
     assert count_stalls({"code": [40.0], "chat": [12.0]}, drafted=True) == 0
     assert count_stalls({"code": [40.0, 41.0, 9.0], "chat": [12.0, 12.5, 11.0]}, drafted=True) == 1
@@ -770,9 +776,10 @@ def test_a_profile_about_to_be_replaced_is_described(tmp_path):
     assert previous_profile(path) is None
     path.write_text('[profile]\ncreated = "2026-12-03T07:10:42+00:00"\n[measurements.recommended]\n'
                     'label = "ngram-simple size_n 4"\ntokens_per_second = 73.51\n')
-    assert previous_profile(path) == "tuned 2026-12-03 07:10: ngram-simple size_n 4, 73.5 tok/s"
+    assert previous_profile(path) == \
+        "the profile of that name tuned 2026-12-03 07:10 UTC: ngram-simple size_n 4, 73.5 tok/s"
     path.write_text("not toml [")
-    assert previous_profile(path) == "an unreadable one"
+    assert previous_profile(path) == "an unreadable profile of that name"
 
 
 def test_a_prediction_for_a_value_already_measured_shows_the_measurement_beside_it():
@@ -783,18 +790,42 @@ def test_a_prediction_for_a_value_already_measured_shows_the_measurement_beside_
 
 
 def test_the_noise_a_kind_that_drafted_nothing_shows_is_said():
-    """A speculating configuration that drafted nothing ran as the baseline does: how far it measured from the
-    baseline is noise seen on this machine, said beside the assumed 5% (a new user saw 1.07x from one)."""
+    """An n-gram kind that drafted nothing ran as the baseline does (measure() marks such a run not live): how
+    far it measured from the baseline is noise seen on this machine, said beside the assumed 5% (a new user
+    saw 1.07x from one), and no stable ranking is then claimed on a narrower band."""
     from dataclasses import replace
 
     from ggufpair.tune.run import observed_noise
 
     base = _point(0, [40.0, 40.5], draft=False)
-    idle = _point(0, [43.0, 43.4], draft=False)
-    idle = PointResult(idle.config.with_ngram("ngram-mod"), replace(idle.measurement, speculative=True), None, 1.0)
+    idle = _point(0, [43.0, 43.4], draft=False)  # not live, nothing drafted: as measure() leaves such a run
+    idle = PointResult(idle.config.with_ngram("ngram-mod"), idle.measurement, None, 1.0)
     fast = _point(4, [60.0, 61.0])
     result = TuneResult(points=[base, idle, fast])
     off, label = observed_noise(result)
     assert round(off, 3) == round(43.2 / 40.25 - 1, 3) and label.startswith("ngram-mod")
-    assert "What noise is here: ngram-mod" in recommendation_text(result) and "7% off it" in recommendation_text(result)
+    text = recommendation_text(result)
+    assert "What noise is here: ngram-mod" in text and "7% off it" in text and "Stable:" not in text
     assert observed_noise(TuneResult(points=[base, fast])) is None  # every speculating run drafted
+    # a build without the speculation counters: a live run with no draft counts is no evidence of noise
+    blind = PointResult(idle.config, replace(idle.measurement, speculative=True), None, 1.0)
+    assert observed_noise(TuneResult(points=[base, blind, fast])) is None
+
+
+def test_check_compares_with_the_paired_baseline_the_tune_recorded():
+    """The tune records its answer's paired baseline; a profile from before that falls back to its
+    no-speculation points at the answer's KV type and concurrency (points without a kind: no draft_max, no
+    n-gram)."""
+    from ggufpair.cli.tune_cmds import profiled_baseline
+
+    cfg = ServerConfig(target=Path("t"), cache_type_k="f16")
+    points = [{"kind": "none", "tokens_per_second": 40.0, "target_kv": "f16", "concurrency": 1},
+              {"kind": "none", "tokens_per_second": 44.0, "target_kv": "q8_0", "concurrency": 1},
+              {"kind": "none", "tokens_per_second": 90.0, "target_kv": "f16", "concurrency": 4},
+              {"kind": "ngram-simple", "tokens_per_second": 80.0, "target_kv": "f16", "concurrency": 1}]
+    recorded = {"measurements": {"recommended": {"paired_baseline_tps": 41.5}, "points": points}}
+    assert profiled_baseline(recorded, cfg) == 41.5
+    assert profiled_baseline({"measurements": {"points": points}}, cfg) == 40.0
+    old = [{"tokens_per_second": 39.0, "draft_max": 0}, {"tokens_per_second": 70.0, "draft_max": 4}]
+    assert profiled_baseline({"measurements": {"points": old}}, cfg) == 39.0
+    assert profiled_baseline({"measurements": {}}, cfg) is None
