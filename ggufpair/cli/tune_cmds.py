@@ -460,11 +460,12 @@ def _check_pair_still_speculates(config, force: bool = False) -> None:
 def find_profile(name: str) -> Path:
     """A profile by path, or by the name `tune` saved it under (with or without .toml)."""
     from ggufpair.state import state_dir
+    from ggufpair.tune.profile import profile_path
 
     path = Path(name)
     if path.exists():
         return path
-    for candidate in (state_dir("profiles") / name, state_dir("profiles") / f"{name}.toml"):
+    for candidate in (state_dir("profiles") / name, profile_path(name)):
         if candidate.is_file():
             return candidate
     saved = sorted(p.stem for p in state_dir("profiles").glob("*.toml"))
@@ -565,7 +566,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(f"measuring as tuned: {config.parallel} request(s) at once, {sampling.describe()}", style="dim")
     _check_rpc_hosts(config)  # no "regression" for a host that is down
     logs = run_log_dir(f"check-{Path(args.profile).stem}")
-    point = run_point(binary, probe_dialect(binary.path), config, prompts, n_predict=int(saved.get("n_predict", 128)),
+    dialect = probe_dialect(binary.path)
+    point = run_point(binary, dialect, config, prompts, n_predict=int(saved.get("n_predict", 128)),
                       repeats=2, log_dir=logs, on_event=lambda m: console.print(f"  {m}", style="dim"),
                       sampling=sampling)
     if not point.ok:
@@ -580,7 +582,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     base_before = profiled_baseline(data, config) if config.speculates else None
     base = None
     if base_before:  # the paired baseline again, in this session: a slower machine slows it as much
-        base = run_point(binary, probe_dialect(binary.path), config.without_speculation(), prompts,
+        base = run_point(binary, dialect, config.without_speculation(), prompts,
                          n_predict=int(saved.get("n_predict", 128)), repeats=2, log_dir=logs,
                          on_event=lambda m: console.print(f"  {m}", style="dim"), sampling=sampling)
         if not base.ok:

@@ -81,8 +81,13 @@ def _toml_safe(value: Any) -> Any:
     return value
 
 
+def profile_path(name: str) -> Path:
+    """Where `tune` saves the profile of that name (and `launch NAME` finds it)."""
+    return state_dir("profiles") / f"{name}.toml"
+
+
 def save_profile(data: dict, path: Path | None = None) -> Path:
-    path = path or state_dir("profiles") / f"{data['profile']['name']}.toml"
+    path = path or profile_path(data["profile"]["name"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(tomli_w.dumps(data).encode())

@@ -18,7 +18,8 @@ from ggufpair.fix.apply import apply_plan
 from ggufpair.fix.plan import RouteChoice, plan_pair_fix
 from ggufpair.format.model_info import ModelInfo
 from ggufpair.pairing.verdict import check_pair
-from ggufpair.tune.profile import launch_script, llama_swap_entry, profile_data, save_profile, write_script
+from ggufpair.tune.profile import (launch_script, llama_swap_entry, profile_data, profile_path, save_profile,
+                                   write_script)
 from ggufpair.tune.result import NOISE_FLOOR, TuneResult, load_key, noise, simplicity
 
 PRESETS = Path(__file__).resolve().parent.parent.parent / "profiles" / "presets.toml"
@@ -540,9 +541,7 @@ def save_outputs(result: TuneResult, binary: Binary, dialect: Dialect, device: s
     pdata["traffic"] = {"concurrency": rec.config.parallel, "levels": result.levels,
                         "context_per_request": rec.config.ctx // max(rec.config.parallel, 1),
                         "sampling": result.sampling.to_dict()}
-    from ggufpair.state import state_dir
-
-    replaced = previous_profile(state_dir("profiles") / f"{name}.toml")
+    replaced = previous_profile(profile_path(name))
     profile = save_profile(pdata)
     if getattr(args, "profile", None):
         save_profile(pdata, Path(args.profile))
