@@ -4,7 +4,7 @@ planned keys at their new values, every other key unchanged, and the pair verdic
 from __future__ import annotations
 
 from ggufpair.fix.errors import FixError
-from ggufpair.fix.plan import Action, FixPlan, KeyChange
+from ggufpair.fix.plan import Action, FixPlan, KeyChange, _stat
 from ggufpair.format.reader import GGUFHeader, _open_map
 from ggufpair.format.writer import encode_value
 
@@ -61,23 +61,16 @@ def verify_written(old: GGUFHeader, old_head: bytes, new: GGUFHeader, plan: FixP
         from ggufpair.format.model_info import read_model_info
         from ggufpair.pairing.verdict import check_pair
 
-        reference = plan.reference_info
-        if reference is None or plan.reference_stat is None or _stat(plan.reference) != plan.reference_stat:
-            reference = read_model_info(plan.reference)  # changed since the plan: judged as it is now
+        try:
+            unchanged = plan.reference_stat is not None and _stat(plan.reference) == plan.reference_stat
+        except OSError:
+            unchanged = False  # gone: the read below says so
+        reference = plan.reference_info if unchanged and plan.reference_info is not None else \
+            read_model_info(plan.reference)  # changed since the plan: judged as it is now
         verdict = check_pair(reference, read_model_info(new.path, whole_model=False, header=new))
         if not verdict.compatible:
             raise FixError(f"{plan.path}: after the fix the pair is still incompatible ({verdict.summary}); "
                            "the original is left as it was")
-
-
-def _stat(path) -> tuple[int, int] | None:
-    import os
-
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 def same_data(a, a_off: int, b, b_off: int, length: int) -> bool:

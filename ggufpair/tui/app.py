@@ -52,7 +52,7 @@ def distinguishing_paths(paths) -> list[str]:
 def output_lines(outputs) -> list[str]:
     """The recommendation, then where the profile, script and llama-swap entry are."""
     lines = [outputs.recommendation, f"profile: {short_path(outputs.profile)}" if outputs.profile else "no profile written"]
-    if outputs.profile and getattr(outputs, "replaced", None):
+    if outputs.profile and outputs.replaced:
         lines.append(f"  (it replaces {outputs.replaced})")
     lines += [f"{what}: {short_path(path)}" for what, path in (("launch script", outputs.script),
                                                                ("llama-swap entry", outputs.swap)) if path]
